@@ -1,0 +1,135 @@
+"""Every check on arguments, run before any kernel writes.
+
+Each function either returns a normalized value or raises a ``TypeError`` /
+``ValueError`` that names the offending argument. Nothing here modifies data.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+BACKENDS = ("auto", "numpy", "cpu", "cuda")
+
+
+def real(name: str, value, *, below_one: bool = False) -> float:
+    """A finite real >= 0 (and < 1 when ``below_one``), as a Python float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if value < 0.0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    if below_one and value >= 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return value
+
+
+def betas(value) -> tuple[float, float]:
+    """A pair (beta1, beta2), each in [0, 1)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {value!r}")
+    return real("betas[0]", value[0], below_one=True), real("betas[1]", value[1], below_one=True)
+
+
+def flag(name: str, value) -> bool:
+    """A bool (Python or NumPy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def step(value) -> int:
+    """The 1-based count of the update about to be applied."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"step must be an int >= 1, got {type(value).__name__}")
+    value = int(value)
+    if value < 1:
+        raise ValueError(f"step must be an int >= 1, got {value}")
+    return value
+
+
+def backend(name) -> str:
+    """One of ``BACKENDS``."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def num_threads(value) -> int | None:
+    """None (all of Numba's threads) or an int in [1, NUMBA_NUM_THREADS]."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"num_threads must be None or an int, got {type(value).__name__}")
+    from numba import config  # imported here so that the NumPy path never needs numba
+
+    if not 1 <= value <= config.NUMBA_NUM_THREADS:
+        raise ValueError(
+            f"num_threads must be in [1, {config.NUMBA_NUM_THREADS}], got {value}"
+        )
+    return int(value)
+
+
+def host_array(name: str, a, *, writable: bool) -> np.ndarray:
+    """A C-contiguous, aligned float32/float64 NumPy array (writable if asked)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must have dtype float32 or float64, got {a.dtype}; "
+            f"convert it with {name}.astype(np.float32)"
+        )
+    flags = a.flags
+    if not flags.c_contiguous:
+        raise ValueError(
+            f"{name} must be C-contiguous; pass np.ascontiguousarray({name}) "
+            "and copy the result back"
+        )
+    if not flags.aligned:
+        raise ValueError(f"{name} must be aligned to its dtype")
+    if writable and not flags.writeable:
+        raise ValueError(f"{name} is read-only; it is updated in place")
+    return a
+
+
+def like(name: str, a, param: np.ndarray, *, writable: bool) -> np.ndarray:
+    """An array of ``param``'s shape and dtype (see ``host_array``)."""
+    host_array(name, a, writable=writable)
+    if a.shape != param.shape:
+        raise ValueError(f"{name} has shape {a.shape}, but param has shape {param.shape}")
+    if a.dtype != param.dtype:
+        raise TypeError(f"{name} has dtype {a.dtype}, but param has dtype {param.dtype}")
+    return a
+
+
+def disjoint(named: dict) -> None:
+    """Refuse arrays that share memory: the fused pass reads and writes them at once."""
+    items = [(k, a) for k, a in named.items() if a is not None]
+    for i, (name, a) in enumerate(items):
+        apart(name, a, dict(items[i + 1 :]))
+
+
+def apart(name: str, a: np.ndarray, others: dict) -> None:
+    """Refuse ``a`` if it shares memory with any of ``others`` (name -> array)."""
+    for other_name, b in others.items():
+        # Exact for contiguous arrays: each one's memory is one interval.
+        if b is not None and a.size and b.size and np.may_share_memory(a, b):
+            raise ValueError(f"{name} and {other_name} overlap in memory; pass separate arrays")
+
+
+def state_arrays(param, grad, m, v, v_max, amsgrad: bool) -> None:
+    """Every check on the arrays of one ``adam_step``."""
+    host_array("param", param, writable=True)
+    like("grad", grad, param, writable=False)
+    like("m", m, param, writable=True)
+    like("v", v, param, writable=True)
+    if amsgrad:
+        if v_max is None:
+            raise ValueError("amsgrad=True needs v_max, the running maximum of v")
+        like("v_max", v_max, param, writable=True)
+    disjoint({"param": param, "grad": grad, "m": m, "v": v, "v_max": v_max if amsgrad else None})
