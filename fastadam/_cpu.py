@@ -52,8 +52,9 @@ def fused_kernel(flags: Flags):
     return kernel
 
 
-def adam_step_cpu(param, grad, m, v, v_max, flags: Flags, coef: np.ndarray,
-                  num_threads: int | None) -> None:
+def adam_step_cpu(
+    param, grad, m, v, v_max, flags: Flags, coef: np.ndarray, num_threads: int | None
+) -> None:
     """Run the fused kernel on 1-D arrays, on ``num_threads`` threads for this call only."""
     kernel = fused_kernel(flags)
     if v_max is None:
@@ -67,3 +68,34 @@ def adam_step_cpu(param, grad, m, v, v_max, flags: Flags, coef: np.ndarray,
         kernel(param, grad, m, v, v_max, coef)
     finally:
         numba.set_num_threads(previous)
+
+
+@cache
+def memory_only_kernel(states: int):
+    """The bandwidth limit: Adam's traffic with one add per array and no other arithmetic.
+
+    ``kernel(grad, *states)`` reads grad and each of the ``states`` (3, or 4 with
+    amsgrad) arrays once and writes each state once, like the fused step.
+    """
+    if states == 3:
+
+        @numba.njit(parallel=True, nogil=True)
+        def kernel(grad, a, b, c):
+            for i in prange(grad.size):
+                g = grad[i]
+                a[i] += g
+                b[i] += g
+                c[i] += g
+    elif states == 4:
+
+        @numba.njit(parallel=True, nogil=True)
+        def kernel(grad, a, b, c, d):
+            for i in prange(grad.size):
+                g = grad[i]
+                a[i] += g
+                b[i] += g
+                c[i] += g
+                d[i] += g
+    else:
+        raise ValueError(f"states must be 3 or 4, got {states}")
+    return kernel

@@ -22,8 +22,18 @@ def resolve(backend: str, param) -> str:
     return backend
 
 
-def apply(backend: str, param, grad, m, v, v_max, h: Hyper, flags: Flags, step: int,
-          num_threads: int | None) -> None:
+def apply(
+    backend: str,
+    param,
+    grad,
+    m,
+    v,
+    v_max,
+    h: Hyper,
+    flags: Flags,
+    step: int,
+    num_threads: int | None,
+) -> None:
     """One update with a concrete backend, in place; ``flags`` is ``_scalars.flags(h)``."""
     global _cpu
     if param.size == 0:

@@ -49,8 +49,12 @@ COEFFICIENTS = (
 def flags(h: Hyper) -> Flags:
     """The kernel specialization for these hyperparameters."""
     decay = h.weight_decay != 0.0
-    return Flags(h.maximize, h.amsgrad, decay and not h.decoupled_weight_decay,
-                 decay and h.decoupled_weight_decay)
+    return Flags(
+        h.maximize,
+        h.amsgrad,
+        decay and not h.decoupled_weight_decay,
+        decay and h.decoupled_weight_decay,
+    )
 
 
 def coefficients(h: Hyper, step: int) -> tuple[float, ...]:

@@ -17,9 +17,10 @@ BACKENDS = ("auto", "numpy", "cpu", "cuda")
 
 def real(name: str, value, *, below_one: bool = False) -> float:
     """A finite real >= 0 (and < 1 when ``below_one``), as a Python float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
+    if type(value) is not float:  # the common case skips the slow ABC check
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     if value < 0.0:
@@ -45,6 +46,8 @@ def flag(name: str, value) -> bool:
 
 def step(value) -> int:
     """The 1-based count of the update about to be applied."""
+    if type(value) is int and value >= 1:
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"step must be an int >= 1, got {type(value).__name__}")
     value = int(value)
@@ -69,9 +72,7 @@ def num_threads(value) -> int | None:
     from numba import config  # imported here so that the NumPy path never needs numba
 
     if not 1 <= value <= config.NUMBA_NUM_THREADS:
-        raise ValueError(
-            f"num_threads must be in [1, {config.NUMBA_NUM_THREADS}], got {value}"
-        )
+        raise ValueError(f"num_threads must be in [1, {config.NUMBA_NUM_THREADS}], got {value}")
     return int(value)
 
 
@@ -109,15 +110,17 @@ def like(name: str, a, param: np.ndarray, *, writable: bool) -> np.ndarray:
 
 def disjoint(named: dict) -> None:
     """Refuse arrays that share memory: the fused pass reads and writes them at once."""
-    items = [(k, a) for k, a in named.items() if a is not None]
-    for i, (name, a) in enumerate(items):
-        apart(name, a, dict(items[i + 1 :]))
+    items = [(k, a) for k, a in named.items() if a is not None and a.size]
+    for i, (name_a, a) in enumerate(items):
+        for name_b, b in items[i + 1 :]:
+            # Exact for contiguous arrays: each one's memory is one interval.
+            if np.may_share_memory(a, b):
+                raise ValueError(f"{name_a} and {name_b} overlap in memory; pass separate arrays")
 
 
 def apart(name: str, a: np.ndarray, others: dict) -> None:
     """Refuse ``a`` if it shares memory with any of ``others`` (name -> array)."""
     for other_name, b in others.items():
-        # Exact for contiguous arrays: each one's memory is one interval.
         if b is not None and a.size and b.size and np.may_share_memory(a, b):
             raise ValueError(f"{name} and {other_name} overlap in memory; pass separate arrays")
 

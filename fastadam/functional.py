@@ -73,5 +73,15 @@ def adam_step(
     kind = resolve(check.backend(backend), param)
     check.state_arrays(param, grad, m, v, v_max, h.amsgrad)
     flat_v_max = v_max.reshape(-1) if h.amsgrad else None
-    apply(kind, param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1),
-          flat_v_max, h, flags(h), step, threads)
+    apply(
+        kind,
+        param.reshape(-1),
+        grad.reshape(-1),
+        m.reshape(-1),
+        v.reshape(-1),
+        flat_v_max,
+        h,
+        flags(h),
+        step,
+        threads,
+    )

@@ -42,7 +42,9 @@ class Adam:
         num_threads: int | None = None,
     ) -> None:
         self._hyper = hyper(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize)
-        self._backend = resolve(check.backend(backend), check.host_array("params", params, writable=True))
+        self._backend = resolve(
+            check.backend(backend), check.host_array("params", params, writable=True)
+        )
         self._num_threads = check.num_threads(num_threads)
         self.params = params
         self._flat = params.reshape(-1)
@@ -71,8 +73,12 @@ class Adam:
         """The current hyperparameters, as a dict."""
         h = self._hyper
         return {
-            "lr": h.lr, "betas": (h.beta1, h.beta2), "eps": h.eps,
-            "weight_decay": h.weight_decay, "amsgrad": h.amsgrad, "maximize": h.maximize,
+            "lr": h.lr,
+            "betas": (h.beta1, h.beta2),
+            "eps": h.eps,
+            "weight_decay": h.weight_decay,
+            "amsgrad": h.amsgrad,
+            "maximize": h.maximize,
             "decoupled_weight_decay": h.decoupled_weight_decay,
         }
 
@@ -83,15 +89,28 @@ class Adam:
         """
         check.like("grads", grads, self.params, writable=False)
         check.apart("grads", grads, {"params": self.params})
-        apply(self._backend, self._flat, grads.reshape(-1), self._m, self._v, self._v_max,
-              self._hyper, self._flags, self._step + 1, self._num_threads)
+        apply(
+            self._backend,
+            self._flat,
+            grads.reshape(-1),
+            self._m,
+            self._v,
+            self._v_max,
+            self._hyper,
+            self._flags,
+            self._step + 1,
+            self._num_threads,
+        )
         self._step += 1
 
     def state_dict(self) -> dict:
         """A copy of the state: ``{"state": {0: {...}}, "param_groups": [{...}]}`` as in torch."""
         shape = self.params.shape
-        state = {"step": self._step, "exp_avg": self._m.reshape(shape).copy(),
-                 "exp_avg_sq": self._v.reshape(shape).copy()}
+        state = {
+            "step": self._step,
+            "exp_avg": self._m.reshape(shape).copy(),
+            "exp_avg_sq": self._v.reshape(shape).copy(),
+        }
         if self._v_max is not None:
             state["max_exp_avg_sq"] = self._v_max.reshape(shape).copy()
         return {"state": {0: state}, "param_groups": [{**self.hyperparameters, "params": [0]}]}
@@ -104,16 +123,26 @@ class Adam:
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
             raise ValueError("state_dict must be a dict with keys 'state' and 'param_groups'")
         groups = state_dict["param_groups"]
-        if not isinstance(groups, (list, tuple)) or len(groups) != 1 or not isinstance(groups[0], dict):
+        if (
+            not isinstance(groups, (list, tuple))
+            or len(groups) != 1
+            or not isinstance(groups[0], dict)
+        ):
             raise ValueError("state_dict['param_groups'] must hold exactly one group (a dict)")
         group = groups[0]
         missing = {"lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"} - set(group)
         if missing:
             raise ValueError(f"state_dict['param_groups'][0] lacks {sorted(missing)}")
         try:
-            h = hyper(group["lr"], group["betas"], group["eps"], group["weight_decay"],
-                      group.get("decoupled_weight_decay", self._hyper.decoupled_weight_decay),
-                      group["amsgrad"], group["maximize"])
+            h = hyper(
+                group["lr"],
+                group["betas"],
+                group["eps"],
+                group["weight_decay"],
+                group.get("decoupled_weight_decay", self._hyper.decoupled_weight_decay),
+                group["amsgrad"],
+                group["maximize"],
+            )
         except (TypeError, ValueError) as e:
             raise type(e)(f"state_dict['param_groups'][0]: {e}") from e
         state = state_dict["state"]
@@ -136,7 +165,9 @@ class Adam:
         if not isinstance(value, np.ndarray):
             raise TypeError(f"{label} must be a NumPy array, got {type(value).__name__}")
         if value.shape != self.params.shape:
-            raise ValueError(f"{label} has shape {value.shape}, but params has shape {self.params.shape}")
+            raise ValueError(
+                f"{label} has shape {value.shape}, but params has shape {self.params.shape}"
+            )
         if value.dtype.kind != "f":
             raise TypeError(f"{label} must be a float array, got {value.dtype}")
         return np.array(value, dtype=self.params.dtype, order="C", copy=True).reshape(-1)
@@ -161,5 +192,15 @@ class AdamW(Adam):
         backend: str = "auto",
         num_threads: int | None = None,
     ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize,
-                         decoupled_weight_decay=True, backend=backend, num_threads=num_threads)
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            maximize,
+            decoupled_weight_decay=True,
+            backend=backend,
+            num_threads=num_threads,
+        )

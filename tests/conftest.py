@@ -12,10 +12,21 @@ OPTIONS = {
     "decoupled": {"weight_decay": 0.05, "decoupled_weight_decay": True},
     "amsgrad": {"amsgrad": True},
     "maximize": {"maximize": True},
-    "all": {"weight_decay": 0.05, "amsgrad": True, "maximize": True,
-            "betas": (0.8, 0.99), "eps": 1e-6, "lr": 3e-2},
-    "all_decoupled": {"weight_decay": 0.05, "decoupled_weight_decay": True, "amsgrad": True,
-                      "maximize": True, "lr": 1e-2},
+    "all": {
+        "weight_decay": 0.05,
+        "amsgrad": True,
+        "maximize": True,
+        "betas": (0.8, 0.99),
+        "eps": 1e-6,
+        "lr": 3e-2,
+    },
+    "all_decoupled": {
+        "weight_decay": 0.05,
+        "decoupled_weight_decay": True,
+        "amsgrad": True,
+        "maximize": True,
+        "lr": 1e-2,
+    },
 }
 
 

@@ -3,8 +3,22 @@
 import numpy as np
 
 
-def adam_f64(param, grad, m, v, v_max, *, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
-             weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False, maximize=False):
+def adam_f64(
+    param,
+    grad,
+    m,
+    v,
+    v_max,
+    *,
+    step,
+    lr=1e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0.0,
+    decoupled_weight_decay=False,
+    amsgrad=False,
+    maximize=False,
+):
     """One step in float64; returns new (param, m, v, v_max) and leaves the inputs alone."""
     p, g, m, v = (np.asarray(a, dtype=np.float64).copy() for a in (param, grad, m, v))
     beta1, beta2 = betas

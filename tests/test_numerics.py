@@ -59,10 +59,26 @@ def test_backends_differ_only_by_rounding(rng):
     b = [x.copy() for x in a]
     for step in range(1, 31):
         grad = rng.standard_normal(5003)
-        fastadam.adam_step(a[0], grad, *a[2:4], v_max=a[4], step=step, amsgrad=True,
-                           weight_decay=0.1, backend="cpu")
-        fastadam.adam_step(b[0], grad, *b[2:4], v_max=b[4], step=step, amsgrad=True,
-                           weight_decay=0.1, backend="numpy")
+        fastadam.adam_step(
+            a[0],
+            grad,
+            *a[2:4],
+            v_max=a[4],
+            step=step,
+            amsgrad=True,
+            weight_decay=0.1,
+            backend="cpu",
+        )
+        fastadam.adam_step(
+            b[0],
+            grad,
+            *b[2:4],
+            v_max=b[4],
+            step=step,
+            amsgrad=True,
+            weight_decay=0.1,
+            backend="numpy",
+        )
     for x, y in zip(a, b):
         if x is not a[1]:
             np.testing.assert_allclose(x, y, rtol=1e-13, atol=1e-13)
@@ -78,8 +94,18 @@ def test_bitwise_identical_for_any_thread_count(rng, n):
         data = np.random.default_rng(2)
         for step in range(1, 4):
             grad = data.standard_normal(n).astype(np.float32)
-            fastadam.adam_step(param, grad, m, v, v_max=v_max, step=step, amsgrad=True,
-                               weight_decay=0.01, backend="cpu", num_threads=threads)
+            fastadam.adam_step(
+                param,
+                grad,
+                m,
+                v,
+                v_max=v_max,
+                step=step,
+                amsgrad=True,
+                weight_decay=0.01,
+                backend="cpu",
+                num_threads=threads,
+            )
         states[threads] = (param, m, v, v_max)
     first = states[1]
     for threads, state in states.items():
@@ -105,6 +131,7 @@ def test_num_threads_restored_on_error(rng, monkeypatch):
         def kernel(*args):
             assert numba.get_num_threads() == 1
             raise RuntimeError("boom")
+
         return kernel
 
     monkeypatch.setattr(_cpu, "fused_kernel", failing)
@@ -127,6 +154,7 @@ def test_empty_arrays_are_a_no_op(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_dimensional_param(backend):
     param = np.array(1.5)
-    fastadam.adam_step(param, np.array(0.25), np.array(0.0), np.array(0.0), step=1,
-                       lr=0.1, backend=backend)
+    fastadam.adam_step(
+        param, np.array(0.25), np.array(0.0), np.array(0.0), step=1, lr=0.1, backend=backend
+    )
     np.testing.assert_allclose(param, 1.4, rtol=1e-7)  # first step moves by lr * sign(grad)

@@ -63,7 +63,10 @@ def test_adamw_is_decoupled_with_torch_default():
 
 def test_zero_gradient_still_decays_only_with_adamw(rng):
     start = rng.standard_normal(100)
-    adam, adamw = fastadam.Adam(start.copy(), weight_decay=0.0), fastadam.AdamW(start.copy(), lr=0.1)
+    adam, adamw = (
+        fastadam.Adam(start.copy(), weight_decay=0.0),
+        fastadam.AdamW(start.copy(), lr=0.1),
+    )
     for _ in range(3):
         adam.step(np.zeros(100))
         adamw.step(np.zeros(100))
@@ -74,8 +77,9 @@ def test_zero_gradient_still_decays_only_with_adamw(rng):
 @pytest.mark.parametrize("backend,allowed", [("cpu", 0.05), ("numpy", None)])
 def test_step_allocates_no_temporaries(rng, backend, allowed):
     n = 1 << 20
-    opt = fastadam.Adam(rng.standard_normal(n).astype(np.float32), weight_decay=0.1,
-                        amsgrad=True, backend=backend)
+    opt = fastadam.Adam(
+        rng.standard_normal(n).astype(np.float32), weight_decay=0.1, amsgrad=True, backend=backend
+    )
     grads = rng.standard_normal(n).astype(np.float32)
     opt.step(grads)  # compile outside the measurement
     tracemalloc.start()

@@ -16,7 +16,9 @@ def run_both(rng, n, dtype, kw, *, backend, impl, steps=30, lr_schedule=None):
     decoupled = kw.pop("decoupled_weight_decay", False)
     start = rng.standard_normal(n).astype(dtype)
     t_param = torch.tensor(start.copy(), requires_grad=True)
-    t_cls, f_cls = (torch.optim.AdamW, fastadam.AdamW) if decoupled else (torch.optim.Adam, fastadam.Adam)
+    t_cls, f_cls = (
+        (torch.optim.AdamW, fastadam.AdamW) if decoupled else (torch.optim.Adam, fastadam.Adam)
+    )
     if decoupled:
         kw.setdefault("weight_decay", 1e-2)
     t_opt = t_cls([t_param], **kw, **TORCH_IMPLS[impl])
@@ -48,16 +50,18 @@ def assert_matches(param, t_param, t_opt, opt, rel):
 @pytest.mark.parametrize("backend", ["cpu", "numpy"])
 @pytest.mark.parametrize("option", OPTIONS)
 def test_float32_matches_torch(rng, option, backend, impl):
-    param, t_param, opt, t_opt = run_both(rng, 4099, np.float32, OPTIONS[option],
-                                          backend=backend, impl=impl)
+    param, t_param, opt, t_opt = run_both(
+        rng, 4099, np.float32, OPTIONS[option], backend=backend, impl=impl
+    )
     assert np.abs(param - t_param).max() < 1e-5  # same trajectory, not just close
     assert_matches(param, t_param, t_opt, opt, rel=1e-6)
 
 
 @pytest.mark.parametrize("option", OPTIONS)
 def test_float64_matches_torch(rng, option):
-    param, t_param, opt, t_opt = run_both(rng, 1001, np.float64, OPTIONS[option],
-                                          backend="cpu", impl="single")
+    param, t_param, opt, t_opt = run_both(
+        rng, 1001, np.float64, OPTIONS[option], backend="cpu", impl="single"
+    )
     assert_matches(param, t_param, t_opt, opt, rel=1e-13)
 
 
@@ -75,9 +79,15 @@ def test_lr_schedule_matches_torch(rng):
     def schedule(step):
         return 1e-2 * 0.9**step
 
-    param, t_param, opt, t_opt = run_both(rng, 777, np.float32, {"weight_decay": 0.1,
-                                          "decoupled_weight_decay": True},
-                                          backend="cpu", impl="single", lr_schedule=schedule)
+    param, t_param, opt, t_opt = run_both(
+        rng,
+        777,
+        np.float32,
+        {"weight_decay": 0.1, "decoupled_weight_decay": True},
+        backend="cpu",
+        impl="single",
+        lr_schedule=schedule,
+    )
     assert opt.lr == pytest.approx(schedule(29))
     assert_matches(param, t_param, t_opt, opt, rel=1e-6)
 
@@ -87,7 +97,12 @@ def test_functional_matches_torch(rng):
     start = rng.standard_normal(n).astype(np.float32)
     t_param = torch.tensor(start.copy(), requires_grad=True)
     t_opt = torch.optim.Adam([t_param], lr=0.02, amsgrad=True, foreach=False)
-    param, m, v, v_max = start.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    param, m, v, v_max = (
+        start.copy(),
+        np.zeros(n, np.float32),
+        np.zeros(n, np.float32),
+        np.zeros(n, np.float32),
+    )
     for step in range(1, 21):
         grad = rng.standard_normal(n).astype(np.float32)
         t_param.grad = torch.from_numpy(grad.copy())

@@ -140,8 +140,9 @@ def bad_grads(opt):
     }
 
 
-@pytest.mark.parametrize("case", ["list", "None", "shape", "dtype", "int", "strided",
-                                  "is params", "overlaps params"])
+@pytest.mark.parametrize(
+    "case", ["list", "None", "shape", "dtype", "int", "strided", "is params", "overlaps params"]
+)
 def test_refused_step_changes_nothing(trained, case):
     grads, error = bad_grads(trained)[case]
     snap = snapshot(trained)
@@ -205,9 +206,21 @@ def mutations():
     def not_a_dict(sd):
         sd.clear()
 
-    return {f.__name__: f for f in (moment_shape, moment_list, moment_int, missing_max,
-                                     negative_step, bad_lr, two_groups, missing_key,
-                                     two_params, not_a_dict)}
+    return {
+        f.__name__: f
+        for f in (
+            moment_shape,
+            moment_list,
+            moment_int,
+            missing_max,
+            negative_step,
+            bad_lr,
+            two_groups,
+            missing_key,
+            two_params,
+            not_a_dict,
+        )
+    }
 
 
 @pytest.mark.parametrize("case", list(mutations()))

@@ -1,0 +1,90 @@
+"""The benchmark command, on tiny sizes: table, JSON records, plot, errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import optional
+
+from fastadam import bench
+
+FIELDS = {"backend", "n", "dtype", "median_s", "gb_per_s", "speedup_vs_numpy", "roofline_fraction"}
+
+
+def run(capsys, *args):
+    code = bench.main(["--no-progress", "--repeats", "2", *args])
+    assert code == 0
+    return capsys.readouterr().out
+
+
+def test_json_records(tmp_path, capsys):
+    path = tmp_path / "out.json"
+    out = run(capsys, "--sizes", "1000,4099", "--dtypes", "float32,float64",
+              "--configs", "adam,amsgrad", "--json", str(path))
+    doc = json.loads(path.read_text())
+    rows = doc["rows"]
+    assert {"cpu", "numba", "numpy", "fastadam"} <= set(doc["machine"])
+    # numpy, cpu and roofline on 1 and all threads, for 2 sizes x 2 dtypes x 2 configs
+    threads = sorted({1, bench.all_threads()})
+    assert len(rows) == 2 * 2 * 2 * (1 + 2 * len(threads))
+    for r in rows:
+        assert FIELDS <= set(r)
+        assert r["median_s"] > 0 and r["gb_per_s"] > 0
+        expected_bytes = bench.traffic_bytes(r["n"], r["dtype"], r["config"])
+        assert r["gb_per_s"] == pytest.approx(expected_bytes / r["median_s"] / 1e9)
+        if r["backend"] == "numpy":
+            assert r["speedup_vs_numpy"] == 1.0
+        if r["backend"] == "roofline":
+            assert r["roofline_fraction"] is None
+        else:
+            assert r["roofline_fraction"] > 0
+    assert {(r["n"], r["dtype"], r["config"]) for r in rows} == {
+        (n, d, c) for n in (1000, 4099) for d in ("float32", "float64") for c in ("adam", "amsgrad")
+    }
+    assert "x numpy" in out and "4,099" in out
+
+
+def test_traffic_counts_amsgrad_state():
+    assert bench.traffic_bytes(10, "float32", "adam") == 10 * 4 * 7
+    assert bench.traffic_bytes(10, "float64", "amsgrad") == 10 * 8 * 9
+
+
+def test_plot_file(tmp_path, capsys):
+    optional("matplotlib")
+    path = tmp_path / "bench.png"
+    run(capsys, "--sizes", "1000,2000", "--dtypes", "float32", "--configs", "adam",
+        "--plot", str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_peers(capsys):
+    optional("torch")
+    out = run(capsys, "--sizes", "777", "--dtypes", "float32", "--configs", "adamw", "--peers")
+    assert "torch-fused" in out and "torch-foreach" in out
+
+
+def test_default_sweep_fits_memory():
+    gib = 1 << 30
+    assert bench.largest_size("float32", False, 24 * gib) == 1 << 28  # 256M on a 24 GiB machine
+    assert bench.largest_size("float64", True, 24 * gib) < 1 << 28
+
+
+@pytest.mark.parametrize("args", [["--sizes", "abc"], ["--sizes", "0"], ["--dtypes", "int8"],
+                                  ["--configs", "sgd"], ["--repeats", "0"], ["--threads", "999"]])
+def test_bad_arguments_exit_with_usage(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(args)
+    assert e.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_module_entry_point():
+    out = subprocess.run(
+        [sys.executable, "-m", "fastadam", "bench", "--sizes", "1000", "--dtypes", "float32",
+         "--configs", "adam", "--repeats", "1"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "roofline" in out.stdout and "[1/1]" in out.stderr
+    bad = subprocess.run([sys.executable, "-m", "fastadam"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr
