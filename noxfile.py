@@ -8,9 +8,12 @@ nox.options.default_venv_backend = "venv"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite, with torch (CPU build) as a reference and matplotlib for the plot."""
-    session.install("-e", ".[test,plot]")
-    session.run("pytest", "tests", *session.posargs, env={"CI": "true"})
+    """The test suite: torch (CPU build) as a reference, then the CUDA tests on the simulator."""
+    session.install("-e", ".[test,plot,cuda]")
+    env = {"CI": "true"}  # a missing reference fails instead of skipping
+    session.run("pytest", "tests", "--ignore=tests/cuda", *session.posargs, env=env)
+    # The simulator must be switched on before numba loads: its own process.
+    session.run("pytest", "tests/cuda", *session.posargs, env={**env, "NUMBA_ENABLE_CUDASIM": "1"})
 
 
 @nox.session

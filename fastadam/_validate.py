@@ -76,9 +76,24 @@ def num_threads(value) -> int | None:
     return int(value)
 
 
+def is_device(x) -> bool:
+    """True for GPU arrays: numba's (real or simulated) and any ``__cuda_array_interface__``."""
+    if isinstance(x, np.ndarray) or x is None:
+        return False
+    if getattr(x, "__cuda_ndarray__", False):
+        return True
+    try:
+        return hasattr(x, "__cuda_array_interface__")
+    except RuntimeError:  # torch: a CUDA tensor that requires grad refuses the interface
+        return True
+
+
 def host_array(name: str, a, *, writable: bool) -> np.ndarray:
     """A C-contiguous, aligned float32/float64 NumPy array (writable if asked)."""
     if not isinstance(a, np.ndarray):
+        if is_device(a):
+            raise TypeError(f"{name} is a GPU array, but param is a host NumPy array; "
+                            "pass host arrays throughout, or GPU arrays throughout")
         raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(
@@ -98,9 +113,33 @@ def host_array(name: str, a, *, writable: bool) -> np.ndarray:
     return a
 
 
-def like(name: str, a, param: np.ndarray, *, writable: bool) -> np.ndarray:
-    """An array of ``param``'s shape and dtype (see ``host_array``)."""
-    host_array(name, a, writable=writable)
+def device_array(name: str, a, *, writable: bool):
+    """A numba device array viewing ``a`` (numba, CuPy, torch CUDA, ...): float, C-contiguous."""
+    if isinstance(a, np.ndarray):
+        raise TypeError(f"{name} is a host NumPy array, but param is on the GPU; "
+                        f"move it with numba.cuda.to_device({name})")
+    if not is_device(a):
+        raise TypeError(f"{name} must be a GPU array, got {type(a).__name__}")
+    from . import _cuda
+
+    try:
+        interface = getattr(a, "__cuda_array_interface__", None)
+    except RuntimeError as e:  # torch's message says to use .detach()
+        raise TypeError(f"{name}: {e}") from e
+    d = _cuda.as_device_array(a)
+    if d.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {d.dtype}")
+    if not d.is_c_contiguous():
+        raise ValueError(f"{name} must be C-contiguous")
+    if writable and interface is not None and interface["data"][1]:
+        raise ValueError(f"{name} is read-only; it is updated in place")
+    return d
+
+
+def like(name: str, a, param, *, writable: bool, device: bool = False):
+    """An array of ``param``'s shape and dtype (host, or device when ``device``)."""
+    check_array = device_array if device else host_array
+    a = check_array(name, a, writable=writable)
     if a.shape != param.shape:
         raise ValueError(f"{name} has shape {a.shape}, but param has shape {param.shape}")
     if a.dtype != param.dtype:
@@ -112,27 +151,59 @@ def disjoint(named: dict) -> None:
     """Refuse arrays that share memory: the fused pass reads and writes them at once."""
     items = [(k, a) for k, a in named.items() if a is not None and a.size]
     for i, (name_a, a) in enumerate(items):
-        for name_b, b in items[i + 1 :]:
-            # Exact for contiguous arrays: each one's memory is one interval.
-            if np.may_share_memory(a, b):
-                raise ValueError(f"{name_a} and {name_b} overlap in memory; pass separate arrays")
+        apart(name_a, a, dict(items[i + 1 :]))
 
 
-def apart(name: str, a: np.ndarray, others: dict) -> None:
+def apart(name: str, a, others: dict) -> None:
     """Refuse ``a`` if it shares memory with any of ``others`` (name -> array)."""
     for other_name, b in others.items():
-        if b is not None and a.size and b.size and np.may_share_memory(a, b):
+        if b is not None and a.size and b.size and _overlap(a, b):
             raise ValueError(f"{name} and {other_name} overlap in memory; pass separate arrays")
 
 
-def state_arrays(param, grad, m, v, v_max, amsgrad: bool) -> None:
-    """Every check on the arrays of one ``adam_step``."""
-    host_array("param", param, writable=True)
-    like("grad", grad, param, writable=False)
-    like("m", m, param, writable=True)
-    like("v", v, param, writable=True)
+def _overlap(a, b) -> bool:
+    # Exact for contiguous arrays: each one's memory is one interval.
+    if isinstance(a, np.ndarray):
+        return np.may_share_memory(a, b)
+    (a0, a1), (b0, b1) = _device_interval(a), _device_interval(b)
+    return a0 < b1 and b0 < a1
+
+
+def _device_interval(d) -> tuple[int, int]:
+    interface = getattr(d, "__cuda_array_interface__", None)
+    if interface is None:  # the simulator's arrays wrap a host array
+        start = d._ary.__array_interface__["data"][0]
+    else:
+        start = interface["data"][0]
+    return start, start + d.size * d.dtype.itemsize
+
+
+def step_arrays(kind: str, param, grad, m, v, v_max, amsgrad: bool) -> tuple:
+    """Every check on the arrays of one step; returns them flattened to 1-D views.
+
+    ``kind`` is the resolved backend: "cuda" wants GPU arrays, the others NumPy arrays.
+    """
+    device = kind == "cuda"
+    param = (device_array if device else host_array)("param", param, writable=True)
+    grad = like("grad", grad, param, writable=False, device=device)
+    m = like("m", m, param, writable=True, device=device)
+    v = like("v", v, param, writable=True, device=device)
     if amsgrad:
         if v_max is None:
             raise ValueError("amsgrad=True needs v_max, the running maximum of v")
-        like("v_max", v_max, param, writable=True)
-    disjoint({"param": param, "grad": grad, "m": m, "v": v, "v_max": v_max if amsgrad else None})
+        v_max = like("v_max", v_max, param, writable=True, device=device)
+    else:
+        v_max = None
+    disjoint({"param": param, "grad": grad, "m": m, "v": v, "v_max": v_max})
+    return tuple(None if a is None else a.reshape(-1) for a in (param, grad, m, v, v_max))
+
+
+def stream(value, kind: str):
+    """A CUDA stream for the cuda backend (None: the default stream); None elsewhere."""
+    if kind != "cuda":
+        if value is not None:
+            raise ValueError(f"stream is for backend='cuda' only; this step runs on {kind!r}")
+        return None
+    from . import _cuda
+
+    return _cuda.to_stream(value)

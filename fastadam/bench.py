@@ -135,19 +135,84 @@ def fastadam_contenders(n, dtype, config, rng, threads_list):
     return out, param, grad
 
 
+def torch_optimizer(config: str):
+    """torch's class and keyword arguments for ``config``."""
+    import torch
+
+    kw = dict(CONFIGS[config])
+    cls = torch.optim.AdamW if kw.pop("decoupled_weight_decay", False) else torch.optim.Adam
+    return cls, kw
+
+
 def torch_contenders(param, grad, config, threads) -> list[Contender]:
     """torch.optim.Adam/AdamW fused and foreach on the same param and grad memory."""
     import torch
 
     torch.set_num_threads(threads)
-    kw = dict(CONFIGS[config])
-    cls = torch.optim.AdamW if kw.pop("decoupled_weight_decay", False) else torch.optim.Adam
+    cls, kw = torch_optimizer(config)
     out = []
     for impl in ("fused", "foreach"):
         p = torch.from_numpy(param)
         p.grad = torch.from_numpy(grad)
         opt = cls([p], **kw, **{impl: True})
         out.append(Contender(f"torch-{impl}", threads, opt.step))
+    return out
+
+
+def gpu_available() -> bool:
+    """A real CUDA GPU with numba-cuda (the simulator is far too slow to time)."""
+    try:
+        from . import _cuda
+    except ImportError:
+        return False
+    return not _cuda.SIMULATOR and _cuda.cuda.is_available()
+
+
+def cuda_contenders(n, dtype, config, rng, peers) -> list[Contender]:
+    """The fused step on the GPU, its memory-only kernel, a device copy of the same bytes,
+    and with ``peers`` torch's fused CUDA Adam; each call waits for the GPU to finish."""
+    from numba import cuda
+
+    from ._cuda import memory_only_kernel
+
+    kw = CONFIGS[config]
+    reads, writes = arrays_touched(config)
+    param = cuda.to_device(rng.standard_normal(n).astype(dtype))
+    grad = cuda.to_device(rng.standard_normal(n).astype(dtype))
+    state = [cuda.to_device(np.zeros(n, dtype)) for _ in range(reads - 2)]
+    v_max = state[2] if kw.get("amsgrad") else None
+    steps = iter(range(1, 1 << 62))
+
+    def synced(fn):
+        def run():
+            fn()
+            cuda.synchronize()
+
+        return run
+
+    fused = synced(lambda: adam_step(param, grad, state[0], state[1], v_max=v_max,
+                                     step=next(steps), backend="cuda", **kw))
+    scratch = [cuda.to_device(np.ones(n, dtype)) for _ in range(reads - 1)]
+    kernel = memory_only_kernel(reads - 1)
+    # A copy reads and writes each byte once: half the step's traffic each way.
+    copy_n = n * (reads + writes) // 2
+    src = cuda.to_device(np.ones(copy_n, dtype))
+    dst = cuda.device_array(copy_n, dtype)
+    out = [
+        Contender("cuda", 1, fused),
+        Contender("cuda-roofline", 1, synced(lambda: kernel(grad, *scratch))),
+        Contender("cuda-copy", 1, synced(lambda: dst.copy_to_device(src))),
+    ]
+    if peers:
+        import torch
+
+        if torch.cuda.is_available():
+            cls, t_kw = torch_optimizer(config)
+            p = torch.randn(n, dtype=getattr(torch, dtype), device="cuda")
+            p.grad = torch.randn_like(p)
+            opt = cls([p], fused=True, **t_kw)
+            out.append(Contender("torch-cuda-fused", 1,
+                                 lambda: (opt.step(), torch.cuda.synchronize())))
     return out
 
 
@@ -171,12 +236,14 @@ def measure(contenders: list[Contender], repeats: int) -> tuple[dict, dict]:
     return medians, first
 
 
-def run_case(n, dtype, config, *, repeats, threads_list, peers, rng) -> list[Row]:
+def run_case(n, dtype, config, *, repeats, threads_list, peers, rng, gpu=False) -> list[Row]:
     """Time every contender on one (size, dtype, config) and make the report rows."""
     contenders, param, grad = fastadam_contenders(n, dtype, config, rng, threads_list)
     contenders += [roofline_contender(n, dtype, config, grad, t) for t in threads_list]
     if peers:
         contenders += torch_contenders(param, grad, config, max(threads_list))
+    if gpu:
+        contenders += cuda_contenders(n, dtype, config, rng, peers)
     medians, first = measure(contenders, repeats)
     by_key = {(c.backend, c.threads): medians[id(c)] for c in contenders}
     numpy_s = by_key[("numpy", 1)]
@@ -184,8 +251,10 @@ def run_case(n, dtype, config, *, repeats, threads_list, peers, rng) -> list[Row
     rows = []
     for c in contenders:
         s = medians[id(c)]
-        limit = by_key.get(("roofline", min(c.threads, max(threads_list))))
-        compiled = c.backend in ("cpu", "roofline") and c.threads == threads_list[0]
+        on_gpu = c.backend.startswith(("cuda", "torch-cuda"))
+        limit = by_key.get(("cuda-roofline", 1) if on_gpu else ("roofline", c.threads))
+        compiled = c.backend in ("cpu", "roofline", "cuda", "cuda-roofline") and (
+            on_gpu or c.threads == threads_list[0])
         rows.append(
             Row(
                 backend=c.backend,
@@ -196,7 +265,7 @@ def run_case(n, dtype, config, *, repeats, threads_list, peers, rng) -> list[Row
                 median_s=s,
                 gb_per_s=nbytes / s / 1e9,
                 speedup_vs_numpy=numpy_s / s,
-                roofline_fraction=None if c.backend == "roofline" else limit / s,
+                roofline_fraction=None if c.backend.endswith("roofline") else limit / s,
                 compile_s=max(first[id(c)] - s, 0.0) if compiled else None,
                 repeats=repeats,
             )
@@ -244,6 +313,11 @@ def machine() -> dict:
     }
     if "torch" in sys.modules:
         info["torch"] = sys.modules["torch"].__version__
+    if gpu_available():
+        from numba import cuda
+
+        info["gpu"] = cuda.get_current_device().name
+        info["gpu"] = info["gpu"].decode() if isinstance(info["gpu"], bytes) else info["gpu"]
     return info
 
 
@@ -311,7 +385,7 @@ def plot(rows: list[Row], path: str) -> None:
             line = sorted(
                 (r.n, r.gb_per_s) for r in mine if (r.backend, r.threads) == (backend, threads)
             )
-            style = "--" if backend == "roofline" else "-o"
+            style = "--" if backend.endswith("roofline") else "-o"
             ax.plot(*zip(*line), style, label=f"{backend} ({threads} thr)", markersize=4)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("elements")
@@ -350,6 +424,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--plot", metavar="PATH", help="write a PNG of GB/s against size (needs matplotlib)"
     )
+    p.add_argument("--no-cuda", action="store_true", help="leave the GPU out even if one is there")
     p.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -406,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in (args.sizes or default_sizes(dtype, args.peers))
     ]
     rng = np.random.default_rng(args.seed)
+    gpu = not args.no_cuda and gpu_available()
     progress = not args.no_progress
     tty = sys.stderr.isatty()
     rows: list[Row] = []
@@ -428,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
             threads_list=threads_list,
             peers=args.peers,
             rng=rng,
+            gpu=gpu,
         )
     if progress and tty:
         print(file=sys.stderr)

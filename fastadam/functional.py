@@ -41,6 +41,7 @@ def adam_step(
     maximize: bool = False,
     backend: str = "auto",
     num_threads: int | None = None,
+    stream=None,
 ) -> None:
     """Apply one Adam (or AdamW) update to ``param``, ``m``, ``v`` in place.
 
@@ -57,12 +58,17 @@ def adam_step(
 
     Args:
         param, grad, m, v: C-contiguous arrays of one shape and one dtype
-            (float32 or float64), not overlapping; ``grad`` is only read.
+            (float32 or float64), not overlapping; ``grad`` is only read. NumPy
+            arrays, or GPU arrays (numba, CuPy, PyTorch CUDA tensors: anything
+            with ``__cuda_array_interface__``) for the cuda backend.
         step: the 1-based count of this update (1 on the first call).
         v_max: the AMSGrad state, needed when ``amsgrad=True``, else unused.
-        backend: "auto" (the fused kernel), "cpu" (the fused Numba kernel) or
-            "numpy" (the naive multi-pass NumPy baseline).
-        num_threads: threads for this call only (default: all of Numba's).
+        backend: "auto" (cuda for GPU arrays, else cpu), "cpu" (the fused Numba
+            kernel), "cuda" (the fused numba.cuda kernel) or "numpy" (the naive
+            multi-pass NumPy baseline).
+        num_threads: CPU threads for this call only (default: all of Numba's).
+        stream: cuda only: a numba, PyTorch or CuPy stream, or a raw handle;
+            the default stream when None. The launch is asynchronous on it.
 
     Raises:
         TypeError, ValueError: on bad input, naming the argument; nothing is modified.
@@ -71,17 +77,6 @@ def adam_step(
     step = check.step(step)
     threads = check.num_threads(num_threads)
     kind = resolve(check.backend(backend), param)
-    check.state_arrays(param, grad, m, v, v_max, h.amsgrad)
-    flat_v_max = v_max.reshape(-1) if h.amsgrad else None
-    apply(
-        kind,
-        param.reshape(-1),
-        grad.reshape(-1),
-        m.reshape(-1),
-        v.reshape(-1),
-        flat_v_max,
-        h,
-        flags(h),
-        step,
-        threads,
-    )
+    cuda_stream = check.stream(stream, kind)
+    arrays = check.step_arrays(kind, param, grad, m, v, v_max, h.amsgrad)
+    apply(kind, *arrays, h, flags(h), step, threads, cuda_stream)

@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from . import _validate as check
-from ._dispatch import apply, resolve
+from ._dispatch import apply, from_host, resolve, to_host, zeros_like
 from ._scalars import flags
 from .functional import hyper
 
@@ -42,15 +42,16 @@ class Adam:
         num_threads: int | None = None,
     ) -> None:
         self._hyper = hyper(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize)
-        self._backend = resolve(
-            check.backend(backend), check.host_array("params", params, writable=True)
-        )
+        self._backend = resolve(check.backend(backend), params)
+        self._device = self._backend == "cuda"
+        check_params = check.device_array if self._device else check.host_array
+        self._params = check_params("params", params, writable=True)  # validated view
         self._num_threads = check.num_threads(num_threads)
         self.params = params
-        self._flat = params.reshape(-1)
-        self._m = np.zeros_like(self._flat)
-        self._v = np.zeros_like(self._flat)
-        self._v_max = np.zeros_like(self._flat) if self._hyper.amsgrad else None
+        self._flat = self._params.reshape(-1)
+        self._m = zeros_like(self._backend, self._flat)
+        self._v = zeros_like(self._backend, self._flat)
+        self._v_max = zeros_like(self._backend, self._flat) if self._hyper.amsgrad else None
         self._flags = flags(self._hyper)
         self._step = 0
 
@@ -82,37 +83,26 @@ class Adam:
             "decoupled_weight_decay": h.decoupled_weight_decay,
         }
 
-    def step(self, grads: np.ndarray) -> None:
-        """Apply one update with ``grads`` (same shape and dtype as params).
+    def step(self, grads, stream=None) -> None:
+        """Apply one update with ``grads`` (same shape, dtype and device as params).
 
-        A refused step (bad ``grads``) raises and changes nothing.
+        ``stream``: for params on the GPU, the CUDA stream to launch on (see
+        ``adam_step``). A refused step (bad ``grads``) raises and changes nothing.
         """
-        check.like("grads", grads, self.params, writable=False)
-        check.apart("grads", grads, {"params": self.params})
-        apply(
-            self._backend,
-            self._flat,
-            grads.reshape(-1),
-            self._m,
-            self._v,
-            self._v_max,
-            self._hyper,
-            self._flags,
-            self._step + 1,
-            self._num_threads,
-        )
+        grads = check.like("grads", grads, self._params, writable=False, device=self._device)
+        check.apart("grads", grads, {"params": self._params})
+        apply(self._backend, self._flat, grads.reshape(-1), self._m, self._v, self._v_max,
+              self._hyper, self._flags, self._step + 1, self._num_threads,
+              check.stream(stream, self._backend))
         self._step += 1
 
     def state_dict(self) -> dict:
         """A copy of the state: ``{"state": {0: {...}}, "param_groups": [{...}]}`` as in torch."""
-        shape = self.params.shape
-        state = {
-            "step": self._step,
-            "exp_avg": self._m.reshape(shape).copy(),
-            "exp_avg_sq": self._v.reshape(shape).copy(),
-        }
-        if self._v_max is not None:
-            state["max_exp_avg_sq"] = self._v_max.reshape(shape).copy()
+        shape = self._params.shape
+        state = {"step": self._step}
+        for name, a in zip(_MOMENTS, (self._m, self._v, self._v_max)):
+            if a is not None:
+                state[name] = to_host(self._backend, a).reshape(shape)
         return {"state": {0: state}, "param_groups": [{**self.hyperparameters, "params": [0]}]}
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -154,6 +144,7 @@ class Adam:
             raise ValueError(f"state_dict['state'][0]['step'] must be an int >= 0, got {step!r}")
         wanted = _MOMENTS if h.amsgrad else _MOMENTS[:2]
         moments = [self._loaded_moment(name, entry.get(name)) for name in wanted]
+        moments = [from_host(self._backend, a) for a in moments]
         # Everything is checked: commit.
         self._hyper, self._flags = h, flags(h)
         self._step = int(step)
@@ -164,13 +155,13 @@ class Adam:
         label = f"state_dict['state'][0][{name!r}]"
         if not isinstance(value, np.ndarray):
             raise TypeError(f"{label} must be a NumPy array, got {type(value).__name__}")
-        if value.shape != self.params.shape:
+        if value.shape != self._params.shape:
             raise ValueError(
-                f"{label} has shape {value.shape}, but params has shape {self.params.shape}"
+                f"{label} has shape {value.shape}, but params has shape {self._params.shape}"
             )
         if value.dtype.kind != "f":
             raise TypeError(f"{label} must be a float array, got {value.dtype}")
-        return np.array(value, dtype=self.params.dtype, order="C", copy=True).reshape(-1)
+        return np.array(value, dtype=self._params.dtype, order="C", copy=True).reshape(-1)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters.items())

@@ -3,54 +3,8 @@ import zlib
 import numpy as np
 import pytest
 
-# Odd sizes: ragged tails for every vector width and thread split, and a 2-D shape.
-SIZES = [1, 7, 33, 1000, 4099]
-DTYPES = [np.float32, np.float64]
-OPTIONS = {
-    "plain": {},
-    "l2": {"weight_decay": 0.05},
-    "decoupled": {"weight_decay": 0.05, "decoupled_weight_decay": True},
-    "amsgrad": {"amsgrad": True},
-    "maximize": {"maximize": True},
-    "all": {
-        "weight_decay": 0.05,
-        "amsgrad": True,
-        "maximize": True,
-        "betas": (0.8, 0.99),
-        "eps": 1e-6,
-        "lr": 3e-2,
-    },
-    "all_decoupled": {
-        "weight_decay": 0.05,
-        "decoupled_weight_decay": True,
-        "amsgrad": True,
-        "maximize": True,
-        "lr": 1e-2,
-    },
-}
-
 
 @pytest.fixture
 def rng(request):
     # Fresh data per test, reproducible from the test's name.
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
-
-
-def make_state(rng, shape, dtype, amsgrad=True):
-    """Random param/grad and a non-trivial state, as after a few steps."""
-    param = rng.standard_normal(shape).astype(dtype)
-    grad = rng.standard_normal(shape).astype(dtype)
-    m = (0.1 * rng.standard_normal(shape)).astype(dtype)
-    v = (0.01 * rng.random(shape)).astype(dtype)
-    v_max = (v + 0.01 * rng.random(shape)).astype(dtype) if amsgrad else None
-    return param, grad, m, v, v_max
-
-
-def optional(module: str):
-    """Import an optional reference; in CI (CI=true) a missing one fails instead of skipping."""
-    import importlib
-    import os
-
-    if os.environ.get("CI"):
-        return importlib.import_module(module)
-    return pytest.importorskip(module)

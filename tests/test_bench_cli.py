@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import optional
+from helpers import optional
 
 from fastadam import bench
 

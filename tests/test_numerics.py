@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import DTYPES, OPTIONS, SIZES, make_state
+from helpers import DTYPES, OPTIONS, SIZES, make_state
 from reference import adam_f64
 
 import fastadam

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import OPTIONS, optional
+from helpers import OPTIONS, optional
 
 import fastadam
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import make_state
+from helpers import make_state
 
 import fastadam
 

@@ -1,0 +1,208 @@
+"""backend="cuda" against the float64 formula and the CPU kernel; device-array handling.
+
+Small sizes: the simulator runs one Python thread per CUDA thread. The same
+tests run unchanged on a real GPU.
+"""
+
+import numpy as np
+import pytest
+from helpers import OPTIONS, make_state
+from reference import adam_f64
+
+import fastadam
+
+cuda = pytest.importorskip("numba.cuda")
+_cuda = pytest.importorskip("fastadam._cuda")
+
+SIZES = [1, 33, 1001]
+DTYPES = [np.float32, np.float64]
+RTOL = {np.float32: 4e-7, np.float64: 1e-15}
+
+
+def to_device(*arrays):
+    return [None if a is None else cuda.to_device(a) for a in arrays]
+
+
+def assert_close(got, want, dtype):
+    rtol = RTOL[dtype]
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize("n", SIZES)
+def test_one_step_matches_float64(rng, n, dtype, option):
+    kw = OPTIONS[option]
+    host = make_state(rng, n, dtype)
+    param, grad, m, v, v_max = to_device(*host)
+    step = int(rng.integers(1, 20))
+    want = adam_f64(*host, step=step, **kw)
+    fastadam.adam_step(param, grad, m, v, v_max=v_max, step=step, **kw)  # auto picks cuda
+    for got, expected in zip((param, m, v), want[:3]):
+        got = got.copy_to_host()
+        assert got.dtype == dtype
+        assert_close(got, expected, dtype)
+    if kw.get("amsgrad"):
+        assert_close(v_max.copy_to_host(), want[3], dtype)
+
+
+@pytest.mark.parametrize("cls", [fastadam.Adam, fastadam.AdamW])
+def test_optimizer_on_device_follows_cpu(rng, cls):
+    start = rng.standard_normal((7, 11)).astype(np.float32)
+    on_gpu = cls(cuda.to_device(start), lr=0.01, amsgrad=True, weight_decay=0.02)
+    on_cpu = cls(start.copy(), lr=0.01, amsgrad=True, weight_decay=0.02)
+    for _ in range(8):
+        g = rng.standard_normal((7, 11)).astype(np.float32)
+        on_gpu.step(cuda.to_device(g))
+        on_cpu.step(g)
+    np.testing.assert_allclose(on_gpu.params.copy_to_host(), on_cpu.params, rtol=2e-6, atol=2e-6)
+    gpu_state, cpu_state = on_gpu.state_dict()["state"][0], on_cpu.state_dict()["state"][0]
+    assert gpu_state["step"] == 8
+    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        assert isinstance(gpu_state[key], np.ndarray) and gpu_state[key].shape == (7, 11)
+        np.testing.assert_allclose(gpu_state[key], cpu_state[key], rtol=2e-6, atol=1e-7)
+
+
+def test_state_dict_round_trip_on_device(rng):
+    start = rng.standard_normal(50)
+    grads = [rng.standard_normal(50) for _ in range(6)]
+    whole = fastadam.Adam(cuda.to_device(start), lr=0.05)
+    for g in grads:
+        whole.step(cuda.to_device(g))
+    first = fastadam.Adam(cuda.to_device(start), lr=0.05)
+    for g in grads[:3]:
+        first.step(cuda.to_device(g))
+    resumed = fastadam.Adam(cuda.to_device(first.params.copy_to_host()))
+    resumed.load_state_dict(first.state_dict())
+    for g in grads[3:]:
+        resumed.step(cuda.to_device(g))
+    np.testing.assert_array_equal(resumed.params.copy_to_host(), whole.params.copy_to_host())
+
+
+def test_one_launch_per_step_covers_everything(rng, monkeypatch):
+    launches = []
+    real = _cuda.fused_kernel
+
+    class Counting:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, config):
+            launches.append(config)
+            return self.kernel[config]
+
+    monkeypatch.setattr(_cuda, "fused_kernel", lambda flags: Counting(real(flags)))
+    n = 5000  # more than one grid's worth in the simulator: the loop strides
+    host = make_state(rng, n, np.float32, amsgrad=False)
+    param, grad, m, v, _ = to_device(*host)
+    fastadam.adam_step(param, grad, m, v, step=2)
+    assert len(launches) == 1
+    want = adam_f64(*host, step=2)[0]
+    assert_close(param.copy_to_host(), want, np.float32)
+
+
+def test_streams(rng):
+    host = make_state(rng, 40, np.float32, amsgrad=False)
+    param, grad, m, v, _ = to_device(*host)
+    stream = cuda.stream()
+    fastadam.adam_step(param, grad, m, v, step=1, stream=stream)
+    stream.synchronize()
+    assert_close(param.copy_to_host(), adam_f64(*host, step=1)[0], np.float32)
+    with pytest.raises(TypeError, match="stream"):
+        fastadam.adam_step(param, grad, m, v, step=2, stream="fast")
+    with pytest.raises(ValueError, match="stream"):
+        fastadam.adam_step(*host[:4], step=1, stream=stream)
+
+
+def test_empty_device_arrays_are_a_no_op():
+    e = [cuda.to_device(np.zeros(0, np.float32)) for _ in range(4)]
+    fastadam.adam_step(*e, step=1)
+
+
+def bad_cases(host, dev):
+    param, grad, m, v, v_max = dev
+    other = cuda.to_device(np.zeros(2 * host[0].size, np.float32))
+    return {
+        "host grad": ({"grad": host[1]}, TypeError, "grad"),
+        "host m": ({"m": host[2]}, TypeError, "m"),
+        "list v": ({"v": [0.0] * host[0].size}, TypeError, "v"),
+        "int grad": ({"grad": cuda.to_device(np.zeros(host[0].size, np.int32))}, TypeError, "grad"),
+        "float64 m": ({"m": cuda.to_device(host[2].astype(np.float64))}, TypeError, "m"),
+        "shape v": ({"v": cuda.to_device(np.zeros(3, np.float32))}, ValueError, "v"),
+        "strided grad": ({"grad": other[::2]}, ValueError, "grad"),
+        "grad is param": ({"grad": param}, ValueError, "param and grad"),
+        "overlap m v": ({"m": other[: host[0].size], "v": other[1 : host[0].size + 1]},
+                        ValueError, "m and v"),
+        "v_max missing": ({"v_max": None}, ValueError, "v_max"),
+        "cpu backend": ({"backend": "cpu"}, TypeError, "backend"),
+        "numpy backend": ({"backend": "numpy"}, TypeError, "backend"),
+        "step zero": ({"step": 0}, ValueError, "step"),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "host grad", "host m", "list v", "int grad", "float64 m", "shape v", "strided grad",
+    "grad is param", "overlap m v", "v_max missing", "cpu backend", "numpy backend", "step zero"])
+def test_bad_input_refused_unchanged(rng, case):
+    host = make_state(rng, 21, np.float32)
+    dev = to_device(*host)
+    change, error, text = bad_cases(host, dev)[case]
+    kwargs = dict(zip(("param", "grad", "m", "v", "v_max"), dev), step=3, amsgrad=True)
+    kwargs.update(change)
+    before = [a.copy_to_host() for a in dev]
+    with pytest.raises(error, match=text):
+        fastadam.adam_step(kwargs.pop("param"), kwargs.pop("grad"), kwargs.pop("m"),
+                           kwargs.pop("v"), **kwargs)
+    for a, b in zip(dev, before):
+        np.testing.assert_array_equal(a.copy_to_host(), b)
+
+
+def test_host_param_with_cuda_backend_refused(rng):
+    host = make_state(rng, 9, np.float32, amsgrad=False)
+    with pytest.raises(TypeError, match="backend='cuda'"):
+        fastadam.adam_step(*host[:4], step=1, backend="cuda")
+
+
+def test_refused_optimizer_step_changes_nothing(rng):
+    opt = fastadam.Adam(cuda.to_device(rng.standard_normal(12).astype(np.float32)))
+    opt.step(cuda.to_device(rng.standard_normal(12).astype(np.float32)))
+    before = opt.params.copy_to_host(), opt.state_dict()
+    for bad in (np.ones(12, np.float32), cuda.to_device(np.ones(13, np.float32)), opt.params):
+        with pytest.raises((TypeError, ValueError), match="grads"):
+            opt.step(bad)
+    assert opt.step_count == 1
+    np.testing.assert_array_equal(opt.params.copy_to_host(), before[0])
+    for k, a in before[1]["state"][0].items():
+        np.testing.assert_array_equal(opt.state_dict()["state"][0][k], a)
+
+
+@pytest.mark.skipif(_cuda.SIMULATOR, reason="the simulator has no __cuda_array_interface__")
+def test_foreign_arrays_zero_copy(rng):
+    """CuPy arrays and torch CUDA tensors, through __cuda_array_interface__."""
+    host = make_state(rng, 300, np.float32, amsgrad=False)
+    want = adam_f64(*host, step=1, lr=0.01)[0]
+    ran = 0
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            t = [torch.from_numpy(a).cuda() for a in host[:4]]
+            fastadam.adam_step(*t, step=1, lr=0.01)
+            assert_close(t[0].cpu().numpy(), want, np.float32)
+            p = torch.nn.Parameter(torch.from_numpy(host[0]).cuda())
+            with pytest.raises(TypeError, match="param"):
+                fastadam.adam_step(p, *t[1:], step=1)
+            ran += 1
+    except ImportError:
+        pass
+    try:
+        import cupy
+
+        c = [cupy.asarray(a) for a in host[:4]]
+        fastadam.adam_step(*c, step=1, lr=0.01)
+        assert_close(cupy.asnumpy(c[0]), want, np.float32)
+        ran += 1
+    except ImportError:
+        pass
+    if not ran:
+        pytest.skip("neither torch with CUDA nor CuPy is installed")
