@@ -15,7 +15,8 @@ from functools import cache
 import numpy as np
 from numba import config, cuda
 
-from ._scalars import Flags
+from . import _convert
+from ._scalars import Flags, compute_dtype
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 # The simulator runs one Python thread per CUDA thread: keep its launches small.
@@ -23,33 +24,107 @@ THREADS_PER_BLOCK = 32 if SIMULATOR else 256
 MAX_BLOCKS = 4 if SIMULATOR else 65_535
 
 
+if SIMULATOR:  # plain Python on NumPy scalars
+
+    def _f32_from_bits(u):
+        return np.uint32(u).view(np.float32)
+
+    def _bits_from_f32(x):
+        return np.float32(x).view(np.uint32)
+
+    _device = cuda.jit(device=True)
+else:
+    from numba.cuda import libdevice
+
+    _device = cuda.jit(device=True)
+
+    @_device
+    def _f32_from_bits(u):
+        return libdevice.int_as_float(np.int32(u))
+
+    @_device
+    def _bits_from_f32(x):
+        return np.uint32(libdevice.float_as_int(x))
+
+
+@cache
+def converters(compute: str) -> dict:
+    """``{dtype name: (load, store)}`` device functions computing in ``compute``."""
+    return _convert.make(_device, _f32_from_bits, _bits_from_f32, np.dtype(compute).type)
+
+
 @cache
 def fused_kernel(flags: Flags):
-    """The kernel ``(param, grad, m, v, v_max, *coefficients)`` for one option set."""
-    maximize, amsgrad, l2_decay, decoupled_decay = flags
+    """The kernel ``(param, grad, m, v, v_max, comp, master, *coefficients)``.
+
+    The same loop body as ``_cpu.fused_kernel``; see there for the arguments.
+    """
+    maximize, amsgrad, l2_decay, decoupled_decay, nesterov, kahan, master = flags[:7]
+    conv = converters(compute_dtype(flags.param))
+    load_p, store_p = conv[flags.param]
+    load_g = conv[flags.grad][0]
+    load_s, store_s = conv[flags.state]
+    compute = np.dtype(compute_dtype(flags.param)).type
 
     @cuda.jit
-    def kernel(param, grad, m, v, v_max, beta1, one_minus_beta1, beta2, one_minus_beta2,
-               step_size, scaled_eps, weight_decay, decay_factor):
+    def kernel(param, grad, m, v, v_max, comp, master_param, beta1, one_minus_beta1, beta2,
+               one_minus_beta2, m_coef, g_coef, scaled_eps_root, scaled_eps, weight_decay,
+               decay_factor, inv_grad_scale):
         i = cuda.grid(1)
         stride = cuda.gridsize(1)
         while i < param.size:
-            p = param[i]
-            g = grad[i]
+            g = load_g(grad[i]) * inv_grad_scale
             if maximize:
                 g = -g
+            if master:
+                p = compute(master_param[i])
+            elif kahan:
+                p = load_p(param[i]) + load_p(comp[i])
+            else:
+                p = load_p(param[i])
             if l2_decay:
                 g = g + weight_decay * p
             if decoupled_decay:
                 p = p * decay_factor
-            m_i = beta1 * m[i] + one_minus_beta1 * g
-            v_i = beta2 * v[i] + one_minus_beta2 * (g * g)
-            m[i] = m_i
-            v[i] = v_i
+            m_i = beta1 * load_s(m[i]) + one_minus_beta1 * g
+            v_i = beta2 * load_s(v[i]) + one_minus_beta2 * (g * g)
+            m[i] = store_s(m_i)
+            v[i] = store_s(v_i)
             if amsgrad:
-                v_i = max(v_max[i], v_i)
-                v_max[i] = v_i
-            param[i] = p - step_size * (m_i / (math.sqrt(v_i) + scaled_eps))
+                v_i = max(load_s(v_max[i]), v_i)
+                v_max[i] = store_s(v_i)
+            denom = math.sqrt(v_i + scaled_eps_root) + scaled_eps
+            if nesterov:
+                p = p - (m_coef * m_i + g_coef * g) / denom
+            else:
+                p = p - m_coef * (m_i / denom)
+            if master:
+                master_param[i] = p
+                param[i] = store_p(p)
+            elif kahan:
+                rounded = store_p(p)
+                param[i] = rounded
+                comp[i] = store_p(p - load_p(rounded))
+            else:
+                param[i] = store_p(p)
+            i += stride
+
+    return kernel
+
+
+@cache
+def nonfinite_kernel(grad_kind: str):
+    """``kernel(grad, flag)``: sets ``flag[0] = 1`` if any element is NaN or inf."""
+    load = converters(compute_dtype(grad_kind))[grad_kind][0]
+
+    @cuda.jit
+    def kernel(grad, flag):
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while i < grad.size:
+            x = load(grad[i])
+            if x - x != 0:  # NaN for NaN and for +-inf
+                flag[0] = 1
             i += stride
 
     return kernel
@@ -61,14 +136,19 @@ def launch_shape(n: int) -> tuple[int, int]:
     return max(blocks, 1), THREADS_PER_BLOCK
 
 
-def adam_step_cuda(param, grad, m, v, v_max, flags: Flags, coefficients: tuple[float, ...],
-                   stream) -> None:
-    """Launch the fused kernel once over 1-D numba device arrays, on ``stream``."""
-    kernel = fused_kernel(flags)
-    scalar = param.dtype.type  # round the float64 host scalars once to the param dtype
-    blocks, threads = launch_shape(param.size)
-    kernel[blocks, threads, stream](param, grad, m, v, v_max if v_max is not None else v,
-                                    *(scalar(c) for c in coefficients))
+def adam_step_cuda(arrays: tuple, flags: Flags, coefficients: tuple[float, ...], stream) -> None:
+    """Launch the fused kernel once over ``(param, grad, m, v, v_max, comp, master)`` views."""
+    scalar = np.dtype(compute_dtype(flags.param)).type  # round the float64 scalars once
+    blocks, threads = launch_shape(arrays[0].size)
+    fused_kernel(flags)[blocks, threads, stream](*arrays, *(scalar(c) for c in coefficients))
+
+
+def count_nonfinite(grad, grad_kind: str, stream) -> int:
+    """1 if ``grad`` (a kernel view) holds NaN or inf, else 0; waits for the answer."""
+    flag = cuda.to_device(np.zeros(1, np.int32), stream=stream)
+    with np.errstate(invalid="ignore"):  # the simulator computes inf - inf on the host
+        nonfinite_kernel(grad_kind)[launch_shape(grad.size) + (stream,)](grad, flag)
+    return int(flag.copy_to_host(stream=stream)[0])
 
 
 def as_device_array(x):
@@ -95,7 +175,7 @@ def to_stream(stream):
 
 
 def zeros(n: int, dtype) -> object:
-    """A zeroed 1-D device array."""
+    """A zeroed 1-D device array (float16, float32 or float64)."""
     return cuda.to_device(np.zeros(n, dtype))
 
 
@@ -111,39 +191,21 @@ def to_device(a: np.ndarray):
 
 @cache
 def memory_only_kernel(states: int):
-    """The bandwidth limit on the GPU: Adam's traffic, one add per array, one launch.
+    """The bandwidth limit on the GPU: ``run(grad, *states)`` reads grad and each state
+    once and writes each state once, one integer add each, in one launch.
 
-    ``kernel(grad, *states)`` reads grad and each of ``states`` (3, or 4 with
-    amsgrad) arrays once and writes each state once.
+    Pass unsigned-integer views of the step's own arrays, so the bytes are the step's.
     """
-    if states == 3:
-        @cuda.jit
-        def kernel(grad, a, b, c):
-            i = cuda.grid(1)
-            stride = cuda.gridsize(1)
-            while i < grad.size:
-                g = grad[i]
-                a[i] += g
-                b[i] += g
-                c[i] += g
-                i += stride
-    elif states == 4:
-        @cuda.jit
-        def kernel(grad, a, b, c, d):
-            i = cuda.grid(1)
-            stride = cuda.gridsize(1)
-            while i < grad.size:
-                g = grad[i]
-                a[i] += g
-                b[i] += g
-                c[i] += g
-                d[i] += g
-                i += stride
-    else:
-        raise ValueError(f"states must be 3 or 4, got {states}")
-    blocks_threads = launch_shape
+    names = [f"s{k}" for k in range(states)]
+    body = "".join(f"        {s}[i] += g\n" for s in names)
+    source = (f"def kernel(grad, {', '.join(names)}):\n"
+              "    i = cuda.grid(1)\n    stride = cuda.gridsize(1)\n"
+              f"    while i < grad.size:\n        g = grad[i]\n{body}        i += stride\n")
+    scope = {"cuda": cuda}
+    exec(source, scope)  # one loop for any number of arrays
+    kernel = cuda.jit(scope["kernel"])
 
     def run(grad, *arrays):
-        kernel[blocks_threads(grad.size)](grad, *arrays)
+        kernel[launch_shape(grad.size)](grad, *arrays)
 
     return run

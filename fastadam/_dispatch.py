@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._reference import adam_step_numpy
-from ._scalars import Flags, Hyper, coefficients
-from ._validate import is_device
+from ._scalars import Flags, Hyper, coefficients, compute_dtype, flags
+from ._validate import is_device, kind
 
 _cpu = None
 _cuda = None
@@ -49,33 +49,72 @@ def resolve(backend: str, param) -> str:
     return backend
 
 
-def apply(backend: str, param, grad, m, v, v_max, h: Hyper, flags: Flags, step: int,
-          num_threads: int | None = None, stream=None) -> None:
-    """One update with a concrete backend, in place; ``flags`` is ``_scalars.flags(h)``."""
+def step_flags(h: Hyper, arrays: tuple) -> Flags:
+    """The kernel flags for validated ``(param, grad, m, v, v_max, comp, master)``."""
+    param, grad, m = arrays[:3]
+    return flags(h, kind(param.dtype), kind(grad.dtype), kind(m.dtype),
+                 kahan=arrays[5] is not None, master=arrays[6] is not None)
+
+
+def kernel_views(arrays: tuple) -> tuple:
+    """The arrays as kernels take them: 16-bit ones as uint16, placeholders for unused ones."""
+    views = [None if a is None else (a.view(np.uint16) if a.dtype.itemsize == 2 else a)
+             for a in arrays]
+    param, _, _, v = views[:4]
+    placeholders = (None, None, None, None, v, param, param)
+    return tuple(p if a is None else a for a, p in zip(views, placeholders))
+
+
+def apply(backend: str, arrays: tuple, h: Hyper, flags: Flags, step: int, *,
+          grad_scale: float | None = None, num_threads: int | None = None, stream=None) -> None:
+    """One update in place with a concrete backend.
+
+    ``arrays`` is ``(param, grad, m, v, v_max, comp, master)``, validated and 1-D;
+    ``flags`` is ``step_flags(h, arrays)``.
+    """
     global _cpu
-    if param.size == 0:
+    if arrays[0].size == 0:
         return
+    if backend == "numpy":
+        adam_step_numpy(*arrays, h, step, grad_scale)
+        return
+    coef = coefficients(h, step, grad_scale)
     if backend == "cpu":
         if _cpu is None:
             from . import _cpu
-        coef = np.array(coefficients(h, step), dtype=param.dtype)
-        _cpu.adam_step_cpu(param, grad, m, v, v_max, flags, coef, num_threads)
-    elif backend == "cuda":
-        _cuda.adam_step_cuda(param, grad, m, v, v_max, flags, coefficients(h, step), stream)
+        coef = np.array(coef, dtype=compute_dtype(flags.param))
+        _cpu.adam_step_cpu(kernel_views(arrays), flags, coef, num_threads)
     else:
-        adam_step_numpy(param, grad, m, v, v_max, h, step)
+        _cuda.adam_step_cuda(kernel_views(arrays), flags, coef, stream)
 
 
-def zeros_like(backend: str, flat):
-    """Zeroed state for a flat param, where that backend keeps it."""
+def all_finite(backend: str, grad, grad_kind: str, *, num_threads=None, stream=None) -> bool:
+    """Whether ``grad`` (validated, 1-D) holds no NaN or inf: one extra read of it."""
+    global _cpu
+    if grad.size == 0:
+        return True
+    if backend == "numpy":
+        return bool(np.isfinite(grad).all())
+    view = kernel_views((grad,) * 4)[0]
+    if backend == "cpu":
+        if _cpu is None:
+            from . import _cpu
+        return _cpu.count_nonfinite(view, grad_kind, num_threads) == 0
+    return _cuda.count_nonfinite(view, grad_kind, stream) == 0
+
+
+def zeros(backend: str, n: int, dtype):
+    """Zeroed 1-D state of ``n`` elements of ``dtype``, where that backend keeps it."""
     if backend == "cuda":
-        return _cuda.zeros(flat.size, flat.dtype)
-    return np.zeros_like(flat)
+        return _cuda.zeros(n, np.dtype(dtype))
+    return np.zeros(n, dtype)
 
 
-def to_host(backend: str, a) -> np.ndarray:
-    """A host NumPy copy of backend state."""
-    return _cuda.to_host(a) if backend == "cuda" else a.copy()
+def to_host(backend: str, a, dtype) -> np.ndarray:
+    """A host NumPy copy of backend state, as ``dtype``."""
+    if backend == "cuda":
+        return _cuda.to_host(a).view(dtype)
+    return a.copy()
 
 
 def from_host(backend: str, a: np.ndarray):

@@ -2,6 +2,8 @@
 
 Written as the textbook formulas read, one array expression per line: each line
 is a pass over memory and most allocate a temporary. That is the point.
+Arithmetic is float32 (float64 for float64 params); 16-bit arrays are converted
+on the way in and rounded to nearest even on the way out.
 """
 
 from __future__ import annotations
@@ -11,21 +13,48 @@ import numpy as np
 from ._scalars import Hyper
 
 
-def adam_step_numpy(param, grad, m, v, v_max, h: Hyper, step: int) -> None:
+def adam_step_numpy(param, grad, m, v, v_max, comp, master, h: Hyper, step: int,
+                    grad_scale: float | None = None) -> None:
     """One Adam/AdamW update in place, with NumPy array expressions."""
-    g = -grad if h.maximize else grad
+    compute = np.float64 if param.dtype == np.float64 else np.float32
+    g = grad.astype(compute, copy=False)
+    if grad_scale is not None:
+        g = g / grad_scale
+    if h.maximize:
+        g = -g
+    if master is not None:
+        p = master
+    elif comp is not None:
+        p = param.astype(compute) + comp.astype(compute)
+    else:
+        p = param.astype(compute, copy=False)  # param itself when already in compute precision
     if h.weight_decay != 0.0:
-        if h.decoupled_weight_decay:
-            param *= 1.0 - h.lr * h.weight_decay
+        if h.decouple_lr:
+            p *= 1.0 - h.weight_decay * h.lr / h.max_lr
+        elif h.decoupled_weight_decay:
+            p *= 1.0 - h.lr * h.weight_decay
         else:
-            g = g + h.weight_decay * param
-    m[...] = h.beta1 * m + (1.0 - h.beta1) * g
-    v[...] = h.beta2 * v + (1.0 - h.beta2) * g * g
+            g = g + h.weight_decay * p
+    m_new = h.beta1 * m.astype(compute, copy=False) + (1.0 - h.beta1) * g
+    v_new = h.beta2 * v.astype(compute, copy=False) + (1.0 - h.beta2) * g * g
+    m[...] = m_new
+    v[...] = v_new
     if h.amsgrad:
-        np.maximum(v_max, v, out=v_max)
-        v = v_max
-    bias_correction1 = 1.0 - h.beta1**step
-    bias_correction2 = 1.0 - h.beta2**step
-    m_hat = m / bias_correction1
-    v_hat = v / bias_correction2
-    param -= h.lr * m_hat / (np.sqrt(v_hat) + h.eps)
+        v_new = np.maximum(v_max.astype(compute, copy=False), v_new)
+        v_max[...] = v_new
+    bias_correction1 = 1.0 - h.beta1**step if h.bias_correction else 1.0
+    bias_correction2 = 1.0 - h.beta2**step if h.bias_correction else 1.0
+    if h.nesterov:  # as optax: the next step's momentum, from this gradient
+        next_bias_correction1 = 1.0 - h.beta1 ** (step + 1) if h.bias_correction else 1.0
+        m_hat = h.beta1 * m_new / next_bias_correction1 + (1.0 - h.beta1) * g / bias_correction1
+    else:
+        m_hat = m_new / bias_correction1
+    v_hat = v_new / bias_correction2
+    if h.eps_root != 0.0:
+        v_hat = v_hat + h.eps_root
+    p -= h.lr * m_hat / (np.sqrt(v_hat) + h.eps)
+    if comp is not None:
+        param[...] = p
+        comp[...] = p - param.astype(compute)
+    elif p is not param:
+        param[...] = p

@@ -1,8 +1,8 @@
-"""Per-step scalars, computed once on the host in float64.
+"""Per-step scalars, computed once on the host in float64, and the kernels' flags.
 
-The kernels get these rounded once to the param dtype. Computing ``1 - beta2``
-in float32 instead gives 0.00099998713 rather than 0.0010000000475 (torch's
-value), an error of 1.3e-5 relative that shows in ``v`` after one step.
+The kernels get the scalars rounded once to the compute dtype. Computing
+``1 - beta2`` in float32 instead gives 0.00099998713 rather than 0.0010000000475
+(torch's value), an error of 1.3e-5 relative that shows in ``v`` after one step.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 
 class Hyper(NamedTuple):
-    """Validated hyperparameters of Adam/AdamW."""
+    """Validated hyperparameters of Adam/AdamW and their variants."""
 
     lr: float
     beta1: float
@@ -22,15 +22,31 @@ class Hyper(NamedTuple):
     decoupled_weight_decay: bool
     amsgrad: bool
     maximize: bool
+    bias_correction: bool = True
+    eps_root: float = 0.0
+    nesterov: bool = False
+    decouple_lr: bool = False  # param *= 1 - weight_decay * lr / max_lr
+    max_lr: float | None = None
 
 
 class Flags(NamedTuple):
-    """What the kernel specializes on: each combination compiles once, lazily."""
+    """What a kernel specializes on: each combination compiles once, lazily.
+
+    The dtype fields are names ("float16", "bfloat16", "float32", "float64"):
+    16-bit arrays reach the kernels as uint16 views, so their kind must be known
+    at compile time.
+    """
 
     maximize: bool
     amsgrad: bool
     l2_decay: bool  # Adam: grad += weight_decay * param
-    decoupled_decay: bool  # AdamW: param *= 1 - lr * weight_decay
+    decoupled_decay: bool  # AdamW: param *= decay_factor
+    nesterov: bool
+    kahan: bool  # a 16-bit compensation buffer carries what rounding the params lost
+    master: bool  # float32 master params; the 16-bit params get them rounded
+    param: str
+    grad: str
+    state: str
 
 
 # Order of the coefficient vector handed to the kernels.
@@ -39,40 +55,66 @@ COEFFICIENTS = (
     "one_minus_beta1",
     "beta2",
     "one_minus_beta2",
-    "step_size",  # lr / bc1 * sqrt(bc2), with bc = 1 - beta**step
-    "scaled_eps",  # eps * sqrt(bc2)
+    "m_coef",  # update = (m_coef * m [+ g_coef * g]) / (sqrt(v + eps_root') + eps')
+    "g_coef",
+    "scaled_eps_root",
+    "scaled_eps",
     "weight_decay",
     "decay_factor",
+    "inv_grad_scale",
 )
 
 
-def flags(h: Hyper) -> Flags:
-    """The kernel specialization for these hyperparameters."""
+def compute_dtype(param_kind: str) -> str:
+    """Arithmetic is float32, float64 for float64 params."""
+    return "float64" if param_kind == "float64" else "float32"
+
+
+def flags(h: Hyper, param: str, grad: str, state: str, kahan: bool, master: bool) -> Flags:
+    """The kernel specialization for these hyperparameters and dtypes."""
     decay = h.weight_decay != 0.0
-    return Flags(
-        h.maximize,
-        h.amsgrad,
-        decay and not h.decoupled_weight_decay,
-        decay and h.decoupled_weight_decay,
-    )
+    decoupled = h.decoupled_weight_decay or h.decouple_lr
+    return Flags(h.maximize, h.amsgrad, decay and not decoupled, decay and decoupled,
+                 h.nesterov, kahan, master, param, grad, state)
 
 
-def coefficients(h: Hyper, step: int) -> tuple[float, ...]:
+def coefficients(h: Hyper, step: int, grad_scale: float | None = None) -> tuple[float, ...]:
     """The float64 coefficients for update number ``step`` (1-based).
 
-    torch's ``lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)`` is rewritten as
-    ``step_size * m / (sqrt(v) + scaled_eps)``: the same value with one division
-    per element instead of two, which a single core notices.
+    With ``bc = 1 - beta**step`` (or 1 without bias correction), the update
+    ``lr / bc1 * m / (sqrt(v / bc2 + eps_root) + eps)`` is computed as
+    ``m_coef * m / (sqrt(v + eps_root * bc2) + eps * sqrt(bc2))``: the same
+    value with one division per element. Nesterov (as optax)
+    uses ``beta1 * m / bc1(step + 1) + (1 - beta1) * g / bc1(step)`` for m / bc1.
     """
-    bias_correction1 = 1.0 - h.beta1**step
-    sqrt_bias_correction2 = math.sqrt(1.0 - h.beta2**step)
+    b1, b2 = h.beta1, h.beta2
+    if h.bias_correction:
+        bias_correction1 = 1.0 - b1**step
+        bias_correction2 = 1.0 - b2**step
+        next_bias_correction1 = 1.0 - b1 ** (step + 1)
+    else:
+        bias_correction1 = bias_correction2 = next_bias_correction1 = 1.0
+    sqrt_bc2 = math.sqrt(bias_correction2)
+    if h.nesterov:
+        m_coef = h.lr * sqrt_bc2 * b1 / next_bias_correction1
+        g_coef = h.lr * sqrt_bc2 * (1.0 - b1) / bias_correction1
+    else:
+        m_coef = h.lr * sqrt_bc2 / bias_correction1
+        g_coef = 0.0
+    if h.decouple_lr:
+        decay_factor = 1.0 - h.weight_decay * h.lr / h.max_lr
+    else:
+        decay_factor = 1.0 - h.lr * h.weight_decay
     return (
-        h.beta1,
-        1.0 - h.beta1,
-        h.beta2,
-        1.0 - h.beta2,
-        h.lr / bias_correction1 * sqrt_bias_correction2,
-        h.eps * sqrt_bias_correction2,
+        b1,
+        1.0 - b1,
+        b2,
+        1.0 - b2,
+        m_coef,
+        g_coef,
+        h.eps_root * bias_correction2,
+        h.eps * sqrt_bc2,
         h.weight_decay,
-        1.0 - h.lr * h.weight_decay,
+        decay_factor,
+        1.0 if grad_scale is None else 1.0 / grad_scale,
     )

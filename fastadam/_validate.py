@@ -11,8 +11,40 @@ import numbers
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 BACKENDS = ("auto", "numpy", "cpu", "cuda")
+KINDS = ("float16", "bfloat16", "float32", "float64")
+SIXTEEN_BIT = ("float16", "bfloat16")
+
+
+def kind(dtype) -> str | None:
+    """The float kind of a dtype ("float16", "bfloat16", "float32", "float64"), else None.
+
+    bfloat16 is ml_dtypes' (what JAX uses); it is recognized by name, so fastadam
+    needs ml_dtypes only where such arrays exist.
+    """
+    name = dtype.name
+    if name in KINDS and dtype.isnative:
+        return name
+    return None
+
+
+def dtype_kind(name: str, value) -> str:
+    """A dtype argument (np.float32, "bfloat16", ml_dtypes.bfloat16, ...) as its kind."""
+    try:
+        k = kind(np.dtype(value))
+    except TypeError:
+        k = value if value in KINDS else None
+    if k is None:
+        raise TypeError(f"{name} must be one of {KINDS}, got {value!r}")
+    return k
+
+
+def positive(name: str, value) -> float:
+    """A finite real > 0."""
+    value = real(name, value)
+    if value == 0.0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
 
 
 def real(name: str, value, *, below_one: bool = False) -> float:
@@ -28,6 +60,11 @@ def real(name: str, value, *, below_one: bool = False) -> float:
     if below_one and value >= 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
     return value
+
+
+def grad_scale(value) -> float | None:
+    """None, or a finite loss scale > 0 that the gradients are divided by."""
+    return None if value is None else positive("grad_scale", value)
 
 
 def betas(value) -> tuple[float, float]:
@@ -95,9 +132,9 @@ def host_array(name: str, a, *, writable: bool) -> np.ndarray:
             raise TypeError(f"{name} is a GPU array, but param is a host NumPy array; "
                             "pass host arrays throughout, or GPU arrays throughout")
         raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
-    if a.dtype not in FLOAT_DTYPES:
+    if kind(a.dtype) is None:
         raise TypeError(
-            f"{name} must have dtype float32 or float64, got {a.dtype}; "
+            f"{name} must have a float dtype ({', '.join(KINDS)}), got {a.dtype}; "
             f"convert it with {name}.astype(np.float32)"
         )
     flags = a.flags
@@ -127,8 +164,8 @@ def device_array(name: str, a, *, writable: bool):
     except RuntimeError as e:  # torch's message says to use .detach()
         raise TypeError(f"{name}: {e}") from e
     d = _cuda.as_device_array(a)
-    if d.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {d.dtype}")
+    if kind(d.dtype) is None:
+        raise TypeError(f"{name} must have dtype float16, float32 or float64, got {d.dtype}")
     if not d.is_c_contiguous():
         raise ValueError(f"{name} must be C-contiguous")
     if writable and interface is not None and interface["data"][1]:
@@ -136,14 +173,13 @@ def device_array(name: str, a, *, writable: bool):
     return d
 
 
-def like(name: str, a, param, *, writable: bool, device: bool = False):
-    """An array of ``param``'s shape and dtype (host, or device when ``device``)."""
-    check_array = device_array if device else host_array
-    a = check_array(name, a, writable=writable)
+def like(name: str, a, param, *, writable: bool, device: bool = False, dtype=None):
+    """An array of ``param``'s shape (host, or device when ``device``), of ``dtype`` if given."""
+    a = (device_array if device else host_array)(name, a, writable=writable)
     if a.shape != param.shape:
         raise ValueError(f"{name} has shape {a.shape}, but param has shape {param.shape}")
-    if a.dtype != param.dtype:
-        raise TypeError(f"{name} has dtype {a.dtype}, but param has dtype {param.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {a.dtype}")
     return a
 
 
@@ -178,24 +214,41 @@ def _device_interval(d) -> tuple[int, int]:
     return start, start + d.size * d.dtype.itemsize
 
 
-def step_arrays(kind: str, param, grad, m, v, v_max, amsgrad: bool) -> tuple:
+def step_arrays(backend: str, param, grad, m, v, v_max, comp, master, amsgrad: bool) -> tuple:
     """Every check on the arrays of one step; returns them flattened to 1-D views.
 
-    ``kind`` is the resolved backend: "cuda" wants GPU arrays, the others NumPy arrays.
+    ``backend`` is the resolved one: "cuda" wants GPU arrays, the others NumPy
+    arrays. grad may have any float dtype; m, v (and v_max) share one float
+    dtype; ``comp`` (Kahan compensation) has the param's 16-bit dtype;
+    ``master`` (master params) is float32, for 16-bit params.
     """
-    device = kind == "cuda"
+    device = backend == "cuda"
     param = (device_array if device else host_array)("param", param, writable=True)
     grad = like("grad", grad, param, writable=False, device=device)
     m = like("m", m, param, writable=True, device=device)
-    v = like("v", v, param, writable=True, device=device)
+    v = like("v", v, param, writable=True, device=device, dtype=m.dtype)
     if amsgrad:
         if v_max is None:
             raise ValueError("amsgrad=True needs v_max, the running maximum of v")
-        v_max = like("v_max", v_max, param, writable=True, device=device)
+        v_max = like("v_max", v_max, param, writable=True, device=device, dtype=m.dtype)
     else:
         v_max = None
-    disjoint({"param": param, "grad": grad, "m": m, "v": v, "v_max": v_max})
-    return tuple(None if a is None else a.reshape(-1) for a in (param, grad, m, v, v_max))
+    sixteen = kind(param.dtype) in SIXTEEN_BIT
+    if comp is not None and master is not None:
+        raise ValueError("kahan_comp and master_params exclude each other: pass one")
+    if comp is not None:
+        if not sixteen:
+            raise ValueError(f"kahan_comp is for 16-bit params; param is {param.dtype}")
+        comp = like("kahan_comp", comp, param, writable=True, device=device, dtype=param.dtype)
+    if master is not None:
+        if not sixteen:
+            raise ValueError(f"master_params is for 16-bit params; param is {param.dtype}")
+        master = like("master_params", master, param, writable=True, device=device,
+                      dtype=np.dtype(np.float32))
+    disjoint({"param": param, "grad": grad, "m": m, "v": v, "v_max": v_max,
+              "kahan_comp": comp, "master_params": master})
+    return tuple(None if a is None else a.reshape(-1)
+                 for a in (param, grad, m, v, v_max, comp, master))
 
 
 def stream(value, kind: str):

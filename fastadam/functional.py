@@ -5,13 +5,22 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validate as check
-from ._dispatch import apply, resolve
-from ._scalars import Hyper, flags
+from ._dispatch import apply, resolve, step_flags
+from ._scalars import Hyper
 
 
-def hyper(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize) -> Hyper:
-    """Validate hyperparameters against torch's ranges."""
+def hyper(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
+          bias_correction=True, eps_root=0.0, nesterov=False, decouple_lr=False,
+          max_lr=None) -> Hyper:
+    """Validate hyperparameters against torch's (and optax's, optimi's) ranges."""
     beta1, beta2 = check.betas(betas)
+    decouple_lr = check.flag("decouple_lr", decouple_lr)
+    if decouple_lr:
+        if max_lr is None:
+            raise ValueError("decouple_lr=True needs max_lr, the peak learning rate")
+        max_lr = check.positive("max_lr", max_lr)
+    elif max_lr is not None:
+        max_lr = check.positive("max_lr", max_lr)
     return Hyper(
         check.real("lr", lr),
         beta1,
@@ -21,6 +30,11 @@ def hyper(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximiz
         check.flag("decoupled_weight_decay", decoupled_weight_decay),
         check.flag("amsgrad", amsgrad),
         check.flag("maximize", maximize),
+        check.flag("bias_correction", bias_correction),
+        check.real("eps_root", eps_root),
+        check.flag("nesterov", nesterov),
+        decouple_lr,
+        max_lr,
     )
 
 
@@ -39,6 +53,14 @@ def adam_step(
     amsgrad: bool = False,
     v_max: np.ndarray | None = None,
     maximize: bool = False,
+    bias_correction: bool = True,
+    eps_root: float = 0.0,
+    nesterov: bool = False,
+    decouple_lr: bool = False,
+    max_lr: float | None = None,
+    grad_scale: float | None = None,
+    kahan_comp: np.ndarray | None = None,
+    master_params: np.ndarray | None = None,
     backend: str = "auto",
     num_threads: int | None = None,
     stream=None,
@@ -46,23 +68,39 @@ def adam_step(
     """Apply one Adam (or AdamW) update to ``param``, ``m``, ``v`` in place.
 
     Semantics are those of ``torch.optim.Adam`` (``decoupled_weight_decay=True``
-    gives ``torch.optim.AdamW``)::
+    gives ``torch.optim.AdamW``), with ``bc = 1 - beta**step``::
 
-        g = -grad if maximize else grad
+        g = (-grad if maximize else grad) / grad_scale
         g += weight_decay * param            # Adam: L2 penalty in the gradient
         param *= 1 - lr * weight_decay       # AdamW: decoupled decay, instead
         m = beta1 * m + (1 - beta1) * g
         v = beta2 * v + (1 - beta2) * g * g
         v_max = max(v_max, v)                # amsgrad: the denominator uses v_max
-        param -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
+        param -= lr * (m / bc1) / (sqrt(v / bc2 + eps_root) + eps)
 
     Args:
-        param, grad, m, v: C-contiguous arrays of one shape and one dtype
-            (float32 or float64), not overlapping; ``grad`` is only read. NumPy
-            arrays, or GPU arrays (numba, CuPy, PyTorch CUDA tensors: anything
-            with ``__cuda_array_interface__``) for the cuda backend.
+        param, grad, m, v: C-contiguous arrays of one shape, not overlapping;
+            float16, bfloat16 (ml_dtypes), float32 or float64. grad may have
+            another float dtype than param; m and v share one. Arithmetic is
+            float32 (float64 for float64 params). NumPy arrays, or GPU arrays
+            (numba, CuPy, PyTorch CUDA tensors: anything with
+            ``__cuda_array_interface__``) for the cuda backend.
         step: the 1-based count of this update (1 on the first call).
         v_max: the AMSGrad state, needed when ``amsgrad=True``, else unused.
+        bias_correction: False drops the ``bc`` factors.
+        eps_root: added to ``v / bc2`` inside the square root, as
+            ``optax.adam(eps_root=...)``.
+        nesterov: Nesterov momentum exactly as ``optax.adam(nesterov=True)``:
+            ``m / bc1`` becomes ``beta1 * m / (1 - beta1**(step+1)) + (1 - beta1) * g / bc1``.
+        decouple_lr, max_lr: fully decoupled weight decay (as optimi):
+            ``param *= 1 - weight_decay * lr / max_lr``.
+        grad_scale: the loss scale; gradients are divided by it in the kernel.
+        kahan_comp: for 16-bit params, a compensation array of the param dtype
+            (start at zeros): updates far below the 16-bit spacing still
+            accumulate (Kahan summation), so the params follow the fp32
+            trajectory. Without it, params are rounded to nearest.
+        master_params: for 16-bit params, float32 master params (start as a
+            copy of param): the step updates them and stores them rounded in param.
         backend: "auto" (cuda for GPU arrays, else cpu), "cpu" (the fused Numba
             kernel), "cuda" (the fused numba.cuda kernel) or "numpy" (the naive
             multi-pass NumPy baseline).
@@ -73,10 +111,14 @@ def adam_step(
     Raises:
         TypeError, ValueError: on bad input, naming the argument; nothing is modified.
     """
-    h = hyper(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize)
+    h = hyper(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
+              bias_correction, eps_root, nesterov, decouple_lr, max_lr)
     step = check.step(step)
+    scale = check.grad_scale(grad_scale)
     threads = check.num_threads(num_threads)
     kind = resolve(check.backend(backend), param)
     cuda_stream = check.stream(stream, kind)
-    arrays = check.step_arrays(kind, param, grad, m, v, v_max, h.amsgrad)
-    apply(kind, *arrays, h, flags(h), step, threads, cuda_stream)
+    arrays = check.step_arrays(kind, param, grad, m, v, v_max, kahan_comp, master_params,
+                               h.amsgrad)
+    apply(kind, arrays, h, step_flags(h, arrays), step, grad_scale=scale,
+          num_threads=threads, stream=cuda_stream)

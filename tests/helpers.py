@@ -23,6 +23,10 @@ OPTIONS = {
         "eps": 1e-6,
         "lr": 3e-2,
     },
+    "variants": {"eps_root": 1e-6, "nesterov": True, "bias_correction": False, "lr": 1e-2},
+    "nesterov_amsgrad": {"nesterov": True, "amsgrad": True, "eps_root": 1e-8, "lr": 1e-2},
+    "decouple_lr": {"weight_decay": 0.1, "decouple_lr": True, "max_lr": 0.05, "lr": 0.02},
+    "grad_scale": {"grad_scale": 1024.0, "weight_decay": 0.01},
     "all_decoupled": {
         "weight_decay": 0.05,
         "decoupled_weight_decay": True,
@@ -48,3 +52,16 @@ def optional(module: str):
     if os.environ.get("CI"):
         return importlib.import_module(module)
     return pytest.importorskip(module)
+
+
+# The options torch.optim.Adam/AdamW have (the rest are optax's and optimi's).
+TORCH_OPTIONS = {k: OPTIONS[k] for k in
+                 ("plain", "l2", "decoupled", "amsgrad", "maximize", "all", "all_decoupled")}
+
+
+def assert_same_floats(got, want, msg=""):
+    """Bit-equal float32 arrays, except that any NaN matches any NaN."""
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan, err_msg=msg)
+    bits = got.view(np.uint32)[~nan], want.view(np.uint32)[~nan]
+    np.testing.assert_array_equal(*bits, err_msg=msg)

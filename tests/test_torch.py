@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import OPTIONS, optional
+from helpers import TORCH_OPTIONS, optional
 
 import fastadam
 
@@ -48,19 +48,19 @@ def assert_matches(param, t_param, t_opt, opt, rel):
 
 @pytest.mark.parametrize("impl", TORCH_IMPLS)
 @pytest.mark.parametrize("backend", ["cpu", "numpy"])
-@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize("option", TORCH_OPTIONS)
 def test_float32_matches_torch(rng, option, backend, impl):
     param, t_param, opt, t_opt = run_both(
-        rng, 4099, np.float32, OPTIONS[option], backend=backend, impl=impl
+        rng, 4099, np.float32, TORCH_OPTIONS[option], backend=backend, impl=impl
     )
     assert np.abs(param - t_param).max() < 1e-5  # same trajectory, not just close
     assert_matches(param, t_param, t_opt, opt, rel=1e-6)
 
 
-@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize("option", TORCH_OPTIONS)
 def test_float64_matches_torch(rng, option):
     param, t_param, opt, t_opt = run_both(
-        rng, 1001, np.float64, OPTIONS[option], backend="cpu", impl="single"
+        rng, 1001, np.float64, TORCH_OPTIONS[option], backend="cpu", impl="single"
     )
     assert_matches(param, t_param, t_opt, opt, rel=1e-13)
 

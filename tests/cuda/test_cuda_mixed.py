@@ -1,0 +1,116 @@
+"""Mixed precision on the CUDA kernel: the same results as the CPU kernel."""
+
+import numpy as np
+import pytest
+from helpers import assert_same_floats
+
+import fastadam
+
+cuda = pytest.importorskip("numba.cuda")
+_cuda = pytest.importorskip("fastadam._cuda")
+ml_dtypes = pytest.importorskip("ml_dtypes")
+
+from fastadam import _dispatch, _scalars  # noqa: E402
+from fastadam.functional import hyper  # noqa: E402
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+F16, F32 = np.dtype(np.float16), np.dtype(np.float32)
+
+
+def host_step(arrays, h, step, **kw):
+    _dispatch.apply("cpu", arrays, h, _dispatch.step_flags(h, arrays), step, **kw)
+
+
+def device_step(arrays, h, step, grad_scale=None):
+    """The CUDA kernel on device copies of host arrays (16-bit ones as uint16)."""
+    flags = _dispatch.step_flags(h, arrays)
+    views = _dispatch.kernel_views(arrays)
+    dev = [cuda.to_device(np.ascontiguousarray(a)) for a in views]
+    _cuda.adam_step_cuda(tuple(dev), flags, _scalars.coefficients(h, step, grad_scale), 0)
+    return [d.copy_to_host() for d in dev]
+
+
+@pytest.mark.parametrize("param,grad,state,extra", [
+    (BF16, BF16, F32, None), (BF16, F32, BF16, "kahan"), (F16, F16, F32, "master"),
+    (F32, BF16, F32, None), (F16, F32, F16, "kahan"),
+])
+def test_kernel_matches_cpu_kernel(rng, param, grad, state, extra):
+    n = 257
+    arrays = [rng.standard_normal(n).astype(param), rng.standard_normal(n).astype(grad),
+              (0.1 * rng.standard_normal(n)).astype(state), (0.01 * rng.random(n)).astype(state),
+              (0.02 * rng.random(n)).astype(state),
+              np.zeros(n, param) if extra == "kahan" else None,
+              rng.standard_normal(n).astype(F32) if extra == "master" else None]
+    h = hyper(0.01, (0.9, 0.99), 1e-8, 0.1, True, True, False, nesterov=True, eps_root=1e-9)
+    got = device_step(tuple(arrays), h, 4, grad_scale=2.0)
+    host_step(tuple(arrays), h, 4, grad_scale=2.0)
+    want = _dispatch.kernel_views(tuple(arrays))
+    for g, w, a in zip(got, want, arrays):
+        if a is not None:  # the rest are placeholders
+            np.testing.assert_array_equal(g, w)
+
+
+def round_trip_kernel(load, store):
+    @cuda.jit
+    def round_trip(x, decoded, encoded):
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while i < x.size:
+            decoded[i] = load(x[i])
+            encoded[i] = store(decoded[i])
+            i += stride
+
+    return round_trip
+
+
+def test_converters_on_device():
+    patterns = np.arange(1 << 16, dtype=np.uint16)
+    if _cuda.SIMULATOR:  # a Python thread per CUDA thread: every 61st pattern, and the edges
+        edges = [0x0000, 0x0001, 0x03FF, 0x0400, 0x7BFF, 0x7C00, 0x7C01, 0x7E00, 0x7F7F, 0x7F80,
+                 0x7FC0, 0x8000, 0x8001, 0xFBFF, 0xFC00, 0xFF80]
+        patterns = np.union1d(patterns[::61], np.array(edges, np.uint16))
+    for name, dtype in (("float16", F16), ("bfloat16", BF16)):
+        round_trip = round_trip_kernel(*_cuda.converters("float32")[name])
+        decoded = cuda.device_array(patterns.size, np.float32)
+        encoded = cuda.device_array(patterns.size, np.uint16)
+        round_trip[_cuda.launch_shape(patterns.size)](cuda.to_device(patterns), decoded, encoded)
+        want = patterns.view(dtype).astype(np.float32)
+        assert_same_floats(decoded.copy_to_host(), want, name)
+        finite = np.isfinite(want)
+        np.testing.assert_array_equal(encoded.copy_to_host()[finite], patterns[finite])
+
+
+def test_float16_optimizer_on_device(rng):
+    start = rng.standard_normal(300).astype(np.float16)
+    on_gpu = fastadam.Adam(cuda.to_device(start), lr=1e-3, skip_nonfinite=True)
+    on_cpu = fastadam.Adam(start.copy(), lr=1e-3, skip_nonfinite=True)
+    assert on_gpu.options["kahan_summation"] and on_gpu.options["state_dtype"] == "float32"
+    for step in range(6):
+        g = rng.standard_normal(300).astype(np.float16)
+        if step == 3:
+            g[7] = np.inf
+        assert on_gpu.step(cuda.to_device(g), grad_scale=4.0) is (step != 3)
+        on_cpu.step(g, grad_scale=4.0)
+    assert on_gpu.step_count == 5
+    np.testing.assert_array_equal(on_gpu.params.copy_to_host(), on_cpu.params)
+    a, b = on_gpu.state_dict()["state"][0], on_cpu.state_dict()["state"][0]
+    for k in b:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_master_weights_on_device(rng):
+    start = rng.standard_normal(100).astype(np.float16)
+    opt = fastadam.AdamW(cuda.to_device(start), master_weights=True, lr=1e-2)
+    ref = fastadam.AdamW(start.astype(np.float32), lr=1e-2)
+    for _ in range(4):
+        g = rng.standard_normal(100).astype(np.float32)
+        opt.step(cuda.to_device(g))
+        ref.step(g)
+    master = opt.state_dict()["state"][0]["master_params"]
+    np.testing.assert_array_equal(master, ref.params)
+    np.testing.assert_array_equal(opt.params.copy_to_host(), master.astype(np.float16))
+
+
+def test_bfloat16_state_refused_on_device():
+    with pytest.raises(ValueError, match="bfloat16"):
+        fastadam.Adam(cuda.to_device(np.zeros(4, np.float32)), state_dtype=ml_dtypes.bfloat16)
