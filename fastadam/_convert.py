@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-TWO_POW_112 = np.float32(2.0**112)  # float16 exponent bias 15 -> float32 bias 127
+TWO_POW_MINUS_14 = np.float32(2.0**-14)  # the smallest normal float16
 HALF = np.float32(0.5)
 
 
@@ -29,42 +29,51 @@ def make(jit, f32_from_bits, bits_from_f32, compute):
     def keep(x):
         return x
 
+    # Numba widens uint32 arithmetic to 64 bits; the np.uint32(...) around each
+    # result tells LLVM that 32 bits suffice, which keeps 8 lanes per vector.
+
     @jit
     def load_bf16(h):
-        return compute(f32_from_bits(np.uint32(h) << np.uint32(16)))
+        return compute(f32_from_bits(np.uint32(np.uint32(h) << np.uint32(16))))
 
     @jit
     def store_bf16(x):
-        f = bits_from_f32(np.float32(x))
-        if (f & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):  # NaN stays a quiet NaN
-            return np.uint16((f >> np.uint32(16)) | np.uint32(0x40))
-        return np.uint16((f + np.uint32(0x7FFF) + ((f >> np.uint32(16)) & np.uint32(1)))
-                         >> np.uint32(16))
+        x = np.float32(x)
+        f = bits_from_f32(x)
+        high = np.uint32(f >> np.uint32(16))
+        o = np.uint32(f + np.uint32(0x7FFF) + np.uint32(high & np.uint32(1)))
+        o = np.uint32(o >> np.uint32(16))
+        if x != x:  # NaN stays a quiet NaN (the rounding add could carry it into inf)
+            o = np.uint32(high | np.uint32(0x40))
+        return np.uint16(o)
 
     @jit
     def load_f16(h):
         h = np.uint32(h)
-        body = (h & np.uint32(0x7FFF)) << np.uint32(13)
-        # Rebias by a multiply: exact for normals and subnormals alike.
-        x = f32_from_bits(body) * TWO_POW_112
-        if body >= np.uint32(0x0F800000):  # inf, NaN: keep the payload
-            x = f32_from_bits(body | np.uint32(0x7F800000))
-        sign = (h & np.uint32(0x8000)) << np.uint32(16)
-        return compute(f32_from_bits(bits_from_f32(x) | sign))
+        body = np.uint32(np.uint32(h & np.uint32(0x7FFF)) << np.uint32(13))
+        exponent = np.uint32(body & np.uint32(0x0F800000))
+        body = np.uint32(body + np.uint32(0x38000000))  # rebias: 15 -> 127
+        x = f32_from_bits(body)
+        if exponent == np.uint32(0x0F800000):  # inf, NaN: all-ones exponent, payload kept
+            x = f32_from_bits(np.uint32(body + np.uint32(0x38000000)))
+        elif exponent == np.uint32(0):  # zero, subnormal: renormalize without denormals
+            x = f32_from_bits(np.uint32(body + np.uint32(0x00800000))) - TWO_POW_MINUS_14
+        sign = np.uint32(np.uint32(h & np.uint32(0x8000)) << np.uint32(16))
+        return compute(f32_from_bits(np.uint32(bits_from_f32(x) | sign)))
 
     @jit
     def store_f16(x):
         f = bits_from_f32(np.float32(x))
-        sign = f & np.uint32(0x80000000)
-        f = f ^ sign
+        sign = np.uint32(f & np.uint32(0x80000000))
+        f = np.uint32(f ^ sign)
         if f >= np.uint32(0x47800000):  # too large for float16, inf or NaN
             o = np.uint32(0x7E00) if f > np.uint32(0x7F800000) else np.uint32(0x7C00)
         elif f < np.uint32(0x38800000):  # float16 subnormal or zero: let an add round
-            o = bits_from_f32(f32_from_bits(f) + HALF) - np.uint32(0x3F000000)
+            o = np.uint32(bits_from_f32(f32_from_bits(f) + HALF) - np.uint32(0x3F000000))
         else:  # normal: round the mantissa to nearest even, then rebias
-            odd = (f >> np.uint32(13)) & np.uint32(1)
-            o = (f - np.uint32(0x37FFF001) + odd) >> np.uint32(13)
-        return np.uint16(o | (sign >> np.uint32(16)))
+            odd = np.uint32(np.uint32(f >> np.uint32(13)) & np.uint32(1))
+            o = np.uint32(np.uint32(f - np.uint32(0x37FFF001) + odd) >> np.uint32(13))
+        return np.uint16(np.uint32(o | np.uint32(sign >> np.uint32(16))))
 
     return {
         "float16": (load_f16, store_f16),

@@ -135,16 +135,22 @@ def count_nonfinite(grad, grad_kind: str, num_threads: int | None) -> int:
 
 
 @cache
-def memory_only_kernel(states: int):
-    """The bandwidth limit: ``kernel(grad, *states)`` reads grad and each state once and
-    writes each state once, with one integer add each and no other arithmetic.
+def memory_only_kernel(reads: int, writes: int):
+    """The bandwidth limit: ``kernel(*read_only, *read_write)`` reads every array once
+    and writes the ``writes`` last ones once, with integer adds and no other arithmetic.
 
-    Pass unsigned-integer views of the step's own arrays, so the bytes are the step's.
+    Pass unsigned-integer views of arrays like the step's, so the bytes are the step's.
     """
-    names = [f"s{k}" for k in range(states)]
-    body = "".join(f"        {s}[i] += g\n" for s in names)
-    source = (f"def kernel(grad, {', '.join(names)}):\n"
-              f"    for i in prange(grad.size):\n        g = grad[i]\n{body}")
+    source = memory_only_source(reads, writes)
     scope = {"prange": prange}
-    exec(source, scope)  # one loop for any number of arrays
+    exec(source.replace("LOOP", "for i in prange(r0.size):"), scope)
     return numba.njit(parallel=True, nogil=True)(scope["kernel"])
+
+
+def memory_only_source(reads: int, writes: int) -> str:
+    """Python source of the memory-only loop (``LOOP`` marks the loop header)."""
+    r = [f"r{k}" for k in range(reads)]
+    w = [f"w{k}" for k in range(writes)]
+    body = "".join(f"        {a}[i] += x\n" for a in w)
+    return (f"def kernel({', '.join(r + w)}):\n    LOOP\n"
+            f"        x = {' + '.join(a + '[i]' for a in r)}\n{body}")

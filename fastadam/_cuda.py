@@ -146,8 +146,7 @@ def adam_step_cuda(arrays: tuple, flags: Flags, coefficients: tuple[float, ...],
 def count_nonfinite(grad, grad_kind: str, stream) -> int:
     """1 if ``grad`` (a kernel view) holds NaN or inf, else 0; waits for the answer."""
     flag = cuda.to_device(np.zeros(1, np.int32), stream=stream)
-    with np.errstate(invalid="ignore"):  # the simulator computes inf - inf on the host
-        nonfinite_kernel(grad_kind)[launch_shape(grad.size) + (stream,)](grad, flag)
+    nonfinite_kernel(grad_kind)[launch_shape(grad.size) + (stream,)](grad, flag)
     return int(flag.copy_to_host(stream=stream)[0])
 
 
@@ -190,22 +189,18 @@ def to_device(a: np.ndarray):
 
 
 @cache
-def memory_only_kernel(states: int):
-    """The bandwidth limit on the GPU: ``run(grad, *states)`` reads grad and each state
-    once and writes each state once, one integer add each, in one launch.
+def memory_only_kernel(reads: int, writes: int):
+    """The bandwidth limit on the GPU, in one launch: see ``_cpu.memory_only_kernel``."""
+    from ._cpu import memory_only_source
 
-    Pass unsigned-integer views of the step's own arrays, so the bytes are the step's.
-    """
-    names = [f"s{k}" for k in range(states)]
-    body = "".join(f"        {s}[i] += g\n" for s in names)
-    source = (f"def kernel(grad, {', '.join(names)}):\n"
-              "    i = cuda.grid(1)\n    stride = cuda.gridsize(1)\n"
-              f"    while i < grad.size:\n        g = grad[i]\n{body}        i += stride\n")
+    source = memory_only_source(reads, writes).replace(
+        "    LOOP\n", "    i = cuda.grid(1)\n    while i < r0.size:\n")
+    source += "        i += cuda.gridsize(1)\n"
     scope = {"cuda": cuda}
-    exec(source, scope)  # one loop for any number of arrays
+    exec(source, scope)
     kernel = cuda.jit(scope["kernel"])
 
-    def run(grad, *arrays):
-        kernel[launch_shape(grad.size)](grad, *arrays)
+    def run(*arrays):
+        kernel[launch_shape(arrays[0].size)](*arrays)
 
     return run

@@ -19,30 +19,69 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 
 from . import __version__
-from .functional import adam_step
 
+# Adam keyword arguments of each configuration. On 16-bit params "adam" rounds to
+# nearest (Kahan off), so that each option's cost shows on its own.
 CONFIGS = {
     "adam": {},
     "adamw": {"weight_decay": 1e-2, "decoupled_weight_decay": True},
     "amsgrad": {"amsgrad": True},
+    "nesterov": {"nesterov": True},
+    "skip_nonfinite": {"skip_nonfinite": True},
+    "kahan": {"kahan_summation": True},
+    "master": {"master_weights": True},
+    "bf16_state": {"state_dtype": "bfloat16"},
 }
-DTYPES = ("float32", "float64")
+SIXTEEN_BIT_ONLY = ("kahan", "master")
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+DEFAULT_DTYPES = ("float32", "bfloat16")
+DEFAULT_CONFIGS = {"float32": ("adam", "adamw", "amsgrad", "skip_nonfinite"),
+                   "float64": ("adam",),
+                   "bfloat16": ("adam", "kahan", "master", "bf16_state"),
+                   "float16": ("adam", "kahan", "master")}
 QUICK_SIZES = (1 << 20, 1 << 24)
 
 
-def arrays_touched(config: str) -> tuple[int, int]:
-    """(arrays read, arrays written) by one fused step of ``config``."""
-    return (5, 4) if CONFIGS[config].get("amsgrad") else (4, 3)
+def applies(dtype: str, config: str) -> bool:
+    """Whether ``config`` exists for params of ``dtype``."""
+    return config not in SIXTEEN_BIT_ONLY or dtype in ("bfloat16", "float16")
 
 
-def traffic_bytes(n: int, dtype: str, config: str) -> int:
-    """Bytes one step must move at the least: every array read once, every state written once."""
-    reads, writes = arrays_touched(config)
-    return n * np.dtype(dtype).itemsize * (reads + writes)
+def numpy_dtype(name: str) -> np.dtype:
+    """The NumPy dtype of a name in ``DTYPES`` (bfloat16 from ml_dtypes)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def adam_options(dtype: str, config: str) -> dict:
+    """Adam keyword arguments for one configuration."""
+    kw = dict(CONFIGS[config])
+    if dtype in ("bfloat16", "float16"):
+        kw.setdefault("kahan_summation", False)
+    if kw.get("state_dtype") == "bfloat16":
+        kw["state_dtype"] = numpy_dtype("bfloat16")
+    return kw
+
+
+def step_arrays(opt) -> list:
+    """The arrays one step of ``opt`` reads and writes, grad excluded."""
+    return [opt._flat] + [a for a in opt._state if a is not None]
+
+
+def traffic_bytes(opt, grad) -> int:
+    """Bytes one step must move at the least: each array read once, each state written
+    once (the params and every state array), plus a second read of the gradient when
+    ``skip_nonfinite`` checks it first."""
+    grad_reads = 2 if opt.options["skip_nonfinite"] else 1
+    return 2 * sum(a.nbytes for a in step_arrays(opt)) + grad_reads * grad.nbytes
 
 
 @dataclass
@@ -69,6 +108,7 @@ class Row:
     roofline_fraction: float | None
     compile_s: float | None
     repeats: int
+    bytes_per_element: float
 
 
 def all_threads() -> int:
@@ -78,68 +118,63 @@ def all_threads() -> int:
     return numba.config.NUMBA_NUM_THREADS
 
 
-def roofline_contender(
-    n: int, dtype: str, config: str, grad: np.ndarray, threads: int
-) -> Contender:
-    """The memory-only kernel with the step's traffic, on its own arrays."""
-    from ._cpu import memory_only_kernel
-
-    reads, _ = arrays_touched(config)
-    buffers = [np.ones(n, dtype) for _ in range(reads - 1)]
-    kernel = memory_only_kernel(reads - 1)
-    return Contender("roofline", threads, _with_threads(threads, lambda: kernel(grad, *buffers)))
-
-
 def _with_threads(threads: int, fn: Callable[[], object]) -> Callable[[], object]:
-    import numba
+    from ._cpu import with_threads
 
-    def run():
-        previous = numba.get_num_threads()
-        numba.set_num_threads(threads)
-        try:
-            fn()
-        finally:
-            numba.set_num_threads(previous)
+    return lambda: with_threads(threads, fn)
 
-    return run
+
+def unsigned(a):
+    """An unsigned-integer view of an array: the same bytes, integer adds only."""
+    return a.view(f"u{a.dtype.itemsize}")
+
+
+def roofline_contenders(opt, grad, threads_list, memory_only_kernel, backend="roofline"):
+    """The memory-only kernel with the step's traffic, on scratch arrays of the step's dtypes."""
+    arrays = step_arrays(opt)
+    reads = [unsigned(grad.copy()) for _ in range(2 if opt.options["skip_nonfinite"] else 1)]
+    writes = [unsigned(a.copy()) for a in arrays]
+    kernel = memory_only_kernel(len(reads), len(writes))
+    if backend != "roofline":  # the GPU: one launch, no threads
+        return [Contender(backend, 1, lambda: kernel(*reads, *writes))]
+    return [Contender(backend, t, _with_threads(t, lambda: kernel(*reads, *writes)))
+            for t in threads_list]
+
+
+def _share_state(source, targets) -> None:
+    # The contenders step the same arrays: one set of state in memory, not one per contender.
+    for opt in targets:
+        opt._state = source._state
 
 
 def fastadam_contenders(n, dtype, config, rng, threads_list):
-    """numpy and the fused cpu kernel on every thread count, sharing one set of arrays.
+    """numpy, and the fused cpu kernel on every thread count, through ``Adam.step``.
 
-    Returns the contenders, the param and the grad.
+    Returns the contenders, the cpu optimizer (whose arrays all share) and the grad.
     """
-    kw = CONFIGS[config]
-    param = rng.standard_normal(n).astype(dtype)
-    grad = rng.standard_normal(n).astype(dtype)
-    m = np.zeros(n, dtype)
-    v = np.zeros(n, dtype)
-    v_max = np.zeros(n, dtype) if kw.get("amsgrad") else None
-    steps = iter(range(1, 1 << 62))
+    from .optimizer import Adam
 
-    def step(backend, threads=None):
-        return lambda: adam_step(
-            param,
-            grad,
-            m,
-            v,
-            v_max=v_max,
-            step=next(steps),
-            backend=backend,
-            num_threads=threads,
-            **kw,
-        )
-
-    out = [Contender("numpy", 1, step("numpy"))]
-    out += [Contender("cpu", t, step("cpu", t)) for t in threads_list]
-    return out, param, grad
+    kw = adam_options(dtype, config)
+    np_dtype = numpy_dtype(dtype)
+    param = rng.standard_normal(n).astype(np_dtype)
+    grad = rng.standard_normal(n).astype(np_dtype)
+    main = Adam(param, backend="cpu", **kw)
+    others = []
+    for backend, threads in [("numpy", None)] + [("cpu", t) for t in threads_list]:
+        others.append(Adam(param, backend=backend, num_threads=threads, **kw))
+        _share_state(main, others[-1:])
+    out = [Contender("numpy", 1, partial(others[0].step, grad))]
+    out += [Contender("cpu", t, partial(o.step, grad)) for t, o in zip(threads_list, others[1:])]
+    return out, main, grad
 
 
 def torch_optimizer(config: str):
-    """torch's class and keyword arguments for ``config``."""
+    """torch's class and keyword arguments for ``config`` (None: torch has no such option)."""
     import torch
 
     kw = dict(CONFIGS[config])
+    if set(kw) - {"weight_decay", "decoupled_weight_decay", "amsgrad"}:
+        return None, None
     cls = torch.optim.AdamW if kw.pop("decoupled_weight_decay", False) else torch.optim.Adam
     return cls, kw
 
@@ -148,8 +183,10 @@ def torch_contenders(param, grad, config, threads) -> list[Contender]:
     """torch.optim.Adam/AdamW fused and foreach on the same param and grad memory."""
     import torch
 
-    torch.set_num_threads(threads)
     cls, kw = torch_optimizer(config)
+    if cls is None or param.dtype not in (np.float32, np.float64):
+        return []
+    torch.set_num_threads(threads)
     out = []
     for impl in ("fused", "foreach"):
         p = torch.from_numpy(param)
@@ -168,20 +205,23 @@ def gpu_available() -> bool:
     return not _cuda.SIMULATOR and _cuda.cuda.is_available()
 
 
-def cuda_contenders(n, dtype, config, rng, peers) -> list[Contender]:
+def cuda_contenders(n, dtype, config, rng, peers):
     """The fused step on the GPU, its memory-only kernel, a device copy of the same bytes,
-    and with ``peers`` torch's fused CUDA Adam; each call waits for the GPU to finish."""
+    and with ``peers`` torch's fused CUDA Adam; each call waits for the GPU to finish.
+
+    Returns (contenders, bytes a step moves), or None where the GPU has no such case.
+    """
     from numba import cuda
 
     from ._cuda import memory_only_kernel
+    from .optimizer import Adam
 
-    kw = CONFIGS[config]
-    reads, writes = arrays_touched(config)
-    param = cuda.to_device(rng.standard_normal(n).astype(dtype))
-    grad = cuda.to_device(rng.standard_normal(n).astype(dtype))
-    state = [cuda.to_device(np.zeros(n, dtype)) for _ in range(reads - 2)]
-    v_max = state[2] if kw.get("amsgrad") else None
-    steps = iter(range(1, 1 << 62))
+    kw = adam_options(dtype, config)
+    if dtype == "bfloat16" or kw.get("state_dtype") is not None:
+        return None  # no bfloat16 GPU arrays through __cuda_array_interface__
+    np_dtype = numpy_dtype(dtype)
+    opt = Adam(cuda.to_device(rng.standard_normal(n).astype(np_dtype)), **kw)
+    grad = cuda.to_device(rng.standard_normal(n).astype(np_dtype))
 
     def synced(fn):
         def run():
@@ -190,30 +230,25 @@ def cuda_contenders(n, dtype, config, rng, peers) -> list[Contender]:
 
         return run
 
-    fused = synced(lambda: adam_step(param, grad, state[0], state[1], v_max=v_max,
-                                     step=next(steps), backend="cuda", **kw))
-    scratch = [cuda.to_device(np.ones(n, dtype)) for _ in range(reads - 1)]
-    kernel = memory_only_kernel(reads - 1)
+    nbytes = traffic_bytes(opt, grad)
     # A copy reads and writes each byte once: half the step's traffic each way.
-    copy_n = n * (reads + writes) // 2
-    src = cuda.to_device(np.ones(copy_n, dtype))
-    dst = cuda.device_array(copy_n, dtype)
-    out = [
-        Contender("cuda", 1, fused),
-        Contender("cuda-roofline", 1, synced(lambda: kernel(grad, *scratch))),
-        Contender("cuda-copy", 1, synced(lambda: dst.copy_to_device(src))),
-    ]
+    src = cuda.to_device(np.ones(nbytes // 2, np.uint8))
+    dst = cuda.device_array(nbytes // 2, np.uint8)
+    out = [Contender("cuda", 1, synced(lambda: opt.step(grad))),
+           Contender("cuda-copy", 1, synced(lambda: dst.copy_to_device(src)))]
+    roof = roofline_contenders(opt, grad, [1], memory_only_kernel, backend="cuda-roofline")[0]
+    out.append(Contender(roof.backend, 1, synced(roof.run)))
     if peers:
         import torch
 
-        if torch.cuda.is_available():
-            cls, t_kw = torch_optimizer(config)
+        cls, t_kw = torch_optimizer(config)
+        if torch.cuda.is_available() and cls is not None:
             p = torch.randn(n, dtype=getattr(torch, dtype), device="cuda")
             p.grad = torch.randn_like(p)
-            opt = cls([p], fused=True, **t_kw)
+            t_opt = cls([p], fused=True, **t_kw)
             out.append(Contender("torch-cuda-fused", 1,
-                                 lambda: (opt.step(), torch.cuda.synchronize())))
-    return out
+                                 lambda: (t_opt.step(), torch.cuda.synchronize())))
+    return out, nbytes
 
 
 def measure(contenders: list[Contender], repeats: int) -> tuple[dict, dict]:
@@ -238,16 +273,19 @@ def measure(contenders: list[Contender], repeats: int) -> tuple[dict, dict]:
 
 def run_case(n, dtype, config, *, repeats, threads_list, peers, rng, gpu=False) -> list[Row]:
     """Time every contender on one (size, dtype, config) and make the report rows."""
-    contenders, param, grad = fastadam_contenders(n, dtype, config, rng, threads_list)
-    contenders += [roofline_contender(n, dtype, config, grad, t) for t in threads_list]
+    from ._cpu import memory_only_kernel
+
+    contenders, opt, grad = fastadam_contenders(n, dtype, config, rng, threads_list)
+    nbytes = {"cpu": traffic_bytes(opt, grad)}
+    contenders += roofline_contenders(opt, grad, threads_list, memory_only_kernel)
     if peers:
-        contenders += torch_contenders(param, grad, config, max(threads_list))
+        contenders += torch_contenders(opt.params, grad, config, max(threads_list))
     if gpu:
-        contenders += cuda_contenders(n, dtype, config, rng, peers)
+        on_gpu, nbytes["gpu"] = cuda_contenders(n, dtype, config, rng, peers) or ([], 0)
+        contenders += on_gpu
     medians, first = measure(contenders, repeats)
     by_key = {(c.backend, c.threads): medians[id(c)] for c in contenders}
     numpy_s = by_key[("numpy", 1)]
-    nbytes = traffic_bytes(n, dtype, config)
     rows = []
     for c in contenders:
         s = medians[id(c)]
@@ -255,21 +293,14 @@ def run_case(n, dtype, config, *, repeats, threads_list, peers, rng, gpu=False) 
         limit = by_key.get(("cuda-roofline", 1) if on_gpu else ("roofline", c.threads))
         compiled = c.backend in ("cpu", "roofline", "cuda", "cuda-roofline") and (
             on_gpu or c.threads == threads_list[0])
-        rows.append(
-            Row(
-                backend=c.backend,
-                threads=c.threads,
-                n=n,
-                dtype=dtype,
-                config=config,
-                median_s=s,
-                gb_per_s=nbytes / s / 1e9,
-                speedup_vs_numpy=numpy_s / s,
-                roofline_fraction=None if c.backend.endswith("roofline") else limit / s,
-                compile_s=max(first[id(c)] - s, 0.0) if compiled else None,
-                repeats=repeats,
-            )
-        )
+        moved = nbytes["gpu" if on_gpu else "cpu"]
+        rows.append(Row(
+            backend=c.backend, threads=c.threads, n=n, dtype=dtype, config=config,
+            median_s=s, gb_per_s=moved / s / 1e9, speedup_vs_numpy=numpy_s / s,
+            roofline_fraction=None if c.backend.endswith("roofline") else limit / s,
+            compile_s=max(first[id(c)] - s, 0.0) if compiled else None,
+            repeats=repeats, bytes_per_element=moved / n,
+        ))
     return rows
 
 
@@ -287,13 +318,15 @@ def available_memory() -> int:
 
 def largest_size(dtype: str, peers: bool, memory: int) -> int:
     """The largest power-of-two size whose arrays, baseline temporaries included, fit."""
-    # param, grad, m, v, v_max; 3 roofline buffers; ~4 NumPy temporaries; torch's moments.
-    arrays = 5 + 3 + 4 + (4 if peers else 0)
-    n = int(0.8 * memory) // (arrays * np.dtype(dtype).itemsize)
+    item = max(numpy_dtype(dtype).itemsize, 4)  # 16-bit params keep float32 moments
+    # param, grad, m, v, v_max; as many roofline buffers; ~4 NumPy temporaries; torch's moments.
+    arrays = 5 + 5 + 4 + (2 if peers else 0)
+    n = int(0.8 * memory) // (arrays * item)
     return 1 << (n.bit_length() - 1)
 
 
 def default_sizes(dtype: str, peers: bool) -> list[int]:
+    """1K elements, then every 4x, up to what memory allows (256M float32 in 24 GiB)."""
     top = largest_size(dtype, peers, available_memory())
     return [1 << k for k in range(10, 29, 2) if 1 << k <= top]
 
@@ -406,9 +439,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--sizes", help="comma-separated element counts (default: 1K up to what memory allows)"
     )
-    p.add_argument("--dtypes", default=None, help=f"comma-separated, from {DTYPES} (default: all)")
+    p.add_argument("--dtypes", default=None,
+                   help=f"comma-separated param dtypes, from {DTYPES} (default: float32,bfloat16)")
     p.add_argument(
-        "--configs", default=None, help=f"comma-separated, from {tuple(CONFIGS)} (default: all)"
+        "--configs", default=None,
+        help=f"comma-separated, from {tuple(CONFIGS)} (default: several per dtype)",
     )
     p.add_argument(
         "--repeats", type=int, default=None, help="timed repeats per contender (default 7, quick 5)"
@@ -439,13 +474,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.dtypes = (
         listed(args.dtypes, DTYPES, "dtypes")
         if args.dtypes
-        else (["float32"] if args.quick else list(DTYPES))
+        else (["float32"] if args.quick else list(DEFAULT_DTYPES))
     )
-    args.configs = (
-        listed(args.configs, CONFIGS, "configs")
-        if args.configs
-        else (["adam"] if args.quick else list(CONFIGS))
-    )
+    args.configs = listed(args.configs, CONFIGS, "configs") if args.configs else None
+    if args.quick and args.configs is None:
+        args.configs = ["adam"]
+    if "bfloat16" in args.dtypes or (args.configs and "bf16_state" in args.configs):
+        try:
+            import ml_dtypes  # noqa: F401
+        except ImportError:
+            p.error("bfloat16 needs ml_dtypes: pip install ml_dtypes")
     if args.sizes:
         try:
             args.sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
@@ -477,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = [
         (n, dtype, config)
         for dtype in args.dtypes
-        for config in args.configs
+        for config in (args.configs or DEFAULT_CONFIGS[dtype])
+        if applies(dtype, config)
         for n in (args.sizes or default_sizes(dtype, args.peers))
     ]
     rng = np.random.default_rng(args.seed)

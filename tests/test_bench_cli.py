@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from helpers import optional
 
@@ -31,8 +32,10 @@ def test_json_records(tmp_path, capsys):
     for r in rows:
         assert FIELDS <= set(r)
         assert r["median_s"] > 0 and r["gb_per_s"] > 0
-        expected_bytes = bench.traffic_bytes(r["n"], r["dtype"], r["config"])
-        assert r["gb_per_s"] == pytest.approx(expected_bytes / r["median_s"] / 1e9)
+        item = np.dtype(r["dtype"]).itemsize
+        per_element = {"adam": 7, "amsgrad": 9}[r["config"]] * item  # read 4 (5), write 3 (4)
+        assert r["bytes_per_element"] == per_element
+        assert r["gb_per_s"] == pytest.approx(per_element * r["n"] / r["median_s"] / 1e9)
         if r["backend"] == "numpy":
             assert r["speedup_vs_numpy"] == 1.0
         if r["backend"] == "roofline":
@@ -45,9 +48,25 @@ def test_json_records(tmp_path, capsys):
     assert "x numpy" in out and "4,099" in out
 
 
-def test_traffic_counts_amsgrad_state():
-    assert bench.traffic_bytes(10, "float32", "adam") == 10 * 4 * 7
-    assert bench.traffic_bytes(10, "float64", "amsgrad") == 10 * 8 * 9
+@pytest.mark.parametrize("dtype,config,per_element", [
+    ("float32", "adam", 28), ("float64", "amsgrad", 72), ("float32", "skip_nonfinite", 32),
+    # bf16 param (2+2) and grad (2), float32 m and v (8+8): 22; Kahan's buffer +4;
+    # master params +8; bfloat16 m and v instead: 14.
+    ("bfloat16", "adam", 22), ("bfloat16", "kahan", 26), ("bfloat16", "master", 30),
+    ("bfloat16", "bf16_state", 14), ("float16", "kahan", 26),
+])
+def test_traffic_is_what_the_configuration_moves(dtype, config, per_element):
+    optional("ml_dtypes")
+    _, opt, grad = bench.fastadam_contenders(10, dtype, config, np.random.default_rng(0), [1])
+    assert bench.traffic_bytes(opt, grad) == 10 * per_element
+
+
+def test_sixteen_bit_sweep(capsys):
+    optional("ml_dtypes")
+    out = run(capsys, "--sizes", "999", "--dtypes", "bfloat16,float16")
+    for config in ("kahan", "master", "bf16_state"):
+        assert config in out
+    assert "amsgrad" not in out  # the defaults per dtype
 
 
 def test_plot_file(tmp_path, capsys):

@@ -17,6 +17,11 @@ def _gpu_ready() -> bool:
     return SIMULATOR or cuda.is_available()
 
 
+def pytest_configure(config):
+    if SIMULATOR:  # NumPy scalars warn where GPU arithmetic wraps (uint adds) or makes NaN
+        config.addinivalue_line("filterwarnings", "ignore::RuntimeWarning")
+
+
 def pytest_collection_modifyitems(config, items):
     if _gpu_ready():
         return

@@ -7,10 +7,17 @@ bench = pytest.importorskip("fastadam.bench")
 cuda = pytest.importorskip("numba.cuda")
 
 
-@pytest.mark.parametrize("config", ["adam", "amsgrad"])
-def test_cuda_contenders_run(config):
-    rng = np.random.default_rng(0)
-    contenders = bench.cuda_contenders(64, "float32", config, rng, peers=False)
-    assert [c.backend for c in contenders] == ["cuda", "cuda-roofline", "cuda-copy"]
+@pytest.mark.parametrize("dtype,config,per_element", [
+    ("float32", "adam", 28), ("float32", "amsgrad", 36), ("float16", "kahan", 26),
+])
+def test_cuda_contenders_run(dtype, config, per_element):
+    contenders, nbytes = bench.cuda_contenders(64, dtype, config, np.random.default_rng(0),
+                                               peers=False)
+    assert [c.backend for c in contenders] == ["cuda", "cuda-copy", "cuda-roofline"]
+    assert nbytes == 64 * per_element
     medians, first = bench.measure(contenders, repeats=1)
     assert all(t > 0 for t in medians.values())
+
+
+def test_no_bfloat16_on_the_gpu():
+    assert bench.cuda_contenders(64, "bfloat16", "adam", np.random.default_rng(0), False) is None
