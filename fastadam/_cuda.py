@@ -203,4 +203,5 @@ def memory_only_kernel(reads: int, writes: int):
     def run(*arrays):
         kernel[launch_shape(arrays[0].size)](*arrays)
 
+    run.kernel = kernel
     return run

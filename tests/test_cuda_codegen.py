@@ -1,0 +1,81 @@
+"""Every CUDA kernel variant compiles to PTX for sm_90, without a GPU.
+
+The simulator runs the kernels as Python; this checks that the real compiler
+accepts them too (typing, the bit casts, float32-only arithmetic). It needs
+NVRTC (``pip install "numba-cuda[cu13]"``) and no driver.
+"""
+
+import itertools
+import os
+
+import pytest
+
+cuda = pytest.importorskip("numba.cuda")
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    pytest.skip("the simulator compiles nothing", allow_module_level=True)
+
+from numba import types  # noqa: E402
+
+from fastadam import _cuda  # noqa: E402
+from fastadam._scalars import Flags  # noqa: E402
+
+ARRAY = {"float16": types.uint16, "bfloat16": types.uint16, "float32": types.float32,
+         "float64": types.float64}
+
+
+@pytest.fixture(scope="module")
+def compile_ptx():
+    import numba.cuda.dispatcher as dispatcher
+
+    try:
+        cuda.compile_ptx(lambda x: None, (types.float32[::1],), cc=(9, 0))
+    except Exception as e:  # no NVRTC/NVVM here
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no CUDA compiler: {type(e).__name__}")
+
+    class Hopper:  # device functions ask the current device for its compute capability
+        compute_capability = (9, 0)
+
+    saved = dispatcher.get_current_device
+    dispatcher.get_current_device = lambda: Hopper()
+    yield lambda fn, sig: cuda.compile_ptx(fn, sig, cc=(9, 0))[0]
+    dispatcher.get_current_device = saved
+
+
+KINDS = [("float32", "float32", "float32"), ("float64", "float64", "float64"),
+         ("bfloat16", "bfloat16", "float32"), ("float16", "float32", "float16"),
+         ("bfloat16", "float32", "bfloat16"), ("float32", "bfloat16", "float32")]
+OPTIONS = [dict(), dict(amsgrad=True, nesterov=True, l2=True, maximize=True),
+           dict(kahan=True, decoupled=True), dict(master=True, decoupled=True)]
+
+
+CASES = [(k, o) for k, o in itertools.product(KINDS, OPTIONS)
+         if not (o.get("kahan") or o.get("master")) or k[0] in ("float16", "bfloat16")]
+
+
+@pytest.mark.parametrize("kinds,options", CASES)
+def test_fused_kernel_compiles(compile_ptx, kinds, options):
+    param, grad, state = kinds
+    flags = Flags(options.get("maximize", False), options.get("amsgrad", False),
+                  options.get("l2", False), options.get("decoupled", False),
+                  options.get("nesterov", False), options.get("kahan", False),
+                  options.get("master", False), param, grad, state)
+    compute = types.float64 if param == "float64" else types.float32
+    sig = (ARRAY[param][::1], ARRAY[grad][::1], ARRAY[state][::1], ARRAY[state][::1],
+           ARRAY[state][::1], ARRAY[param][::1], types.float32[::1]) + (compute,) * 11
+    ptx = compile_ptx(_cuda.fused_kernel(flags).py_func, sig)
+    assert "sqrt.rn" in ptx
+    if param != "float64" and "float64" not in kinds:
+        assert ".f64" not in ptx  # float32 arithmetic only
+
+
+@pytest.mark.parametrize("kind", ["float16", "bfloat16", "float32", "float64"])
+def test_nonfinite_kernel_compiles(compile_ptx, kind):
+    compile_ptx(_cuda.nonfinite_kernel(kind).py_func, (ARRAY[kind][::1], types.int32[::1]))
+
+
+def test_memory_only_kernel_compiles(compile_ptx):
+    kernel = _cuda.memory_only_kernel(2, 3).kernel
+    sig = (types.uint16[::1],) * 2 + (types.uint32[::1],) * 3  # views, as the bench passes
+    assert "st.global" in compile_ptx(kernel.py_func, sig)
