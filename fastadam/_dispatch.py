@@ -56,13 +56,17 @@ def step_flags(h: Hyper, arrays: tuple) -> Flags:
                  kahan=arrays[5] is not None, master=arrays[6] is not None)
 
 
+def _as_kernel_array(a):
+    return a.view(np.uint16) if a.itemsize == 2 else a
+
+
 def kernel_views(arrays: tuple) -> tuple:
     """The arrays as kernels take them: 16-bit ones as uint16, placeholders for unused ones."""
-    views = [None if a is None else (a.view(np.uint16) if a.dtype.itemsize == 2 else a)
-             for a in arrays]
-    param, _, _, v = views[:4]
-    placeholders = (None, None, None, None, v, param, param)
-    return tuple(p if a is None else a for a, p in zip(views, placeholders))
+    param, grad, m, v, v_max, comp, master = [
+        a if a is None or a.itemsize != 2 else a.view(np.uint16) for a in arrays
+    ]
+    return (param, grad, m, v, v if v_max is None else v_max,
+            param if comp is None else comp, param if master is None else master)
 
 
 def apply(backend: str, arrays: tuple, h: Hyper, flags: Flags, step: int, *,
@@ -95,7 +99,7 @@ def all_finite(backend: str, grad, grad_kind: str, *, num_threads=None, stream=N
         return True
     if backend == "numpy":
         return bool(np.isfinite(grad).all())
-    view = kernel_views((grad,) * 4)[0]
+    view = _as_kernel_array(grad)
     if backend == "cpu":
         if _cpu is None:
             from . import _cpu

@@ -22,10 +22,16 @@ def kind(dtype) -> str | None:
     bfloat16 is ml_dtypes' (what JAX uses); it is recognized by name, so fastadam
     needs ml_dtypes only where such arrays exist.
     """
-    name = dtype.name
-    if name in KINDS and dtype.isnative:
-        return name
-    return None
+    try:
+        return _KIND_OF[dtype]
+    except KeyError:
+        name = dtype.name
+        found = name if name in KINDS and dtype.isnative else None
+        _KIND_OF[dtype] = found
+        return found
+
+
+_KIND_OF: dict = {}  # dtype -> kind: a dict look-up is far cheaper than dtype.name
 
 
 def dtype_kind(name: str, value) -> str:

@@ -177,8 +177,9 @@ class Adam:
         cuda_stream = check.stream(stream, self._backend)
         flat = grads.reshape(-1)
         flags = self._flags
-        if flags.grad != flat.dtype.name:
-            flags = self._flags = flags._replace(grad=check.kind(flat.dtype))
+        grad_kind = check.kind(flat.dtype)
+        if flags.grad != grad_kind:
+            flags = self._flags = flags._replace(grad=grad_kind)
         if self._skip_nonfinite and not all_finite(
             self._backend, flat, flags.grad, num_threads=self._num_threads, stream=cuda_stream
         ):
