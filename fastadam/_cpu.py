@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import _convert
+from . import _convert, _element
 from ._scalars import Flags, compute_dtype
 
 
@@ -42,55 +42,17 @@ def fused_kernel(flags: Flags):
     master when their option is off) may be any placeholder. ``coef`` holds
     ``_scalars.COEFFICIENTS`` rounded once to the compute dtype.
     """
-    maximize, amsgrad, l2_decay, decoupled_decay, nesterov, kahan, master = flags[:7]
-    conv = converters(compute_dtype(flags.param))
-    load_p, store_p = conv[flags.param]
-    load_g = conv[flags.grad][0]
-    load_s, store_s = conv[flags.state]
-    compute = np.dtype(compute_dtype(flags.param)).type
+    update = _element.make(numba.njit, flags, converters(compute_dtype(flags.param)))
 
     # prange also lets LLVM vectorize: a plain range loop over several arrays
     # stays scalar, because the arrays might alias.
     @numba.njit(parallel=True, nogil=True)
-    def kernel(param, grad, m, v, v_max, comp, master_param, coef):
-        beta1, one_minus_beta1, beta2, one_minus_beta2 = coef[0], coef[1], coef[2], coef[3]
-        m_coef, g_coef, scaled_eps_root, scaled_eps = coef[4], coef[5], coef[6], coef[7]
-        weight_decay, decay_factor, inv_grad_scale = coef[8], coef[9], coef[10]
+    def kernel(param, grad, m, v, v_max, comp, master, coef):
+        c0, c1, c2, c3, c4, c5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
+        c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]
         for i in prange(param.size):
-            g = load_g(grad[i]) * inv_grad_scale
-            if maximize:
-                g = -g
-            if master:
-                p = compute(master_param[i])
-            elif kahan:
-                p = load_p(param[i]) + load_p(comp[i])
-            else:
-                p = load_p(param[i])
-            if l2_decay:
-                g = g + weight_decay * p
-            if decoupled_decay:
-                p = p * decay_factor
-            m_i = beta1 * load_s(m[i]) + one_minus_beta1 * g
-            v_i = beta2 * load_s(v[i]) + one_minus_beta2 * (g * g)
-            m[i] = store_s(m_i)
-            v[i] = store_s(v_i)
-            if amsgrad:
-                v_i = max(load_s(v_max[i]), v_i)
-                v_max[i] = store_s(v_i)
-            denom = np.sqrt(v_i + scaled_eps_root) + scaled_eps
-            if nesterov:
-                p = p - (m_coef * m_i + g_coef * g) / denom
-            else:
-                p = p - m_coef * (m_i / denom)
-            if master:
-                master_param[i] = p
-                param[i] = store_p(p)
-            elif kahan:
-                rounded = store_p(p)
-                param[i] = rounded
-                comp[i] = store_p(p - load_p(rounded))  # what rounding lost
-            else:
-                param[i] = store_p(p)
+            update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7,
+                   c8, c9, c10)
 
     return kernel
 

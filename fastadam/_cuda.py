@@ -9,13 +9,12 @@ itself imported only when a CUDA step is asked for.
 
 from __future__ import annotations
 
-import math
 from functools import cache
 
 import numpy as np
 from numba import config, cuda
 
-from . import _convert
+from . import _convert, _element
 from ._scalars import Flags, compute_dtype
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
@@ -55,58 +54,18 @@ def converters(compute: str) -> dict:
 
 @cache
 def fused_kernel(flags: Flags):
-    """The kernel ``(param, grad, m, v, v_max, comp, master, *coefficients)``.
-
-    The same loop body as ``_cpu.fused_kernel``; see there for the arguments.
-    """
-    maximize, amsgrad, l2_decay, decoupled_decay, nesterov, kahan, master = flags[:7]
-    conv = converters(compute_dtype(flags.param))
-    load_p, store_p = conv[flags.param]
-    load_g = conv[flags.grad][0]
-    load_s, store_s = conv[flags.state]
-    compute = np.dtype(compute_dtype(flags.param)).type
+    """The kernel ``(param, grad, m, v, v_max, comp, master, *coefficients)``: the element
+    update of ``_element.py`` over a grid-stride loop (see ``_cpu.fused_kernel``)."""
+    update = _element.make(_device, flags, converters(compute_dtype(flags.param)))
 
     @cuda.jit
-    def kernel(param, grad, m, v, v_max, comp, master_param, beta1, one_minus_beta1, beta2,
-               one_minus_beta2, m_coef, g_coef, scaled_eps_root, scaled_eps, weight_decay,
-               decay_factor, inv_grad_scale):
+    def kernel(param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
+               c10):
         i = cuda.grid(1)
         stride = cuda.gridsize(1)
         while i < param.size:
-            g = load_g(grad[i]) * inv_grad_scale
-            if maximize:
-                g = -g
-            if master:
-                p = compute(master_param[i])
-            elif kahan:
-                p = load_p(param[i]) + load_p(comp[i])
-            else:
-                p = load_p(param[i])
-            if l2_decay:
-                g = g + weight_decay * p
-            if decoupled_decay:
-                p = p * decay_factor
-            m_i = beta1 * load_s(m[i]) + one_minus_beta1 * g
-            v_i = beta2 * load_s(v[i]) + one_minus_beta2 * (g * g)
-            m[i] = store_s(m_i)
-            v[i] = store_s(v_i)
-            if amsgrad:
-                v_i = max(load_s(v_max[i]), v_i)
-                v_max[i] = store_s(v_i)
-            denom = math.sqrt(v_i + scaled_eps_root) + scaled_eps
-            if nesterov:
-                p = p - (m_coef * m_i + g_coef * g) / denom
-            else:
-                p = p - m_coef * (m_i / denom)
-            if master:
-                master_param[i] = p
-                param[i] = store_p(p)
-            elif kahan:
-                rounded = store_p(p)
-                param[i] = rounded
-                comp[i] = store_p(p - load_p(rounded))
-            else:
-                param[i] = store_p(p)
+            update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7,
+                   c8, c9, c10)
             i += stride
 
     return kernel

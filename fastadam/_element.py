@@ -1,0 +1,69 @@
+"""One Adam element update, written once for the CPU and the CUDA kernel.
+
+``make`` compiles it for a target; both kernels call it for each index, the CPU
+one in a ``prange`` loop, the CUDA one in a grid-stride loop. Options and dtypes
+are closure constants, so each combination compiles without branches on them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._scalars import Flags, compute_dtype
+
+
+def make(jit, flags: Flags, converters: dict):
+    """``update(i, param, grad, m, v, v_max, comp, master, *coefficients)``, in place.
+
+    Arrays are 1-D, 16-bit ones as uint16 views; unused ones (v_max, comp, master
+    when their option is off) are never touched. The coefficients are
+    ``_scalars.COEFFICIENTS``, rounded once to the compute dtype.
+    """
+    maximize, amsgrad, l2_decay, decoupled_decay, nesterov, kahan, master = flags[:7]
+    load_p, store_p = converters[flags.param]
+    load_g = converters[flags.grad][0]
+    load_s, store_s = converters[flags.state]
+    compute = np.dtype(compute_dtype(flags.param)).type
+
+    @jit
+    def update(i, param, grad, m, v, v_max, comp, master_param, beta1, one_minus_beta1, beta2,
+               one_minus_beta2, m_coef, g_coef, scaled_eps_root, scaled_eps, weight_decay,
+               decay_factor, inv_grad_scale):
+        g = load_g(grad[i]) * inv_grad_scale
+        if maximize:
+            g = -g
+        if master:
+            p = compute(master_param[i])
+        elif kahan:
+            p = load_p(param[i]) + load_p(comp[i])
+        else:
+            p = load_p(param[i])
+        if l2_decay:
+            g = g + weight_decay * p
+        if decoupled_decay:
+            p = p * decay_factor
+        m_i = beta1 * load_s(m[i]) + one_minus_beta1 * g
+        v_i = beta2 * load_s(v[i]) + one_minus_beta2 * (g * g)
+        m[i] = store_s(m_i)
+        v[i] = store_s(v_i)
+        if amsgrad:
+            v_i = max(load_s(v_max[i]), v_i)
+            v_max[i] = store_s(v_i)
+        denom = math.sqrt(v_i + scaled_eps_root) + scaled_eps
+        if nesterov:
+            p = p - (m_coef * m_i + g_coef * g) / denom
+        else:
+            p = p - m_coef * (m_i / denom)
+        if master:
+            master_param[i] = p
+            param[i] = store_p(p)
+        elif kahan:
+            rounded = store_p(p)
+            param[i] = rounded
+            comp[i] = store_p(p - load_p(rounded))  # what rounding lost
+        else:
+            param[i] = store_p(p)
+
+    return update
