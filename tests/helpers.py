@@ -65,3 +65,13 @@ def assert_same_floats(got, want, msg=""):
     np.testing.assert_array_equal(np.isnan(got), nan, err_msg=msg)
     bits = got.view(np.uint32)[~nan], want.view(np.uint32)[~nan]
     np.testing.assert_array_equal(*bits, err_msg=msg)
+
+
+# Relative tolerance of one step against the float64 formula: a few roundings.
+RTOL = {np.float32: 4e-7, np.float64: 1e-15}
+
+
+def assert_close(got, want, dtype):
+    """``got`` is ``want`` to a few roundings of ``dtype``, relative to the largest value."""
+    rtol = RTOL[dtype]
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())

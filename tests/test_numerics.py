@@ -2,21 +2,12 @@
 
 import numpy as np
 import pytest
-from helpers import DTYPES, OPTIONS, SIZES, make_state
+from helpers import DTYPES, OPTIONS, RTOL, SIZES, assert_close, make_state
 from reference import adam_f64
 
 import fastadam
 
 BACKENDS = ["cpu", "numpy"]
-# Relative tolerance of one step: a few roundings of the dtype.
-RTOL = {np.float32: 4e-7, np.float64: 1e-15}
-
-
-def assert_close(got, want, dtype):
-    rtol = RTOL[dtype]
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("option", OPTIONS)

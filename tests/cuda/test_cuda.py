@@ -6,7 +6,7 @@ tests run unchanged on a real GPU.
 
 import numpy as np
 import pytest
-from helpers import OPTIONS, make_state
+from helpers import OPTIONS, assert_close, make_state
 from reference import adam_f64
 
 import fastadam
@@ -16,16 +16,10 @@ _cuda = pytest.importorskip("fastadam._cuda")
 
 SIZES = [1, 33, 1001]
 DTYPES = [np.float32, np.float64]
-RTOL = {np.float32: 4e-7, np.float64: 1e-15}
 
 
 def to_device(*arrays):
     return [None if a is None else cuda.to_device(a) for a in arrays]
-
-
-def assert_close(got, want, dtype):
-    rtol = RTOL[dtype]
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
