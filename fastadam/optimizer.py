@@ -6,6 +6,7 @@ import numbers
 
 import numpy as np
 
+from . import _checkpoint
 from . import _validate as check
 from ._dispatch import all_finite, apply, from_host, resolve, step_flags, to_host, zeros
 from .functional import hyper
@@ -243,6 +244,16 @@ class Adam:
         self._hyper, self._step, self._state = h, int(step), loaded
         self._flags = step_flags(h, (self._flat, self._flat, *loaded))._replace(
             grad=self._flags.grad)
+
+    def save(self, path) -> None:
+        """Write ``state_dict()`` to one ``.npz`` file with a format version, atomically:
+        a save killed at any moment leaves the old file or the new one."""
+        _checkpoint.save(path, self.state_dict())
+
+    def load(self, path) -> None:
+        """Restore what ``save`` wrote. A file of another layout (shapes, options), or a
+        damaged one, raises ValueError and changes nothing."""
+        self.load_state_dict(_checkpoint.load(path))
 
     def _loaded(self, name: str, value, dtype) -> np.ndarray:
         label = f"state_dict['state'][0][{name!r}]"
