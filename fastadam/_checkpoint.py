@@ -24,13 +24,15 @@ VERSION = 1
 
 def save(path, state_dict: dict) -> None:
     """Write ``state_dict`` (as ``Adam.state_dict()`` makes it) to ``path`` atomically."""
-    state = state_dict["state"][0]
-    arrays, dtypes = {}, {}
-    for name, value in state.items():
-        if isinstance(value, np.ndarray):
-            dtypes[name] = kind(value.dtype)
-            arrays[name] = value.view(np.uint16) if value.itemsize == 2 else value
-    header = {"format": FORMAT, "version": VERSION, "step": state["step"],
+    arrays, dtypes, steps = {}, {}, {}
+    for i, entry in state_dict["state"].items():
+        steps[str(i)] = entry["step"]
+        for name, value in entry.items():
+            if isinstance(value, np.ndarray):
+                key = f"{i}.{name}"
+                dtypes[key] = kind(value.dtype)
+                arrays[key] = value.view(np.uint16) if value.itemsize == 2 else value
+    header = {"format": FORMAT, "version": VERSION, "steps": steps,
               "param_groups": state_dict["param_groups"], "dtypes": dtypes}
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     path = os.fspath(path)
@@ -75,13 +77,20 @@ def load(path) -> dict:
     if header.get("version") != VERSION:
         raise ValueError(f"{path} has checkpoint version {header.get('version')!r}; "
                          f"this fastadam reads version {VERSION}")
-    dtypes = header.get("dtypes")
-    if not isinstance(dtypes, dict) or set(dtypes) != set(contents):
+    dtypes, steps = header.get("dtypes"), header.get("steps")
+    if not isinstance(dtypes, dict) or set(dtypes) != set(contents) or not isinstance(steps, dict):
         raise ValueError(f"{path} is damaged: its arrays do not match its header")
-    state = {"step": header.get("step")}
-    for name, array in contents.items():
-        state[name] = _restore(array, dtypes[name], path)
-    return {"state": {0: state}, "param_groups": header.get("param_groups")}
+    state = {}
+    for key, step in steps.items():
+        if not key.isdigit():
+            raise ValueError(f"{path} is damaged: a state entry named {key!r}")
+        state[int(key)] = {"step": step}
+    for key, array in contents.items():
+        index, _, name = key.partition(".")
+        if not index.isdigit() or int(index) not in state:
+            raise ValueError(f"{path} is damaged: an array named {key!r}")
+        state[int(index)][name] = _restore(array, dtypes[key], path)
+    return {"state": state, "param_groups": header.get("param_groups")}
 
 
 def _restore(array: np.ndarray, dtype_name, path) -> np.ndarray:

@@ -72,8 +72,9 @@ def adam_options(dtype: str, config: str) -> dict:
 
 
 def step_arrays(opt) -> list:
-    """The arrays one step of ``opt`` reads and writes, grad excluded."""
-    return [opt._flat] + [a for a in opt._state if a is not None]
+    """The arrays one step of ``opt`` (on one params array) reads and writes, grad excluded."""
+    slot = opt._slots[0]
+    return [slot.flat] + [a for a in slot.state if a is not None]
 
 
 def traffic_bytes(opt, grad) -> int:
@@ -144,7 +145,7 @@ def roofline_contenders(opt, grad, threads_list, memory_only_kernel, backend="ro
 def _share_state(source, targets) -> None:
     # The contenders step the same arrays: one set of state in memory, not one per contender.
     for opt in targets:
-        opt._state = source._state
+        opt._slots[0].state = source._slots[0].state
 
 
 def fastadam_contenders(n, dtype, config, rng, threads_list):

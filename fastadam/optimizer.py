@@ -28,8 +28,14 @@ def _numpy_dtype(kind: str) -> np.dtype:
     return np.dtype(kind)
 
 
+class _Slot:
+    """One params array and its state: (m, v, v_max, Kahan compensation, master params)."""
+
+    __slots__ = ("array", "flat", "state", "flags", "step", "state_dtype")
+
+
 class Adam:
-    """Adam on one contiguous float array, updated in place (``torch.optim.Adam`` semantics).
+    """Adam on contiguous float arrays, updated in place (``torch.optim.Adam`` semantics).
 
     Example::
 
@@ -37,6 +43,11 @@ class Adam:
         opt = fastadam.Adam(params, lr=1e-3)
         for grads in gradient_stream():
             opt.step(grads)          # params, and the moments, change in place
+
+    ``params`` is one array, a list of arrays, or torch-style param groups: a
+    list of dicts, each with ``"params"`` (an array or a list of arrays) and
+    any of the hyperparameters below for that group. ``step`` then takes the
+    gradients as a list, in the order the params were given.
 
     Beyond torch's options: ``bias_correction``, ``eps_root`` and ``nesterov``
     (as optax), ``decouple_lr`` with ``max_lr`` (optimi's fully decoupled
@@ -60,7 +71,7 @@ class Adam:
 
     def __init__(
         self,
-        params: np.ndarray,
+        params,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -81,169 +92,243 @@ class Adam:
         master_weights: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        if check.flag("decouple_lr", decouple_lr) and max_lr is None:
-            max_lr = lr
-        self._hyper = hyper(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad,
-                            maximize, bias_correction, eps_root, nesterov, decouple_lr, max_lr)
-        self._backend = resolve(check.backend(backend), params)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
+                        maximize=maximize, bias_correction=bias_correction, eps_root=eps_root,
+                        nesterov=nesterov, decouple_lr=decouple_lr, max_lr=max_lr)
+        self._single = isinstance(params, np.ndarray) or check.is_device(params)
+        specs = [{"params": [params]}] if self._single else _group_specs(params)
+        hypers = [_group_hyper(defaults, spec) for spec in specs]
+        first = specs[0]["params"][0]
+        self._backend = resolve(check.backend(backend), first)
         self._device = self._backend == "cuda"
-        check_params = check.device_array if self._device else check.host_array
-        self._params = check_params("params", params, writable=True)  # validated view
         self._num_threads = check.num_threads(num_threads)
         self._skip_nonfinite = check.flag("skip_nonfinite", skip_nonfinite)
-        param_kind = check.kind(self._params.dtype)
-        sixteen = param_kind in check.SIXTEEN_BIT
-        master_weights = check.flag("master_weights", master_weights)
-        if kahan_summation is None:
-            kahan_summation = sixteen and not master_weights
-        kahan_summation = check.flag("kahan_summation", kahan_summation)
-        if (kahan_summation or master_weights) and not sixteen:
+        self._master = check.flag("master_weights", master_weights)
+        self._kahan = None if kahan_summation is None else check.flag(
+            "kahan_summation", kahan_summation)
+        self._state_kind = None if state_dtype is None else check.dtype_kind(
+            "state_dtype", state_dtype)
+        names = ["params"] if self._single else [
+            f"params[{i}]" for i in range(sum(len(spec["params"]) for spec in specs))]
+        arrays = [a for spec in specs for a in spec["params"]]
+        views = [self._checked(name, a) for name, a in zip(names, arrays)]
+        check.disjoint(dict(zip(names, views)))
+        self._groups, it = [], iter(views)
+        for h, spec in zip(hypers, specs):
+            self._groups.append((h, [self._new_slot(next(it), h) for _ in spec["params"]]))
+        self._slots = [slot for _, group in self._groups for slot in group]
+        self.params = params if self._single else arrays
+
+    # --- construction -------------------------------------------------------
+
+    def _checked(self, name: str, array):
+        check_params = check.device_array if self._device else check.host_array
+        if not self._device and check.is_device(array):
+            raise TypeError(f"{name} is a GPU array, but the other params are host arrays")
+        return check_params(name, array, writable=True)
+
+    def _new_slot(self, view, h) -> _Slot:
+        slot = _Slot()
+        slot.array, slot.flat, slot.step = view, view.reshape(-1), 0
+        kind = check.kind(view.dtype)
+        sixteen = kind in check.SIXTEEN_BIT
+        kahan = (sixteen and not self._master) if self._kahan is None else self._kahan
+        if (kahan or self._master) and not sixteen:
             raise ValueError("kahan_summation and master_weights are for 16-bit params; "
-                             f"params are {self._params.dtype}")
-        if kahan_summation and master_weights:
+                             f"params are {view.dtype}")
+        if kahan and self._master:
             raise ValueError("kahan_summation and master_weights exclude each other")
-        if state_dtype is None:
-            state_kind = "float32" if sixteen else param_kind
-        else:
-            state_kind = check.dtype_kind("state_dtype", state_dtype)
+        state_kind = self._state_kind or ("float32" if sixteen else kind)
         if self._device and state_kind == "bfloat16":
             raise ValueError("state_dtype=bfloat16 is for host arrays: GPU arrays cannot "
                              "carry bfloat16 through __cuda_array_interface__")
-        self._state_dtype = _numpy_dtype(state_kind)
-        self.params = params
-        self._flat = self._params.reshape(-1)
-        n = self._flat.size
-        self._state = [
-            zeros(self._backend, n, self._state_dtype),
-            zeros(self._backend, n, self._state_dtype),
-            zeros(self._backend, n, self._state_dtype) if self._hyper.amsgrad else None,
-            zeros(self._backend, n, self._params.dtype) if kahan_summation else None,
-            self._master_copy() if master_weights else None,
+        slot.state_dtype = _numpy_dtype(state_kind)
+        n, b = slot.flat.size, self._backend
+        slot.state = [
+            zeros(b, n, slot.state_dtype),
+            zeros(b, n, slot.state_dtype),
+            zeros(b, n, slot.state_dtype) if h.amsgrad else None,
+            zeros(b, n, view.dtype) if kahan else None,
+            from_host(b, to_host(b, slot.flat, view.dtype).astype(np.float32))
+            if self._master else None,
         ]
-        self._flags = step_flags(self._hyper, (self._flat, self._flat, *self._state))
-        self._step = 0
+        slot.flags = step_flags(h, (slot.flat, slot.flat, *slot.state))
+        return slot
 
-    def _master_copy(self):
-        host = to_host(self._backend, self._flat, self._params.dtype)
-        return from_host(self._backend, host.astype(np.float32))
+    # --- hyperparameters ----------------------------------------------------
 
     @property
     def lr(self) -> float:
-        """The learning rate of the next step; settable between steps."""
-        return self._hyper.lr
+        """The learning rate of the next step (of the first group); setting it sets every
+        group's. ``set_lr`` sets one group's."""
+        return self._groups[0][0].lr
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self._hyper = self._hyper._replace(lr=check.real("lr", value))
+        self.set_lr(value)
+
+    def set_lr(self, value: float, group: int | None = None) -> None:
+        """Set the learning rate of ``group`` (an index), or of every group."""
+        value = check.real("lr", value)
+        indices = range(len(self._groups)) if group is None else [self._group_index(group)]
+        for i in indices:
+            h, slots = self._groups[i]
+            self._groups[i] = (h._replace(lr=value), slots)
+
+    def _group_index(self, group) -> int:
+        if isinstance(group, bool) or not isinstance(group, numbers.Integral) or not (
+                0 <= group < len(self._groups)):
+            raise ValueError(f"group must be an index below {len(self._groups)}, got {group!r}")
+        return int(group)
 
     @property
     def step_count(self) -> int:
         """How many updates have been applied."""
-        return self._step
+        return self._slots[0].step
 
     @property
     def hyperparameters(self) -> dict:
-        """The current hyperparameters, as a dict."""
-        h = self._hyper
-        return {
-            "lr": h.lr, "betas": (h.beta1, h.beta2), "eps": h.eps,
-            "weight_decay": h.weight_decay, "amsgrad": h.amsgrad, "maximize": h.maximize,
-            "decoupled_weight_decay": h.decoupled_weight_decay,
-            "bias_correction": h.bias_correction, "eps_root": h.eps_root,
-            "nesterov": h.nesterov, "decouple_lr": h.decouple_lr, "max_lr": h.max_lr,
-        }
+        """The current hyperparameters (of the first group), as a dict."""
+        return _hyper_dict(self._groups[0][0])
+
+    @property
+    def param_groups(self) -> list[dict]:
+        """Each group's hyperparameters and its params' indices (a copy)."""
+        out, start = [], 0
+        for h, slots in self._groups:
+            out.append({**_hyper_dict(h), "params": list(range(start, start + len(slots)))})
+            start += len(slots)
+        return out
 
     @property
     def options(self) -> dict:
         """What the state holds: fixed at construction."""
+        flags = self._slots[0].flags
         return {
-            "state_dtype": self._state_dtype.name,
-            "kahan_summation": self._flags.kahan,
-            "master_weights": self._flags.master,
+            "state_dtype": self._slots[0].state_dtype.name,
+            "kahan_summation": flags.kahan,
+            "master_weights": flags.master,
             "skip_nonfinite": self._skip_nonfinite,
         }
 
+    # --- stepping -----------------------------------------------------------
+
     def step(self, grads, grad_scale: float | None = None, stream=None) -> bool:
-        """Apply one update with ``grads`` (params' shape and device, any float dtype).
+        """Apply one update with ``grads``: an array for one params array, else a list in
+        the order the params were given (params' shapes and device, any float dtype).
 
         ``grad_scale``: the loss scale, divided out of the gradients in the
         kernel. ``stream``: for params on the GPU, the CUDA stream to launch on.
-        Returns False (and changes nothing) when ``skip_nonfinite`` is on and
-        the gradient holds NaN or inf; True when the update was applied. A
-        refused step (bad arguments) raises and changes nothing.
+        Returns False (and changes nothing) when ``skip_nonfinite`` is on and a
+        gradient holds NaN or inf; True when the update was applied. A refused
+        step (bad arguments) raises and changes nothing.
         """
-        grads = check.like("grads", grads, self._params, writable=False, device=self._device)
-        check.apart("grads", grads, {"params": self._params})
+        if self._single:
+            flats = (self._checked_grad("grads", grads, self._slots[0]),)
+        else:
+            if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)):
+                raise TypeError("grads must be a list of arrays, one per params array")
+            if len(grads) != len(self._slots):
+                raise ValueError(f"grads has {len(grads)} arrays, but there are "
+                                 f"{len(self._slots)} params arrays")
+            flats = [self._checked_grad(f"grads[{i}]", g, slot)
+                     for i, (g, slot) in enumerate(zip(grads, self._slots))]
         scale = check.grad_scale(grad_scale)
         cuda_stream = check.stream(stream, self._backend)
-        flat = grads.reshape(-1)
-        flags = self._flags
-        grad_kind = check.kind(flat.dtype)
-        if flags.grad != grad_kind:
-            flags = self._flags = flags._replace(grad=grad_kind)
-        if self._skip_nonfinite and not all_finite(
-            self._backend, flat, flags.grad, num_threads=self._num_threads, stream=cuda_stream
-        ):
-            return False
-        apply(self._backend, (self._flat, flat, *self._state), self._hyper, flags,
-              self._step + 1, grad_scale=scale, num_threads=self._num_threads,
-              stream=cuda_stream)
-        self._step += 1
+        for slot, flat in zip(self._slots, flats):
+            grad_kind = check.kind(flat.dtype)
+            if slot.flags.grad != grad_kind:
+                slot.flags = slot.flags._replace(grad=grad_kind)
+            if self._skip_nonfinite and not all_finite(
+                self._backend, flat, grad_kind, num_threads=self._num_threads, stream=cuda_stream
+            ):
+                return False
+        i = 0
+        for h, slots in self._groups:
+            for slot in slots:
+                apply(self._backend, (slot.flat, flats[i], *slot.state), h, slot.flags,
+                      slot.step + 1, grad_scale=scale, num_threads=self._num_threads,
+                      stream=cuda_stream)
+                slot.step += 1
+                i += 1
         return True
 
+    def _checked_grad(self, name: str, grads, slot: _Slot):
+        grads = check.like(name, grads, slot.array, writable=False, device=self._device)
+        check.apart(name, grads, {"params": slot.array})
+        return grads.reshape(-1)
+
+    # --- state --------------------------------------------------------------
+
     def state_dict(self) -> dict:
-        """A copy of the state: ``{"state": {0: {...}}, "param_groups": [{...}]}`` as in torch."""
-        shape = self._params.shape
-        dtypes = (self._state_dtype,) * 3 + (self._params.dtype, np.dtype(np.float32))
-        state = {"step": self._step}
-        for name, a, dtype in zip(_STATE, self._state, dtypes):
-            if a is not None:
-                state[name] = to_host(self._backend, a, dtype).reshape(shape)
-        group = {**self.hyperparameters, **self.options, "params": [0]}
-        return {"state": {0: state}, "param_groups": [group]}
+        """A copy of the state: ``{"state": {i: {...}}, "param_groups": [{...}]}`` as torch
+        lays it out, with NumPy arrays and Python numbers."""
+        state = {}
+        for i, slot in enumerate(self._slots):
+            entry = {"step": slot.step}
+            for name, a, dtype in zip(_STATE, slot.state, _state_dtypes(slot)):
+                if a is not None:
+                    entry[name] = to_host(self._backend, a, dtype).reshape(slot.array.shape)
+            state[i] = entry
+        groups = [{**group, **self.options} for group in self.param_groups]
+        return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore state and hyperparameters from ``state_dict()``; refuses a mismatch unchanged.
 
-        Moments are copied and cast to this optimizer's state dtype. The options
-        (``kahan_summation``, ``master_weights``) must match this optimizer's.
+        Moments are copied and cast to this optimizer's state dtypes. The layout
+        (groups, params, shapes) and the options (``kahan_summation``,
+        ``master_weights``) must match this optimizer's.
         """
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
             raise ValueError("state_dict must be a dict with keys 'state' and 'param_groups'")
         groups = state_dict["param_groups"]
-        if not isinstance(groups, (list, tuple)) or len(groups) != 1 or not isinstance(
-            groups[0], dict
-        ):
-            raise ValueError("state_dict['param_groups'] must hold exactly one group (a dict)")
-        group = groups[0]
-        missing = {"lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"} - set(group)
-        if missing:
-            raise ValueError(f"state_dict['param_groups'][0] lacks {sorted(missing)}")
-        current = self.hyperparameters
-        try:
-            h = hyper(**{k: group.get(k, current[k]) for k in _HYPER_KEYS})
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"state_dict['param_groups'][0]: {e}") from e
-        for option in ("kahan_summation", "master_weights"):
-            if option in group and bool(group[option]) != self.options[option]:
-                raise ValueError(f"state_dict['param_groups'][0][{option!r}] is "
-                                 f"{group[option]}, but this optimizer has {self.options[option]}")
+        mine = self.param_groups
+        if not isinstance(groups, (list, tuple)) or len(groups) != len(mine) or not all(
+                isinstance(g, dict) for g in groups):
+            raise ValueError(f"state_dict['param_groups'] must hold {len(mine)} group(s) (dicts)")
+        hypers = []
+        for i, (group, current) in enumerate(zip(groups, mine)):
+            label = f"state_dict['param_groups'][{i}]"
+            missing = {"lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"} - set(group)
+            if missing:
+                raise ValueError(f"{label} lacks {sorted(missing)}")
+            if list(group.get("params", current["params"])) != current["params"]:
+                raise ValueError(f"{label}['params'] is {group.get('params')}, but this "
+                                 f"optimizer's group holds {current['params']}")
+            try:
+                hypers.append(hyper(**{k: group.get(k, current[k]) for k in _HYPER_KEYS}))
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{label}: {e}") from e
+            for option in ("kahan_summation", "master_weights"):
+                if option in group and bool(group[option]) != self.options[option]:
+                    raise ValueError(f"{label}[{option!r}] is {group[option]}, but this "
+                                     f"optimizer has {self.options[option]}")
         state = state_dict["state"]
-        if not isinstance(state, dict) or list(state) != [0] or not isinstance(state[0], dict):
-            raise ValueError("state_dict['state'] must be {0: {...}} for one params array")
-        entry = state[0]
-        step = entry.get("step")
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-            raise ValueError(f"state_dict['state'][0]['step'] must be an int >= 0, got {step!r}")
-        wanted = (True, True, h.amsgrad, self._flags.kahan, self._flags.master)
-        dtypes = (self._state_dtype,) * 3 + (self._params.dtype, np.dtype(np.float32))
-        loaded = [self._loaded(name, entry.get(name), dtype) if want else None
-                  for name, want, dtype in zip(_STATE, wanted, dtypes)]
-        loaded = [None if a is None else from_host(self._backend, a) for a in loaded]
+        if not isinstance(state, dict) or sorted(state) != list(range(len(self._slots))) or not all(
+                isinstance(e, dict) for e in state.values()):
+            raise ValueError(f"state_dict['state'] must be {{0: {{...}}, ...}} with one entry per "
+                             f"params array ({len(self._slots)})")
+        loaded = []
+        slot_hypers = [h for h, (_, group) in zip(hypers, self._groups) for _ in group]
+        for i, (slot, h) in enumerate(zip(self._slots, slot_hypers)):
+            entry = state[i]
+            step = entry.get("step")
+            if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+                raise ValueError(f"state_dict['state'][{i}]['step'] must be an int >= 0, "
+                                 f"got {step!r}")
+            wanted = (True, True, h.amsgrad, slot.flags.kahan, slot.flags.master)
+            arrays = [self._loaded(i, name, entry.get(name), dtype, slot) if want else None
+                      for name, want, dtype in zip(_STATE, wanted, _state_dtypes(slot))]
+            loaded.append((int(step), [None if a is None else from_host(self._backend, a)
+                                       for a in arrays]))
         # Everything is checked: commit.
-        self._hyper, self._step, self._state = h, int(step), loaded
-        self._flags = step_flags(h, (self._flat, self._flat, *loaded))._replace(
-            grad=self._flags.grad)
+        self._groups = [(h, slots) for h, (_, slots) in zip(hypers, self._groups)]
+        for slot, h, (step, arrays) in zip(self._slots, slot_hypers, loaded):
+            slot.step, slot.state = step, arrays
+            slot.flags = step_flags(h, (slot.flat, slot.flat, *arrays))._replace(
+                grad=slot.flags.grad)
 
     def save(self, path) -> None:
         """Write ``state_dict()`` to one ``.npz`` file with a format version, atomically:
@@ -255,14 +340,13 @@ class Adam:
         damaged one, raises ValueError and changes nothing."""
         self.load_state_dict(_checkpoint.load(path))
 
-    def _loaded(self, name: str, value, dtype) -> np.ndarray:
-        label = f"state_dict['state'][0][{name!r}]"
+    def _loaded(self, i: int, name: str, value, dtype, slot: _Slot) -> np.ndarray:
+        label = f"state_dict['state'][{i}][{name!r}]"
         if not isinstance(value, np.ndarray):
             raise TypeError(f"{label} must be a NumPy array, got {type(value).__name__}")
-        if value.shape != self._params.shape:
-            raise ValueError(
-                f"{label} has shape {value.shape}, but params has shape {self._params.shape}"
-            )
+        shape = slot.array.shape
+        if value.shape != shape:
+            raise ValueError(f"{label} has shape {value.shape}, but params has shape {shape}")
         if check.kind(value.dtype) is None:
             raise TypeError(f"{label} must be a float array, got {value.dtype}")
         return np.array(value, dtype=dtype, order="C", copy=True).reshape(-1)
@@ -270,7 +354,55 @@ class Adam:
     def __repr__(self) -> str:
         settings = {**self.hyperparameters, **self.options}
         params = ", ".join(f"{k}={v!r}" for k, v in settings.items())
-        return f"{type(self).__name__}({params}, step={self._step}, backend={self._backend!r})"
+        return (f"{type(self).__name__}({params}, arrays={len(self._slots)}, "
+                f"groups={len(self._groups)}, step={self.step_count}, backend={self._backend!r})")
+
+
+def _state_dtypes(slot: _Slot) -> tuple:
+    return (slot.state_dtype,) * 3 + (slot.array.dtype, np.dtype(np.float32))
+
+
+def _hyper_dict(h) -> dict:
+    return {
+        "lr": h.lr, "betas": (h.beta1, h.beta2), "eps": h.eps,
+        "weight_decay": h.weight_decay, "amsgrad": h.amsgrad, "maximize": h.maximize,
+        "decoupled_weight_decay": h.decoupled_weight_decay,
+        "bias_correction": h.bias_correction, "eps_root": h.eps_root,
+        "nesterov": h.nesterov, "decouple_lr": h.decouple_lr, "max_lr": h.max_lr,
+    }
+
+
+def _group_specs(params) -> list[dict]:
+    """A list of arrays, or of torch-style group dicts, as a list of {"params": [...], ...}."""
+    if isinstance(params, (str, bytes, dict)) or not isinstance(params, (list, tuple)):
+        raise TypeError("params must be an array, a list of arrays, or a list of param "
+                        f"groups (dicts), got {type(params).__name__}")
+    if not params:
+        raise ValueError("params is empty")
+    if not any(isinstance(p, dict) for p in params):
+        return [{"params": list(params)}]
+    if not all(isinstance(p, dict) for p in params):
+        raise TypeError("params mixes arrays and param groups (dicts)")
+    specs = []
+    for i, group in enumerate(params):
+        unknown = set(group) - {"params", *_HYPER_KEYS}
+        if unknown:
+            raise ValueError(f"params[{i}] has unknown keys {sorted(unknown)}")
+        if "params" not in group:
+            raise ValueError(f"params[{i}] lacks 'params'")
+        arrays = group["params"]
+        arrays = [arrays] if isinstance(arrays, np.ndarray) or check.is_device(arrays) else arrays
+        if not isinstance(arrays, (list, tuple)) or not arrays:
+            raise TypeError(f"params[{i}]['params'] must be an array or a non-empty list of arrays")
+        specs.append({**group, "params": list(arrays)})
+    return specs
+
+
+def _group_hyper(defaults: dict, spec: dict):
+    settings = {**defaults, **{k: v for k, v in spec.items() if k != "params"}}
+    if settings["decouple_lr"] is True and settings["max_lr"] is None:
+        settings["max_lr"] = settings["lr"]  # optimi: the initial lr is the peak
+    return hyper(**settings)
 
 
 class AdamW(Adam):
@@ -278,7 +410,7 @@ class AdamW(Adam):
 
     def __init__(
         self,
-        params: np.ndarray,
+        params,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
