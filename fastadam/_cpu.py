@@ -12,7 +12,8 @@ from functools import cache
 
 import numba
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import intrinsic
 
 from . import _convert, _element
 from ._scalars import Flags, compute_dtype
@@ -116,3 +117,59 @@ def memory_only_source(reads: int, writes: int) -> str:
     body = "".join(f"        {a}[i] += x\n" for a in w)
     return (f"def kernel({', '.join(r + w)}):\n    LOOP\n"
             f"        x = {' + '.join(a + '[i]' for a in r)}\n{body}")
+
+
+@intrinsic
+def _pointer_like(typingctx, address, array):
+    """A pointer to ``array``'s element type at an integer ``address``."""
+    sig = types.CPointer(array.dtype)(address, array)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return sig, codegen
+
+
+@numba.njit
+def address(a) -> int:
+    """The data address of an array: far cheaper per call than ``__array_interface__``."""
+    return a.ctypes.data
+
+
+@cache
+def multi_kernel(flags: Flags):
+    """One parallel region over many arrays of one option set and dtypes.
+
+    ``kernel(params, grad_addresses, m, v, v_max, comp, master, chunks, coef)``:
+    typed lists of 1-D kernel views (placeholder lists where an option is off),
+    the gradients' data addresses (laid out like ``params``), and ``chunks``, rows
+    of (array index, start, stop) that split the work evenly across threads.
+    """
+    # Inlined by Numba itself: an inner range loop around a call stays scalar.
+    update = _element.make(numba.njit(inline="always"), flags,
+                           converters(compute_dtype(flags.param)))
+
+    @numba.njit(parallel=True, nogil=True)
+    def kernel(params, grad_addresses, ms, vs, v_maxs, comps, masters, chunks, like_grad, coef):
+        c0, c1, c2, c3, c4, c5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
+        c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]
+        for c in prange(chunks.shape[0]):
+            t, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+            size = params[t].size
+            grad = numba.carray(_pointer_like(grad_addresses[t], like_grad), size)[start:stop]
+            # Slices, so that the loop index starts at 0: LLVM then vectorizes it.
+            param, m, v = params[t][start:stop], ms[t][start:stop], vs[t][start:stop]
+            v_max, comp = v_maxs[t][start:stop], comps[t][start:stop]
+            master = masters[t][start:stop]
+            for i in range(stop - start):
+                update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6,
+                       c7, c8, c9, c10)
+
+    return kernel
+
+
+def chunk_table(sizes, chunk: int = 1 << 16) -> np.ndarray:
+    """Rows (array index, start, stop) covering every array in pieces of at most ``chunk``."""
+    rows = [(t, start, min(start + chunk, n)) for t, n in enumerate(sizes)
+            for start in range(0, n, chunk)]
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)

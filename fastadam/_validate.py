@@ -6,6 +6,7 @@ Each function either returns a normalized value or raises a ``TypeError`` /
 
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
 
@@ -201,6 +202,27 @@ def apart(name: str, a, others: dict) -> None:
     for other_name, b in others.items():
         if b is not None and a.size and b.size and _overlap(a, b):
             raise ValueError(f"{name} and {other_name} overlap in memory; pass separate arrays")
+
+
+def apart_from_all(items: list, others: list) -> None:
+    """Refuse any of ``items`` that shares memory with any of ``others`` (lists of (name,
+    array); ``others`` pairwise disjoint). Sorting makes it O(n log n) for many arrays."""
+    spans = sorted((_interval(b), name) for name, b in others if b.size)
+    starts = [start for (start, _), _ in spans]
+    for name, a in items:
+        if not a.size:
+            continue
+        start, end = _interval(a)
+        j = bisect.bisect_left(starts, end) - 1  # the last one starting before a ends
+        if j >= 0 and spans[j][0][1] > start:
+            raise ValueError(f"{name} and {spans[j][1]} overlap in memory; pass separate arrays")
+
+
+def _interval(a) -> tuple[int, int]:
+    if isinstance(a, np.ndarray):
+        start = a.__array_interface__["data"][0]
+        return start, start + a.nbytes
+    return _device_interval(a)
 
 
 def _overlap(a, b) -> bool:

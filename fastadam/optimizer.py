@@ -119,6 +119,15 @@ class Adam:
             self._groups.append((h, [self._new_slot(next(it), h) for _ in spec["params"]]))
         self._slots = [slot for _, group in self._groups for slot in group]
         self.params = params if self._single else arrays
+        self._many = None
+        self._prepare_many()
+
+    def _prepare_many(self) -> None:
+        # Lists of host arrays step in one parallel region per batch of alike arrays.
+        if not self._single and self._backend == "cpu":
+            from ._many import ManyArrays  # loads numba: not at import time
+
+            self._many = ManyArrays(self._groups)
 
     # --- construction -------------------------------------------------------
 
@@ -224,6 +233,9 @@ class Adam:
         gradient holds NaN or inf; True when the update was applied. A refused
         step (bad arguments) raises and changes nothing.
         """
+        fast = None if self._many is None else self._many.check(grads)
+        if fast is not None:
+            return self._step_many(grads, *fast, grad_scale, stream)
         if self._single:
             flats = (self._checked_grad("grads", grads, self._slots[0]),)
         else:
@@ -232,27 +244,60 @@ class Adam:
             if len(grads) != len(self._slots):
                 raise ValueError(f"grads has {len(grads)} arrays, but there are "
                                  f"{len(self._slots)} params arrays")
-            flats = [self._checked_grad(f"grads[{i}]", g, slot)
-                     for i, (g, slot) in enumerate(zip(grads, self._slots))]
+            names = [f"grads[{i}]" for i in range(len(grads))]
+            grads = [check.like(name, g, slot.array, writable=False, device=self._device)
+                     for name, g, slot in zip(names, grads, self._slots)]
+            check.apart_from_all(list(zip(names, grads)), [
+                (f"params[{i}]", slot.array) for i, slot in enumerate(self._slots)])
+            flats = [g.reshape(-1) for g in grads]
         scale = check.grad_scale(grad_scale)
         cuda_stream = check.stream(stream, self._backend)
-        for slot, flat in zip(self._slots, flats):
+        if not self._all_finite(self._slots, flats, cuda_stream):
+            return False
+        first = 0
+        for h, slots in self._groups:
+            self._step_each(slots, flats[first:first + len(slots)], h, scale, cuda_stream)
+            first += len(slots)
+        return True
+
+    def _step_many(self, grads, kinds, addresses, grad_scale, stream) -> bool:
+        # Lists of host arrays that passed the fast checks: batches in one region each.
+        scale = check.grad_scale(grad_scale)
+        check.stream(stream, self._backend)
+        if self._skip_nonfinite and not self._all_finite(
+                self._slots, [g.reshape(-1) for g in grads], None):
+            return False
+        first = 0
+        for g, (h, slots) in enumerate(self._groups):
+            done = self._many.step(g, h, grads, kinds, addresses, scale, self._num_threads)
+            rest = [] if len(done) == len(slots) else [
+                i for i in range(first, first + len(slots)) if i not in done]
+            self._step_each([self._slots[i] for i in rest], [grads[i].reshape(-1) for i in rest],
+                            h, scale, None)
+            first += len(slots)
+        return True
+
+    def _all_finite(self, slots, flats, stream) -> bool:
+        """Update each array's gradient kind; with skip_nonfinite, whether all are finite."""
+        for slot, flat in zip(slots, flats):
             grad_kind = check.kind(flat.dtype)
             if slot.flags.grad != grad_kind:
                 slot.flags = slot.flags._replace(grad=grad_kind)
             if self._skip_nonfinite and not all_finite(
-                self._backend, flat, grad_kind, num_threads=self._num_threads, stream=cuda_stream
+                self._backend, flat, grad_kind, num_threads=self._num_threads, stream=stream
             ):
                 return False
-        i = 0
-        for h, slots in self._groups:
-            for slot in slots:
-                apply(self._backend, (slot.flat, flats[i], *slot.state), h, slot.flags,
-                      slot.step + 1, grad_scale=scale, num_threads=self._num_threads,
-                      stream=cuda_stream)
-                slot.step += 1
-                i += 1
         return True
+
+    def _step_each(self, slots, flats, h, scale, stream) -> None:
+        """One kernel call per array."""
+        for slot, flat in zip(slots, flats):
+            grad_kind = check.kind(flat.dtype)
+            if slot.flags.grad != grad_kind:
+                slot.flags = slot.flags._replace(grad=grad_kind)
+            apply(self._backend, (slot.flat, flat, *slot.state), h, slot.flags, slot.step + 1,
+                  grad_scale=scale, num_threads=self._num_threads, stream=stream)
+            slot.step += 1
 
     def _checked_grad(self, name: str, grads, slot: _Slot):
         grads = check.like(name, grads, slot.array, writable=False, device=self._device)
@@ -329,6 +374,7 @@ class Adam:
             slot.step, slot.state = step, arrays
             slot.flags = step_flags(h, (slot.flat, slot.flat, *arrays))._replace(
                 grad=slot.flags.grad)
+        self._prepare_many()
 
     def save(self, path) -> None:
         """Write ``state_dict()`` to one ``.npz`` file with a format version, atomically:

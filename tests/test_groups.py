@@ -141,3 +141,43 @@ def test_same_array_twice_refused():
     a = np.zeros(4)
     with pytest.raises(ValueError, match="overlap"):
         fastadam.Adam([a, a[1:]])
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_one_parallel_region_equals_one_array_at_a_time(rng, amsgrad):
+    sizes = [70_001, 1, 4096, 33, 65_536, 7]  # chunks split the large ones
+    params = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    singles = [fastadam.AdamW(p.copy(), amsgrad=amsgrad, lr=0.01) for p in params]
+    many = fastadam.AdamW(params, amsgrad=amsgrad, lr=0.01)
+    assert many._many is not None and len(many._many.batches[0]) == 1  # one batch
+    for _ in range(3):
+        grads = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+        many.step(grads)
+        for opt, g in zip(singles, grads):
+            opt.step(g)
+    for p, opt in zip(params, singles):
+        np.testing.assert_array_equal(p, opt.params)
+
+
+def test_gradient_aliasing_another_param_refused(rng):
+    a, b = rng.standard_normal(8), rng.standard_normal(8)
+    opt = fastadam.Adam([a, b])
+    before = a.copy(), b.copy()
+    with pytest.raises(ValueError, match="overlap"):
+        opt.step([b, np.ones(8)])  # grads[0] is params[1]
+    np.testing.assert_array_equal(a, before[0])
+    np.testing.assert_array_equal(b, before[1])
+
+
+def test_mixed_gradient_dtypes_in_one_batch(rng):
+    ml_dtypes = optional("ml_dtypes")
+    params = [rng.standard_normal(100).astype(np.float32) for _ in range(3)]
+    singles = [fastadam.Adam(p.copy()) for p in params]
+    many = fastadam.Adam(params)
+    grads = [rng.standard_normal(100).astype(d) for d in (np.float32, ml_dtypes.bfloat16,
+                                                           np.float32)]
+    many.step(grads)
+    for opt, g in zip(singles, grads):
+        opt.step(g)
+    for p, opt in zip(params, singles):
+        np.testing.assert_array_equal(p, opt.params)
