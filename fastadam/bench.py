@@ -305,6 +305,42 @@ def run_case(n, dtype, config, *, repeats, threads_list, peers, rng, gpu=False) 
     return rows
 
 
+def many_tensor_rows(count: int, size: int, *, repeats: int, peers: bool, rng) -> list[Row]:
+    """``count`` float32 arrays of ``size`` elements stepped as a list (one parallel region
+    per batch) against one flat buffer of the same total, and with ``peers`` torch's fused
+    Adam and ``fastadam.torch.Adam`` on ``count`` tensors."""
+    from .optimizer import Adam
+
+    n = count * size
+    params = [rng.standard_normal(size).astype(np.float32) for _ in range(count)]
+    grads = [rng.standard_normal(size).astype(np.float32) for _ in range(count)]
+    flat = rng.standard_normal(n).astype(np.float32)
+    flat_grad = rng.standard_normal(n).astype(np.float32)
+    as_list, as_flat = Adam(params), Adam(flat)
+    contenders = [Contender("cpu-list", all_threads(), partial(as_list.step, grads)),
+                  Contender("cpu-flat", all_threads(), partial(as_flat.step, flat_grad))]
+    if peers:
+        import torch
+
+        from . import torch as fastadam_torch
+
+        torch.set_num_threads(all_threads())
+        for name, cls, kw in (("torch-fused-list", torch.optim.Adam, {"fused": True}),
+                              ("fastadam.torch-list", fastadam_torch.Adam, {})):
+            tensors = [torch.from_numpy(p.copy()) for p in params]
+            for t, g in zip(tensors, grads):
+                t.grad = torch.from_numpy(g)
+            contenders.append(Contender(name, all_threads(), cls(tensors, **kw).step))
+    medians, first = measure(contenders, repeats)
+    flat_s = medians[id(contenders[1])]
+    return [Row(backend=c.backend, threads=c.threads, n=n, dtype="float32",
+                config=f"{count}x{size}", median_s=medians[id(c)],
+                gb_per_s=28 * n / medians[id(c)] / 1e9, speedup_vs_numpy=None,
+                roofline_fraction=flat_s / medians[id(c)], compile_s=None, repeats=repeats,
+                bytes_per_element=28.0)
+            for c in contenders]
+
+
 def available_memory() -> int:
     """Bytes of memory available to this process (MemAvailable), or physical memory."""
     try:
@@ -391,7 +427,7 @@ def format_table(rows: list[Row]) -> str:
                 r.config,
                 f"{r.median_s * 1e3:.3f}",
                 f"{r.gb_per_s:.2f}",
-                f"{r.speedup_vs_numpy:.1f}",
+                "" if r.speedup_vs_numpy is None else f"{r.speedup_vs_numpy:.1f}",
                 "" if r.roofline_fraction is None else f"{100 * r.roofline_fraction:.0f}",
                 "" if r.compile_s is None else f"{r.compile_s:.2f}",
             )
@@ -460,6 +496,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--plot", metavar="PATH", help="write a PNG of GB/s against size (needs matplotlib)"
     )
+    p.add_argument("--many", metavar="COUNTxSIZE", nargs="?", const="1000x4096",
+                   help="also step COUNT arrays of SIZE float32 elements as one list against "
+                        "one flat buffer (default 1000x4096); '%% roofline' is then %% of flat")
     p.add_argument("--no-cuda", action="store_true", help="leave the GPU out even if one is there")
     p.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
     p.add_argument("--seed", type=int, default=0)
@@ -505,6 +544,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             import torch  # noqa: F401
         except ImportError:
             p.error("--peers needs torch: pip install torch")
+    if args.many is not None:
+        try:
+            count, size = (int(x) for x in args.many.lower().split("x"))
+            assert count >= 1 and size >= 1
+        except (ValueError, AssertionError):
+            p.error(f"--many: expected COUNTxSIZE, like 1000x4096, got {args.many!r}")
+        args.many = (count, size)
     return args
 
 
@@ -555,9 +601,15 @@ def main(argv: list[str] | None = None) -> int:
         + f"; {info['cpu']}, {info['cores']} cores; median of {args.repeats} interleaved repeats"
     )
     print(format_table(rows))
+    many = []
+    if args.many is not None:
+        many = many_tensor_rows(*args.many, repeats=args.repeats, peers=args.peers, rng=rng)
+        print(f"\n{args.many[0]} arrays of {args.many[1]:,} float32 elements as one list, "
+              "against one flat buffer ('% roofline': % of the flat buffer's speed)")
+        print(format_table(many))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "rows": [asdict(r) for r in rows]}, f, indent=1)
+            json.dump({"machine": info, "rows": [asdict(r) for r in rows + many]}, f, indent=1)
     if args.plot:
         plot(rows, args.plot)
     return 0

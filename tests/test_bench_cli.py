@@ -107,3 +107,15 @@ def test_module_entry_point():
     assert "roofline" in out.stdout and "[1/1]" in out.stderr
     bad = subprocess.run([sys.executable, "-m", "fastadam"], capture_output=True, text=True)
     assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_many_arrays_case(tmp_path, capsys):
+    path = tmp_path / "many.json"
+    out = run(capsys, "--sizes", "500", "--dtypes", "float32", "--configs", "adam",
+              "--many", "20x300", "--json", str(path))
+    assert "cpu-list" in out and "cpu-flat" in out
+    rows = [r for r in json.loads(path.read_text())["rows"] if r["config"] == "20x300"]
+    assert {r["backend"] for r in rows} == {"cpu-list", "cpu-flat"}
+    assert all(r["n"] == 6000 and r["median_s"] > 0 for r in rows)
+    with pytest.raises(SystemExit):
+        bench.main(["--many", "lots"])
