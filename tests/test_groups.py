@@ -181,3 +181,30 @@ def test_mixed_gradient_dtypes_in_one_batch(rng):
         opt.step(g)
     for p, opt in zip(params, singles):
         np.testing.assert_array_equal(p, opt.params)
+
+
+@pytest.mark.parametrize("options", [{}, {"master_weights": True}, {"skip_nonfinite": True},
+                                     {"state_dtype": "bfloat16", "nesterov": True}])
+def test_sixteen_bit_lists_equal_one_array_at_a_time(rng, options):
+    ml_dtypes = optional("ml_dtypes")
+    if options.get("state_dtype"):
+        options = {**options, "state_dtype": ml_dtypes.bfloat16}
+    sizes = [3000, 17, 70_000]
+    params = [rng.standard_normal(n).astype(ml_dtypes.bfloat16) for n in sizes]
+    singles = [fastadam.Adam(p.copy(), lr=1e-3, **options) for p in params]
+    many = fastadam.Adam(params, lr=1e-3, **options)
+    for step in range(3):
+        grads = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+        if options.get("skip_nonfinite") and step == 1:
+            grads[2][5] = np.nan
+        finite = all(np.isfinite(g).all() for g in grads)
+        assert many.step(grads, grad_scale=2.0) is finite  # one NaN skips the whole step
+        if finite:
+            for opt, g in zip(singles, grads):
+                opt.step(g, grad_scale=2.0)
+    for p, opt in zip(params, singles):
+        np.testing.assert_array_equal(p, opt.params)
+    for a, b in zip(many.state_dict()["state"].values(),
+                    [opt.state_dict()["state"][0] for opt in singles]):
+        for k in b:
+            np.testing.assert_array_equal(a[k], b[k])
