@@ -56,7 +56,8 @@ def step_flags(h: Hyper, arrays: tuple) -> Flags:
                  kahan=arrays[5] is not None, master=arrays[6] is not None)
 
 
-def _as_kernel_array(a):
+def as_kernel_array(a):
+    """The array as kernels take it: 16-bit ones as uint16 views (numba has no bfloat16)."""
     return a.view(np.uint16) if a.itemsize == 2 else a
 
 
@@ -99,7 +100,7 @@ def all_finite(backend: str, grad, grad_kind: str, *, num_threads=None, stream=N
         return True
     if backend == "numpy":
         return bool(np.isfinite(grad).all())
-    view = _as_kernel_array(grad)
+    view = as_kernel_array(grad)
     if backend == "cpu":
         if _cpu is None:
             from . import _cpu

@@ -15,8 +15,7 @@ import numpy as np
 from numba.typed import List
 
 from . import _cpu
-from ._dispatch import _as_kernel_array as as_kernel_array
-from ._dispatch import kernel_views
+from ._dispatch import as_kernel_array, kernel_views
 from ._scalars import coefficients, compute_dtype
 from ._validate import kind
 

@@ -252,7 +252,7 @@ class Adam:
             flats = [g.reshape(-1) for g in grads]
         scale = check.grad_scale(grad_scale)
         cuda_stream = check.stream(stream, self._backend)
-        if not self._all_finite(self._slots, flats, cuda_stream):
+        if self._skip_nonfinite and not self._all_finite(flats, cuda_stream):
             return False
         first = 0
         for h, slots in self._groups:
@@ -264,8 +264,7 @@ class Adam:
         # Lists of host arrays that passed the fast checks: batches in one region each.
         scale = check.grad_scale(grad_scale)
         check.stream(stream, self._backend)
-        if self._skip_nonfinite and not self._all_finite(
-                self._slots, [g.reshape(-1) for g in grads], None):
+        if self._skip_nonfinite and not self._all_finite([g.reshape(-1) for g in grads], None):
             return False
         first = 0
         for g, (h, slots) in enumerate(self._groups):
@@ -277,17 +276,10 @@ class Adam:
             first += len(slots)
         return True
 
-    def _all_finite(self, slots, flats, stream) -> bool:
-        """Update each array's gradient kind; with skip_nonfinite, whether all are finite."""
-        for slot, flat in zip(slots, flats):
-            grad_kind = check.kind(flat.dtype)
-            if slot.flags.grad != grad_kind:
-                slot.flags = slot.flags._replace(grad=grad_kind)
-            if self._skip_nonfinite and not all_finite(
-                self._backend, flat, grad_kind, num_threads=self._num_threads, stream=stream
-            ):
-                return False
-        return True
+    def _all_finite(self, flats, stream) -> bool:
+        """Whether every gradient is free of NaN and inf (one extra read of each)."""
+        return all(all_finite(self._backend, flat, check.kind(flat.dtype),
+                              num_threads=self._num_threads, stream=stream) for flat in flats)
 
     def _step_each(self, slots, flats, h, scale, stream) -> None:
         """One kernel call per array."""

@@ -50,26 +50,9 @@ def test_backends_differ_only_by_rounding(rng):
     b = [x.copy() for x in a]
     for step in range(1, 31):
         grad = rng.standard_normal(5003)
-        fastadam.adam_step(
-            a[0],
-            grad,
-            *a[2:4],
-            v_max=a[4],
-            step=step,
-            amsgrad=True,
-            weight_decay=0.1,
-            backend="cpu",
-        )
-        fastadam.adam_step(
-            b[0],
-            grad,
-            *b[2:4],
-            v_max=b[4],
-            step=step,
-            amsgrad=True,
-            weight_decay=0.1,
-            backend="numpy",
-        )
+        for backend, (param, _, m, v, v_max) in (("cpu", a), ("numpy", b)):
+            fastadam.adam_step(param, grad, m, v, v_max=v_max, step=step, amsgrad=True,
+                               weight_decay=0.1, backend=backend)
     for x, y in zip(a, b):
         if x is not a[1]:
             np.testing.assert_allclose(x, y, rtol=1e-13, atol=1e-13)
