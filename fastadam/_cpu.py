@@ -168,6 +168,27 @@ def multi_kernel(flags: Flags):
     return kernel
 
 
+@cache
+def multi_nonfinite_kernel(grad_kind: str):
+    """``count(grad_addresses, sizes, chunks, like_grad)``: NaN and inf elements in the
+    chunks' gradients (laid out as in ``multi_kernel``), in one parallel read."""
+    load = converters(compute_dtype(grad_kind))[grad_kind][0]
+
+    @numba.njit(parallel=True, nogil=True)
+    def count(grad_addresses, sizes, chunks, like_grad):
+        bad = 0
+        for c in prange(chunks.shape[0]):
+            t, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+            grad = numba.carray(_pointer_like(grad_addresses[t], like_grad), sizes[t])
+            for i in range(start, stop):
+                x = load(grad[i])
+                if x - x != 0:
+                    bad += 1
+        return bad
+
+    return count
+
+
 def chunk_table(sizes, chunk: int = 1 << 16) -> np.ndarray:
     """Rows (array index, start, stop) covering every array in pieces of at most ``chunk``."""
     rows = [(t, start, min(start + chunk, n)) for t, n in enumerate(sizes)

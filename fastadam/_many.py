@@ -9,18 +9,15 @@ which costs far less per array than any numba container.
 
 from __future__ import annotations
 
-from operator import attrgetter
-
+import numba
 import numpy as np
 from numba.typed import List
 
 from . import _cpu
 from ._dispatch import as_kernel_array, kernel_views
+from ._headers import Table
 from ._scalars import coefficients, compute_dtype
-from ._validate import kind
-
-_shape, _dtype, _itemsize = attrgetter("shape"), attrgetter("dtype"), attrgetter("itemsize")
-_c_contiguous = attrgetter("flags.c_contiguous")
+from ._validate import KINDS, kind
 
 
 class Batch:
@@ -50,63 +47,100 @@ class ManyArrays:
             self.batches.append([Batch([i for i, _ in members], [s for _, s in members])
                                  for members in by_key.values() if len(members) > 1])
             slots_all += slots
-        self.shapes = [s.array.shape for s in slots_all]
+        self.count = len(slots_all)
+        self.table = Table([s.array.shape for s in slots_all], _grad_dtypes())
         self.sizes = np.array([s.flat.size for s in slots_all], dtype=np.int64)
-        self.nbytes = np.array([s.flat.nbytes for s in slots_all], dtype=np.int64)
+        self.chunks = _cpu.chunk_table(self.sizes)
+        nbytes = np.array([s.flat.nbytes for s in slots_all], dtype=np.int64)
         starts = np.array([_cpu.address(as_kernel_array(s.flat)) for s in slots_all],
                           dtype=np.int64)
-        keep = self.nbytes > 0
+        keep = nbytes > 0
         order = np.argsort(starts[keep])
         self.param_starts = starts[keep][order]
-        self.param_ends = (starts + self.nbytes)[keep][order]
+        self.param_ends = (starts + nbytes)[keep][order]
 
     def check(self, grads) -> tuple | None:
-        """(kinds, addresses) when ``grads`` pass the fast checks, else None: the caller
-        then checks them one by one, which names what is wrong."""
-        if not isinstance(grads, (list, tuple)) or len(grads) != len(self.shapes):
+        """(dtype codes, data addresses) when ``grads`` pass the fast checks, else None:
+        the caller then checks them one by one, which names what is wrong."""
+        if type(grads) not in (list, tuple) or len(grads) != self.count:
             return None
-        if not all(type(g) is np.ndarray for g in grads):
+        found = self.table.read(grads)
+        if found is None:
             return None
-        if list(map(_shape, grads)) != self.shapes:
+        addresses, codes = found
+        itemsizes = np.array([d.itemsize for d in self.table.dtypes], dtype=np.int64)
+        ends = addresses + self.sizes * itemsizes[codes]
+        if _overlap(addresses, ends, self.param_starts, self.param_ends):
             return None
-        dtypes = list(map(_dtype, grads))
-        distinct = set(dtypes)
-        if len(distinct) == 1:  # the usual case: one look-up
-            kinds = [kind(dtypes[0])] * len(dtypes)
-        else:
-            kinds = list(map(kind, dtypes))
-        if None in kinds or not all(map(_c_contiguous, grads)):
-            return None
-        if "bfloat16" in kinds or "float16" in kinds:  # numba has no bfloat16
-            grads = list(map(as_kernel_array, grads))
-        addresses = np.fromiter(map(_cpu.address, grads), np.int64, len(grads))
-        # No gradient may share memory with any param: params are disjoint and sorted, so
-        # the one that starts last before a gradient ends is the only candidate.
-        itemsizes = np.fromiter(map(_itemsize, dtypes), np.int64, len(dtypes))
-        ends = addresses + self.sizes * itemsizes
-        candidate = np.searchsorted(self.param_starts, ends, side="left") - 1
-        hit = (candidate >= 0) & (ends > addresses)
-        if np.any(self.param_ends[np.maximum(candidate, 0)][hit] > addresses[hit]):
-            return None
-        return kinds, addresses
+        return codes, addresses
 
-    def step(self, group: int, h, grads, kinds, addresses, grad_scale, num_threads) -> set:
+    def kind(self, codes: np.ndarray) -> str | None:
+        """The one float kind of gradients with dtype ``codes``, or None if they mix kinds."""
+        first, last = codes.min(), codes.max()
+        if first == last:
+            return kind(self.table.dtypes[first])
+        kinds = {kind(self.table.dtypes[c]) for c in np.unique(codes)}
+        return kinds.pop() if len(kinds) == 1 else None
+
+    def all_finite(self, codes: np.ndarray, addresses: np.ndarray, num_threads) -> bool:
+        """Whether every gradient is free of NaN and inf: one parallel read per dtype."""
+        for code in np.unique(codes):
+            rows = self.chunks[codes[self.chunks[:, 0]] == code]
+            grad_kind = kind(self.table.dtypes[code])
+            count = _cpu.multi_nonfinite_kernel(grad_kind)
+            if _cpu.with_threads(num_threads, count, addresses, self.sizes, rows,
+                                 _placeholder(grad_kind)):
+                return False
+        return True
+
+    def step(self, group: int, h, codes, addresses, grad_scale, num_threads) -> set:
         """Step the batches of ``group``; returns the indices of the arrays it stepped."""
         done = set()
         for batch in self.batches[group]:
-            grad_kinds = {kinds[i] for i in batch.indices}
+            grad_kind = self.kind(codes[batch.indices])
             steps = {s.step for s in batch.slots}
-            if len(grad_kinds) != 1 or len(steps) != 1:
+            if grad_kind is None or len(steps) != 1:
                 continue  # stepped one by one
-            flags = batch.slots[0].flags._replace(grad=grad_kinds.pop())
+            flags = batch.slots[0].flags._replace(grad=grad_kind)
             coef = np.array(coefficients(h, steps.pop() + 1, grad_scale),
                             dtype=compute_dtype(flags.param))
-            like_grad = as_kernel_array(grads[batch.indices[0]].reshape(-1))  # types addresses
             params, ms, vs, v_maxs, comps, masters = batch.lists
             _cpu.with_threads(num_threads, _cpu.multi_kernel(flags), params,
                               addresses[batch.indices], ms, vs, v_maxs, comps, masters,
-                              batch.chunks, like_grad, coef)
+                              batch.chunks, _placeholder(grad_kind), coef)
             for s in batch.slots:
                 s.step += 1
             done.update(batch.indices.tolist())
         return done
+
+
+def _grad_dtypes() -> list[np.dtype]:
+    """The gradient dtypes the fast checks accept (bfloat16 where ml_dtypes is installed)."""
+    dtypes = [np.dtype(k) for k in KINDS if k != "bfloat16"]
+    try:
+        import ml_dtypes
+    except ImportError:
+        return dtypes
+    return dtypes + [np.dtype(ml_dtypes.bfloat16)]
+
+
+_PLACEHOLDERS = {k: np.empty(0, dtype=np.uint16 if k in ("float16", "bfloat16") else k)
+                 for k in KINDS}
+
+
+def _placeholder(grad_kind: str) -> np.ndarray:
+    # An empty array of the kernel's gradient type: it types the gradient addresses.
+    return _PLACEHOLDERS[grad_kind]
+
+
+@numba.njit(nogil=True)
+def _overlap(starts, ends, param_starts, param_ends) -> bool:
+    """Whether any [start, end) range shares memory with a param. Params are disjoint and
+    sorted, so the one that starts last before a range ends is the only candidate."""
+    for a in range(starts.size):
+        if ends[a] <= starts[a]:
+            continue
+        p = np.searchsorted(param_starts, ends[a]) - 1
+        if p >= 0 and param_ends[p] > starts[a]:
+            return True
+    return False

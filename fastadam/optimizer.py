@@ -260,15 +260,16 @@ class Adam:
             first += len(slots)
         return True
 
-    def _step_many(self, grads, kinds, addresses, grad_scale, stream) -> bool:
+    def _step_many(self, grads, codes, addresses, grad_scale, stream) -> bool:
         # Lists of host arrays that passed the fast checks: batches in one region each.
         scale = check.grad_scale(grad_scale)
         check.stream(stream, self._backend)
-        if self._skip_nonfinite and not self._all_finite([g.reshape(-1) for g in grads], None):
+        if self._skip_nonfinite and not self._many.all_finite(codes, addresses,
+                                                              self._num_threads):
             return False
         first = 0
         for g, (h, slots) in enumerate(self._groups):
-            done = self._many.step(g, h, grads, kinds, addresses, scale, self._num_threads)
+            done = self._many.step(g, h, codes, addresses, scale, self._num_threads)
             rest = [] if len(done) == len(slots) else [
                 i for i in range(first, first + len(slots)) if i not in done]
             self._step_each([self._slots[i] for i in rest], [grads[i].reshape(-1) for i in rest],
