@@ -191,10 +191,17 @@ def like(name: str, a, param, *, writable: bool, device: bool = False, dtype=Non
 
 
 def disjoint(named: dict) -> None:
-    """Refuse arrays that share memory: the fused pass reads and writes them at once."""
-    items = [(k, a) for k, a in named.items() if a is not None and a.size]
-    for i, (name_a, a) in enumerate(items):
-        apart(name_a, a, dict(items[i + 1 :]))
+    """Refuse arrays that share memory: the fused pass reads and writes them at once.
+
+    Sorted by address, contiguous arrays are disjoint exactly when each one ends
+    before the next begins: O(n log n) for an optimizer's many params.
+    """
+    order = {name: i for i, name in enumerate(named)}
+    spans = sorted((_interval(a), name) for name, a in named.items() if a is not None and a.size)
+    for ((_, end), first), ((start, _), second) in zip(spans, spans[1:]):
+        if start < end:
+            first, second = sorted((first, second), key=order.get)
+            raise ValueError(f"{first} and {second} overlap in memory; pass separate arrays")
 
 
 def apart(name: str, a, others: dict) -> None:
