@@ -51,13 +51,12 @@ class ManyArrays:
         self.table = Table([s.array.shape for s in slots_all], _grad_dtypes())
         self.sizes = np.array([s.flat.size for s in slots_all], dtype=np.int64)
         self.chunks = _cpu.chunk_table(self.sizes)
-        nbytes = np.array([s.flat.nbytes for s in slots_all], dtype=np.int64)
-        starts = np.array([_cpu.address(as_kernel_array(s.flat)) for s in slots_all],
-                          dtype=np.int64)
-        keep = nbytes > 0
-        order = np.argsort(starts[keep])
-        self.param_starts = starts[keep][order]
-        self.param_ends = (starts + nbytes)[keep][order]
+        # The optimizer's memory (params and state, disjoint), sorted: no gradient may touch it.
+        owned = [a for s in slots_all for a in (s.flat, *s.state) if a is not None and a.size]
+        starts = np.array([_cpu.address(as_kernel_array(a)) for a in owned], dtype=np.int64)
+        ends = starts + np.array([a.nbytes for a in owned], dtype=np.int64)
+        order = np.argsort(starts)
+        self.owned_starts, self.owned_ends = starts[order], ends[order]
 
     def check(self, grads) -> tuple | None:
         """(dtype codes, data addresses) when ``grads`` pass the fast checks, else None:
@@ -70,7 +69,7 @@ class ManyArrays:
         addresses, codes = found
         itemsizes = np.array([d.itemsize for d in self.table.dtypes], dtype=np.int64)
         ends = addresses + self.sizes * itemsizes[codes]
-        if _overlap(addresses, ends, self.param_starts, self.param_ends):
+        if _overlap(addresses, ends, self.owned_starts, self.owned_ends):
             return None
         return codes, addresses
 
@@ -134,13 +133,13 @@ def _placeholder(grad_kind: str) -> np.ndarray:
 
 
 @numba.njit(nogil=True)
-def _overlap(starts, ends, param_starts, param_ends) -> bool:
-    """Whether any [start, end) range shares memory with a param. Params are disjoint and
-    sorted, so the one that starts last before a range ends is the only candidate."""
+def _overlap(starts, ends, owned_starts, owned_ends) -> bool:
+    """Whether any [start, end) range shares memory with an owned one. Those are disjoint
+    and sorted, so the one that starts last before a range ends is the only candidate."""
     for a in range(starts.size):
         if ends[a] <= starts[a]:
             continue
-        p = np.searchsorted(param_starts, ends[a]) - 1
-        if p >= 0 and param_ends[p] > starts[a]:
+        k = np.searchsorted(owned_starts, ends[a]) - 1
+        if k >= 0 and owned_ends[k] > starts[a]:
             return True
     return False

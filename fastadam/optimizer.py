@@ -119,10 +119,11 @@ class Adam:
             self._groups.append((h, [self._new_slot(next(it), h) for _ in spec["params"]]))
         self._slots = [slot for _, group in self._groups for slot in group]
         self.params = params if self._single else arrays
-        self._many = None
-        self._prepare_many()
+        self._many, self._adopted = None, False
+        self._prepare_stepping()
 
-    def _prepare_many(self) -> None:
+    def _prepare_stepping(self) -> None:
+        self._guard()
         # Lists of host arrays step in one parallel region per batch of alike arrays.
         if not self._single and self._backend == "cpu":
             from ._many import ManyArrays  # loads numba: not at import time
@@ -247,8 +248,7 @@ class Adam:
             names = [f"grads[{i}]" for i in range(len(grads))]
             grads = [check.like(name, g, slot.array, writable=False, device=self._device)
                      for name, g, slot in zip(names, grads, self._slots)]
-            check.apart_from_all(list(zip(names, grads)), [
-                (f"params[{i}]", slot.array) for i, slot in enumerate(self._slots)])
+            check.apart_from_all(list(zip(names, grads)), list(self._guarded.items()))
             flats = [g.reshape(-1) for g in grads]
         scale = check.grad_scale(grad_scale)
         cuda_stream = check.stream(stream, self._backend)
@@ -294,8 +294,19 @@ class Adam:
 
     def _checked_grad(self, name: str, grads, slot: _Slot):
         grads = check.like(name, grads, slot.array, writable=False, device=self._device)
-        check.apart(name, grads, {"params": slot.array})
+        check.apart(name, grads, self._guarded)
         return grads.reshape(-1)
+
+    def _guard(self) -> None:
+        """Name the memory no gradient may share: the params, and adopted state arrays
+        (this optimizer's own state is out of a caller's reach)."""
+        single = self._single and not self._adopted
+        self._guarded = {}
+        for i, slot in enumerate(self._slots):
+            arrays = (slot.flat, *slot.state[:3]) if self._adopted else (slot.flat,)
+            for name, a in zip(("", *(f" {k}" for k in _STATE)), arrays):
+                if a is not None:
+                    self._guarded[("params" if single else f"params[{i}]") + name] = a
 
     # --- state --------------------------------------------------------------
 
@@ -367,7 +378,38 @@ class Adam:
             slot.step, slot.state = step, arrays
             slot.flags = step_flags(h, (slot.flat, slot.flat, *arrays))._replace(
                 grad=slot.flags.grad)
-        self._prepare_many()
+        self._prepare_stepping()
+
+    def _adopt_state(self, steps: list[int], moments: list[tuple]) -> None:
+        """Step with the given ``(m, v, v_max)`` arrays themselves as the state, one per
+        params array in order (v_max None unless amsgrad): for wrappers whose state lives
+        in another framework's tensors. Checks everything first; refuses unchanged."""
+        if len(steps) != len(self._slots) or len(moments) != len(self._slots):
+            raise ValueError(f"expected state for {len(self._slots)} params arrays")
+        named, adopted = {}, []
+        slot_hypers = [h for h, group in self._groups for _ in group]
+        for i, (slot, h, step, arrays) in enumerate(zip(self._slots, slot_hypers, steps,
+                                                        moments)):
+            if slot.flags.kahan or slot.flags.master:
+                raise ValueError("adopted state has no Kahan compensation or master params")
+            step = check.step(step + 1) - 1  # an int >= 0
+            named[f"params[{i}]"] = slot.array
+            views = []
+            for name, a, wanted in zip(_STATE, arrays, (True, True, h.amsgrad)):
+                if (a is None) == wanted:
+                    raise ValueError(f"state {i} {name}: {'missing' if wanted else 'unexpected'}")
+                if a is not None:
+                    label = f"state[{i}][{name!r}]"
+                    a = check.like(label, a, slot.array, writable=True, device=self._device,
+                                   dtype=slot.state_dtype)
+                    named[label] = a
+                views.append(None if a is None else a.reshape(-1))
+            adopted.append((step, views))
+        check.disjoint(named)
+        for slot, (step, views) in zip(self._slots, adopted):
+            slot.step, slot.state[:3] = step, views
+        self._adopted = True
+        self._prepare_stepping()
 
     def save(self, path) -> None:
         """Write ``state_dict()`` to one ``.npz`` file with a format version, atomically:

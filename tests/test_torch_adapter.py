@@ -1,6 +1,7 @@
 """fastadam.torch.Adam/AdamW: drop-in torch optimizers, checked against torch.optim."""
 
 import copy
+import io
 import subprocess
 import sys
 
@@ -74,7 +75,10 @@ def test_state_dict_interchangeable(direction):
     if direction == "torch to ours":
         first, second = second, first
     _, m, opt = train(first, steps=10)
-    sd = copy.deepcopy(opt.state_dict())  # torch's state_dict shares the state tensors
+    buffer = io.BytesIO()  # through a file, as a checkpoint goes
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    sd = torch.load(buffer)
     m2 = model()
     m2.load_state_dict(m.state_dict())
     opt2 = second(groups(m2))
@@ -123,3 +127,107 @@ def test_refused_step_changes_nothing():
 def test_import_fastadam_does_not_import_torch():
     code = "import sys, fastadam; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def twin_params(seed, dtype=torch.float32, shapes=((7, 5), (5,), (3, 7), (1,), (64,))):
+    torch.manual_seed(seed)
+    values = [torch.randn(s, dtype=dtype) for s in shapes]
+    return ([torch.nn.Parameter(v.clone()) for v in values],
+            [torch.nn.Parameter(v.clone()) for v in values])
+
+
+def set_grads(seed, *param_lists, skip=()):
+    gen = torch.Generator().manual_seed(seed)
+    grads = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in param_lists[0]]
+    for params in param_lists:
+        for i, (p, g) in enumerate(zip(params, grads)):
+            p.grad = None if i in skip else g.to(p.dtype)
+
+
+def assert_same(ours, theirs, opt_a, opt_b, rtol=1e-6, atol=1e-7):
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=rtol, atol=atol)
+        assert (a in opt_a.state) == (b in opt_b.state)
+        if a in opt_a.state:
+            assert float(opt_a.state[a]["step"]) == float(opt_b.state[b]["step"])
+            for k in ("exp_avg", "exp_avg_sq"):
+                np.testing.assert_allclose(opt_a.state[a][k].numpy(), opt_b.state[b][k].numpy(),
+                                           rtol=1e-5, atol=1e-6)  # torch's m: a lerp
+
+
+EVENTS = {
+    "nothing": lambda ours, theirs, a, b: None,
+    "load_state_dict": lambda ours, theirs, a, b: a.load_state_dict(copy.deepcopy(b.state_dict())),
+    "state tensor replaced": lambda ours, theirs, a, b: [
+        o.state[p].__setitem__("exp_avg", o.state[p]["exp_avg"].clone())
+        for o, p in ((a, ours[0]), (b, theirs[0]))],
+    "step edited in place": lambda ours, theirs, a, b: [
+        o.state[p]["step"].fill_(40.0) for o, p in ((a, ours[2]), (b, theirs[2]))],
+    "param storage swapped": lambda ours, theirs, a, b: [
+        setattr(p, "data", p.data.clone()) for p in (ours[1], theirs[1])],
+    "weight decay changed": lambda ours, theirs, a, b: [
+        o.param_groups[0].__setitem__("weight_decay", 0.3) for o in (a, b)],
+    "lr changed": lambda ours, theirs, a, b: [
+        o.param_groups[1].__setitem__("lr", 0.05) for o in (a, b)],
+}
+
+
+@pytest.mark.parametrize("event", EVENTS)
+@pytest.mark.parametrize("ours_cls,theirs_cls", [(ft.Adam, torch.optim.Adam),
+                                                 (ft.AdamW, torch.optim.AdamW)])
+def test_list_fast_path_follows_every_change(event, ours_cls, theirs_cls):
+    ours, theirs = twin_params(3)
+    spec = lambda ps: [{"params": ps[:3], "amsgrad": True, "weight_decay": 0.1},  # noqa: E731
+                       {"params": ps[3:], "lr": 0.01, "betas": (0.8, 0.95)}]
+    opt_a, opt_b = ours_cls(spec(ours)), theirs_cls(spec(theirs), foreach=False)
+    for step in range(9):
+        # a param without a gradient at some steps changes which tensors step
+        set_grads(step, ours, theirs, skip=(4,) if step in (2, 3) else ())
+        if step == 6:  # the plan is then three steps old
+            EVENTS[event](ours, theirs, opt_a, opt_b)
+        opt_a.step()
+        opt_b.step()
+        assert opt_a._plan is not None  # the list path, not tensor by tensor
+        assert_same(ours, theirs, opt_a, opt_b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_list_fast_path_other_dtypes(dtype):
+    ours, theirs = twin_params(4, dtype)
+    # torch's float16 Adam rounds every intermediate (eps=1e-8 underflows to 0 and some
+    # params become inf); fastadam computes in float32 and rounds once: compare with float64.
+    theirs = [torch.nn.Parameter(p.detach().double()) for p in theirs]
+    opt_a, opt_b = ft.Adam(ours, lr=1e-2), torch.optim.Adam(theirs, lr=1e-2, foreach=False)
+    for step in range(5):
+        set_grads(step, ours, theirs)
+        opt_a.step()
+        opt_b.step()
+    assert opt_a._plan is not None and opt_a.state[ours[0]]["exp_avg"].dtype == dtype
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=2e-3, atol=1e-3)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a.detach().double().numpy(), b.detach().numpy(), **tol)
+
+
+def test_list_fast_path_refusal_changes_nothing():
+    ours, _ = twin_params(5)
+    opt = ft.Adam(ours)
+    set_grads(0, ours)
+    opt.step()
+    before = [p.detach().clone() for p in ours], {p: copy.deepcopy(s) for p, s in opt.state.items()}
+    set_grads(1, ours)
+    ours[4].grad = ours[4].detach()  # the gradient is the param itself
+    with pytest.raises(ValueError, match="overlap"):
+        opt.step()
+    for p, b in zip(ours, before[0]):
+        assert torch.equal(p.detach(), b)
+    for p, s in before[1].items():
+        for k, v in s.items():
+            assert torch.equal(opt.state[p][k], v)
+    fresh, _ = twin_params(6)  # a refused first step creates no state
+    opt = ft.Adam(fresh)
+    set_grads(0, fresh)
+    fresh[0].grad = fresh[1].detach().reshape(5).repeat(7).reshape(7, 5)  # fine
+    fresh[3].grad = fresh[3].detach()
+    with pytest.raises(ValueError, match="overlap"):
+        opt.step()
+    assert len(opt.state) == 0
