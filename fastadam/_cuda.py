@@ -46,6 +46,29 @@ else:
         return np.uint32(libdevice.float_as_int(x))
 
 
+if SIMULATOR:
+    # Simulated device memory has no addresses a kernel could follow: a table of
+    # pointers holds keys into this registry, filled just before each launch.
+    _SIMULATED: dict = {}
+
+    @_device
+    def _at(address, pointee):
+        return _SIMULATED[int(address)]
+else:
+    from numba.cuda import types as _types
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def _at(typingctx, address, pointee):
+        """A ``pointee`` pointer (a NumPy scalar class) at an integer device address."""
+        sig = _types.CPointer(pointee.instance_type)(address, pointee)
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+        return sig, codegen
+
+
 @cache
 def converters(compute: str) -> dict:
     """``{dtype name: (load, store)}`` device functions computing in ``compute``."""
@@ -69,6 +92,42 @@ def fused_kernel(flags: Flags):
             i += stride
 
     return kernel
+
+
+@cache
+def multi_kernel(flags: Flags):
+    """One launch over many arrays of one option set and dtypes.
+
+    ``kernel(tables, grads, chunks, *coefficients)``: ``tables`` rows hold the
+    device addresses of (param, m, v, v_max, comp, master) per array (unused ones
+    any valid address), ``grads`` the gradients' addresses, and ``chunks`` rows
+    (array index, start, stop); each block steps whole chunks.
+    """
+    update = _element.make(_device, flags, converters(compute_dtype(flags.param)))
+    param_t, grad_t, state_t = (_pointee(k) for k in (flags.param, flags.grad, flags.state))
+    master_t = np.float32
+
+    @cuda.jit
+    def kernel(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
+        row = cuda.blockIdx.x
+        while row < chunks.shape[0]:
+            t = chunks[row, 0]
+            param, grad = _at(tables[0, t], param_t), _at(grads[t], grad_t)
+            m, v, v_max = _at(tables[1, t], state_t), _at(tables[2, t], state_t), _at(
+                tables[3, t], state_t)
+            comp, master = _at(tables[4, t], param_t), _at(tables[5, t], master_t)
+            i = chunks[row, 1] + cuda.threadIdx.x
+            while i < chunks[row, 2]:
+                update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6,
+                       c7, c8, c9, c10)
+                i += cuda.blockDim.x
+            row += cuda.gridDim.x
+
+    return kernel
+
+
+def _pointee(kind: str):
+    return np.uint16 if kind in ("float16", "bfloat16") else np.dtype(kind).type
 
 
 @cache
@@ -100,6 +159,50 @@ def adam_step_cuda(arrays: tuple, flags: Flags, coefficients: tuple[float, ...],
     scalar = np.dtype(compute_dtype(flags.param)).type  # round the float64 scalars once
     blocks, threads = launch_shape(arrays[0].size)
     fused_kernel(flags)[blocks, threads, stream](*arrays, *(scalar(c) for c in coefficients))
+
+
+# Elements per chunk of the one-launch kernel: 64 per thread of a block (simulated: 2).
+CHUNK = 64 if SIMULATOR else 64 * THREADS_PER_BLOCK
+
+
+def address(a) -> int:
+    """The device address of a device array (simulated: a key registered for the launch)."""
+    if SIMULATOR:
+        key = a._ary.__array_interface__["data"][0]
+        _SIMULATED[key] = a._ary
+        return key
+    return a.__cuda_array_interface__["data"][0]
+
+
+class Addresses:
+    """A device table of addresses, refilled every step. On one stream, copies and launches
+    keep their order; before it is refilled for another stream, the last one is waited for."""
+
+    def __init__(self, n: int) -> None:
+        self.device = cuda.device_array(n, np.uint64)
+        self.stream = None
+
+    def send(self, host: np.ndarray, stream):
+        """The table on the device, holding ``host`` once ``stream`` gets to it."""
+        if self.stream is not None and _stream_key(self.stream) != _stream_key(stream):
+            self.stream.synchronize()
+        self.device.copy_to_device(host, stream=stream)
+        self.stream = stream
+        return self.device
+
+
+def _stream_key(stream):
+    return int(stream) if hasattr(stream, "handle") else None  # simulated: all one
+
+
+def adam_step_cuda_many(tables, grads, chunks, flags: Flags, coefficients: tuple[float, ...],
+                        stream) -> None:
+    """Launch ``multi_kernel`` once; ``tables``, ``grads`` (addresses) and ``chunks`` are
+    on the device."""
+    scalar = np.dtype(compute_dtype(flags.param)).type
+    blocks = max(1, min(MAX_BLOCKS, chunks.shape[0]))
+    multi_kernel(flags)[blocks, THREADS_PER_BLOCK, stream](
+        tables, grads, chunks, *(scalar(c) for c in coefficients))
 
 
 def count_nonfinite(grad, grad_kind: str, stream) -> int:

@@ -1,10 +1,11 @@
-"""Many arrays in one parallel region on the CPU.
+"""Many arrays in one parallel region on the CPU, in one launch on the GPU.
 
 The arrays of a param group that share dtypes and options form a batch; one
-kernel call steps a whole batch, its work split into even chunks across the
-threads. Params and state are fixed, so their typed lists are built once; the
-gradients change every step and reach the kernel as a table of data addresses,
-which costs far less per array than any numba container.
+kernel call steps a whole batch, its work split into even chunks. On the CPU,
+params and state are fixed, so their typed lists are built once; the gradients
+change every step and reach the kernel as a table of data addresses, which
+costs far less per array than any numba container. On the GPU every array
+reaches the kernel as an address in a table.
 """
 
 from __future__ import annotations
@@ -31,22 +32,26 @@ class Batch:
         self.chunks = _cpu.chunk_table([s.flat.size for s in slots])
 
 
+def batched(groups: list, make) -> list:
+    """Per group, ``make(indices, slots)`` for each set of two or more arrays whose options
+    and dtypes match (indices count over all groups)."""
+    out, index = [], 0
+    for _, slots in groups:
+        by_key: dict = {}
+        for slot in slots:
+            by_key.setdefault(slot.flags._replace(grad=""), []).append((index, slot))
+            index += 1
+        out.append([make([i for i, _ in members], [s for _, s in members])
+                    for members in by_key.values() if len(members) > 1])
+    return out
+
+
 class ManyArrays:
     """The batches of an optimizer's groups, and the fast checks of a list of gradients."""
 
     def __init__(self, groups: list) -> None:
-        self.batches = []  # per group: list of Batch
-        index = 0
-        slots_all = []
-        for _, slots in groups:
-            by_key: dict = {}
-            for slot in slots:
-                key = slot.flags._replace(grad="")
-                by_key.setdefault(key, []).append((index, slot))
-                index += 1
-            self.batches.append([Batch([i for i, _ in members], [s for _, s in members])
-                                 for members in by_key.values() if len(members) > 1])
-            slots_all += slots
+        self.batches = batched(groups, Batch)  # per group: list of Batch
+        slots_all = [slot for _, slots in groups for slot in slots]
         self.count = len(slots_all)
         self.table = Table([s.array.shape for s in slots_all], _grad_dtypes())
         self.sizes = np.array([s.flat.size for s in slots_all], dtype=np.int64)
@@ -143,3 +148,49 @@ def _overlap(starts, ends, owned_starts, owned_ends) -> bool:
         if k >= 0 and owned_ends[k] > starts[a]:
             return True
     return False
+
+
+class DeviceBatch:
+    """Arrays (by index) of one group that one launch steps together; tables on the GPU."""
+
+    def __init__(self, indices: list[int], slots: list) -> None:
+        from . import _cuda
+
+        self.indices = np.array(indices, dtype=np.int64)
+        self.slots = slots
+        rows = [[_cuda.address(a if a is not None else s.flat) for a in s.state]
+                for s in slots]
+        self.tables = _cuda.to_device(np.array(
+            [[_cuda.address(s.flat) for s in slots], *zip(*rows)], dtype=np.uint64))
+        self.chunks = _cuda.to_device(_cpu.chunk_table([s.flat.size for s in slots],
+                                                       _cuda.CHUNK))
+        self.grads = _cuda.Addresses(len(slots))
+
+
+class DeviceArrays:
+    """The batches of an optimizer's groups on the GPU: one launch per batch and step."""
+
+    def __init__(self, groups: list) -> None:
+        self.batches = batched(groups, DeviceBatch)
+
+    def step(self, group: int, h, flats: list, grad_scale, stream) -> set:
+        """Step the batches of ``group`` with validated 1-D gradients ``flats`` (all of the
+        optimizer's); returns the indices of the arrays it stepped."""
+        from . import _cuda
+
+        done = set()
+        for batch in self.batches[group]:
+            grad_kinds = {kind(flats[i].dtype) for i in batch.indices}
+            steps = {s.step for s in batch.slots}
+            if len(grad_kinds) != 1 or len(steps) != 1:
+                continue  # stepped one by one
+            flags = batch.slots[0].flags._replace(grad=grad_kinds.pop())
+            addresses = np.array([_cuda.address(flats[i]) for i in batch.indices],
+                                 dtype=np.uint64)
+            _cuda.adam_step_cuda_many(batch.tables, batch.grads.send(addresses, stream),
+                                      batch.chunks, flags,
+                                      coefficients(h, steps.pop() + 1, grad_scale), stream)
+            for s in batch.slots:
+                s.step += 1
+            done.update(batch.indices.tolist())
+        return done

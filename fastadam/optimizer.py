@@ -119,16 +119,20 @@ class Adam:
             self._groups.append((h, [self._new_slot(next(it), h) for _ in spec["params"]]))
         self._slots = [slot for _, group in self._groups for slot in group]
         self.params = params if self._single else arrays
-        self._many, self._adopted = None, False
+        self._many, self._on_device, self._adopted = None, None, False
         self._prepare_stepping()
 
     def _prepare_stepping(self) -> None:
         self._guard()
-        # Lists of host arrays step in one parallel region per batch of alike arrays.
+        # Lists step in one parallel region (CPU) or one launch (GPU) per batch of alike arrays.
         if not self._single and self._backend == "cpu":
             from ._many import ManyArrays  # loads numba: not at import time
 
             self._many = ManyArrays(self._groups)
+        if not self._single and self._backend == "cuda":
+            from ._many import DeviceArrays
+
+            self._on_device = DeviceArrays(self._groups)
 
     # --- construction -------------------------------------------------------
 
@@ -255,8 +259,10 @@ class Adam:
         if self._skip_nonfinite and not self._all_finite(flats, cuda_stream):
             return False
         first = 0
-        for h, slots in self._groups:
-            self._step_each(slots, flats[first:first + len(slots)], h, scale, cuda_stream)
+        for g, (h, slots) in enumerate(self._groups):
+            done = set() if self._on_device is None else self._on_device.step(
+                g, h, flats, scale, cuda_stream)
+            self._step_rest(first, slots, done, flats, h, scale, cuda_stream)
             first += len(slots)
         return True
 
@@ -270,12 +276,17 @@ class Adam:
         first = 0
         for g, (h, slots) in enumerate(self._groups):
             done = self._many.step(g, h, codes, addresses, scale, self._num_threads)
-            rest = [] if len(done) == len(slots) else [
-                i for i in range(first, first + len(slots)) if i not in done]
-            self._step_each([self._slots[i] for i in rest], [grads[i].reshape(-1) for i in rest],
-                            h, scale, None)
+            self._step_rest(first, slots, done, grads, h, scale, None)
             first += len(slots)
         return True
+
+    def _step_rest(self, first: int, slots, done: set, grads, h, scale, stream) -> None:
+        """Step the arrays of a group (numbered from ``first``) that no batch stepped."""
+        if len(done) == len(slots):
+            return
+        rest = [i for i in range(first, first + len(slots)) if i not in done]
+        self._step_each([self._slots[i] for i in rest], [grads[i].reshape(-1) for i in rest],
+                        h, scale, stream)
 
     def _all_finite(self, flats, stream) -> bool:
         """Whether every gradient is free of NaN and inf (one extra read of each)."""

@@ -54,13 +54,17 @@ CASES = [(k, o) for k, o in itertools.product(KINDS, OPTIONS)
          if not (o.get("kahan") or o.get("master")) or k[0] in ("float16", "bfloat16")]
 
 
+def make_flags(kinds, options) -> Flags:
+    return Flags(options.get("maximize", False), options.get("amsgrad", False),
+                 options.get("l2", False), options.get("decoupled", False),
+                 options.get("nesterov", False), options.get("kahan", False),
+                 options.get("master", False), *kinds)
+
+
 @pytest.mark.parametrize("kinds,options", CASES)
 def test_fused_kernel_compiles(compile_ptx, kinds, options):
     param, grad, state = kinds
-    flags = Flags(options.get("maximize", False), options.get("amsgrad", False),
-                  options.get("l2", False), options.get("decoupled", False),
-                  options.get("nesterov", False), options.get("kahan", False),
-                  options.get("master", False), param, grad, state)
+    flags = make_flags(kinds, options)
     compute = types.float64 if param == "float64" else types.float32
     sig = (ARRAY[param][::1], ARRAY[grad][::1], ARRAY[state][::1], ARRAY[state][::1],
            ARRAY[state][::1], ARRAY[param][::1], types.float32[::1]) + (compute,) * 11
@@ -68,6 +72,17 @@ def test_fused_kernel_compiles(compile_ptx, kinds, options):
     assert "sqrt.rn" in ptx
     if param != "float64" and "float64" not in kinds:
         assert ".f64" not in ptx  # float32 arithmetic only
+
+
+@pytest.mark.parametrize("kinds,options", CASES)
+def test_one_launch_list_kernel_compiles(compile_ptx, kinds, options):
+    flags = make_flags(kinds, options)
+    compute = types.float64 if kinds[0] == "float64" else types.float32
+    sig = (types.uint64[:, ::1], types.uint64[::1], types.int64[:, ::1]) + (compute,) * 11
+    ptx = compile_ptx(_cuda.multi_kernel(flags).py_func, sig)
+    assert "sqrt.rn" in ptx and "st.global" in ptx  # stores through the table's addresses
+    if kinds[0] != "float64" and "float64" not in kinds:
+        assert ".f64" not in ptx
 
 
 @pytest.mark.parametrize("kind", ["float16", "bfloat16", "float32", "float64"])

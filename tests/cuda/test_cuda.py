@@ -200,3 +200,55 @@ def test_foreign_arrays_zero_copy(rng):
         pass
     if not ran:
         pytest.skip("neither torch with CUDA nor CuPy is installed")
+
+
+def counting(monkeypatch, name):
+    """Record the launch configurations of ``_cuda.<name>`` kernels."""
+    launches = []
+    real = getattr(_cuda, name)
+
+    class Counting:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, config):
+            launches.append(config)
+            return self.kernel[config]
+
+    monkeypatch.setattr(_cuda, name, lambda flags: Counting(real(flags)))
+    return launches
+
+
+@pytest.mark.parametrize("options", [dict(), dict(amsgrad=True, weight_decay=0.1, nesterov=True)])
+def test_a_list_steps_in_one_launch_and_equals_the_cpu(rng, monkeypatch, options):
+    multi = counting(monkeypatch, "multi_kernel")
+    single = counting(monkeypatch, "fused_kernel")
+    shapes = [(3, 7), (1,), (130,), (2, 2, 5)]  # 130 > one simulated chunk: several rows
+    host = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    on_gpu = fastadam.AdamW([cuda.to_device(a) for a in host], lr=0.01, **options)
+    on_cpu = fastadam.AdamW([a.copy() for a in host], lr=0.01, **options)
+    for step in range(3):
+        grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        on_gpu.step([cuda.to_device(g) for g in grads])
+        on_cpu.step(grads)
+        assert len(multi) == step + 1 and not single  # one launch per step, none per array
+    for got, want in zip(on_gpu.params, on_cpu.params):
+        np.testing.assert_allclose(got.copy_to_host(), want, rtol=2e-6, atol=2e-6)
+    for a, b in zip(on_gpu.state_dict()["state"].values(), on_cpu.state_dict()["state"].values()):
+        assert a["step"] == b["step"] == 3
+        np.testing.assert_allclose(a["exp_avg_sq"], b["exp_avg_sq"], rtol=2e-6, atol=1e-7)
+
+
+def test_a_list_with_mixed_dtypes_and_groups_on_device(rng, monkeypatch):
+    multi = counting(monkeypatch, "multi_kernel")
+    host = [rng.standard_normal(n).astype(d) for n, d in
+            [(40, np.float32), (9, np.float64), (17, np.float32), (5, np.float64), (3, np.float32)]]
+    groups = lambda arrays: [{"params": arrays[:4]}, {"params": arrays[4:], "lr": 0.1}]  # noqa: E731
+    on_gpu = fastadam.Adam(groups([cuda.to_device(a) for a in host]), lr=0.01)
+    on_cpu = fastadam.Adam(groups([a.copy() for a in host]), lr=0.01)
+    grads = [rng.standard_normal(a.shape).astype(a.dtype) for a in host]
+    on_gpu.step([cuda.to_device(g) for g in grads])
+    on_cpu.step(grads)
+    assert len(multi) == 2  # float32 and float64 batches; the lone array steps by itself
+    for got, want in zip(on_gpu.params, on_cpu.params):
+        np.testing.assert_allclose(got.copy_to_host(), want, rtol=2e-6, atol=2e-6)
