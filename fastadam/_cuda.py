@@ -166,7 +166,7 @@ CHUNK = 64 if SIMULATOR else 64 * THREADS_PER_BLOCK
 
 
 def address(a) -> int:
-    """The device address of a device array (simulated: a key registered for the launch)."""
+    """The device address of a device array (simulated: a key into the registry)."""
     if SIMULATOR:
         key = a._ary.__array_interface__["data"][0]
         _SIMULATED[key] = a._ary
@@ -195,14 +195,17 @@ def _stream_key(stream):
     return int(stream) if hasattr(stream, "handle") else None  # simulated: all one
 
 
-def adam_step_cuda_many(tables, grads, chunks, flags: Flags, coefficients: tuple[float, ...],
-                        stream) -> None:
-    """Launch ``multi_kernel`` once; ``tables``, ``grads`` (addresses) and ``chunks`` are
-    on the device."""
+def adam_step_cuda_many(tables, chunks, grads: Addresses, grad_addresses: np.ndarray,
+                        flags: Flags, coefficients: tuple[float, ...], stream) -> None:
+    """Launch ``multi_kernel`` once: ``tables`` and ``chunks`` are on the device, the
+    gradients' addresses go there through ``grads``."""
     scalar = np.dtype(compute_dtype(flags.param)).type
     blocks = max(1, min(MAX_BLOCKS, chunks.shape[0]))
     multi_kernel(flags)[blocks, THREADS_PER_BLOCK, stream](
-        tables, grads, chunks, *(scalar(c) for c in coefficients))
+        tables, grads.send(grad_addresses, stream), chunks, *(scalar(c) for c in coefficients))
+    if SIMULATOR:  # the gradients are the caller's: let them go
+        for key in grad_addresses.tolist():
+            _SIMULATED.pop(key, None)
 
 
 def count_nonfinite(grad, grad_kind: str, stream) -> int:

@@ -187,8 +187,7 @@ class DeviceArrays:
             flags = batch.slots[0].flags._replace(grad=grad_kinds.pop())
             addresses = np.array([_cuda.address(flats[i]) for i in batch.indices],
                                  dtype=np.uint64)
-            _cuda.adam_step_cuda_many(batch.tables, batch.grads.send(addresses, stream),
-                                      batch.chunks, flags,
+            _cuda.adam_step_cuda_many(batch.tables, batch.chunks, batch.grads, addresses, flags,
                                       coefficients(h, steps.pop() + 1, grad_scale), stream)
             for s in batch.slots:
                 s.step += 1
