@@ -7,15 +7,17 @@ flags, data address) costs about 1 us per array in Python, a third of a
 given the arrays' object addresses (``id``), in a few nanoseconds each.
 
 The field offsets follow from ``sizeof(PyObject)``; ``layout_ok()`` confirms
-them on probe arrays before anything relies on them. Whatever does not read
-back exactly as expected (a subclass, an unusual dtype object, another
-layout) is reported as failed, and callers fall back to the Python checks,
-which also name what is wrong.
+them on probe arrays (CPython, 64-bit) before anything relies on them, and
+where it cannot, ``Table.read`` makes the same checks through Python
+attributes. Whatever does not read back exactly as expected (a subclass, an
+unusual dtype, a strided array) fails the fast check, and callers fall back to
+checking arrays one by one, which names what is wrong.
 """
 
 from __future__ import annotations
 
 import ctypes
+import sys
 from functools import cache
 
 import numba
@@ -132,6 +134,8 @@ class Table:
 @cache
 def layout_ok() -> bool:
     """Whether this interpreter and NumPy lay arrays out as ``check_arrays`` reads them."""
+    if sys.implementation.name != "cpython":  # id() is an address only in CPython
+        return False
     if np.ndarray.__basicsize__ < _FLAGS + 4 or ctypes.sizeof(ctypes.c_void_p) != 8:
         return False
     base = np.arange(24, dtype=np.float32)
