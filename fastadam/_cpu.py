@@ -15,7 +15,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import intrinsic
 
-from . import _convert, _element
+from . import _convert, _element, _pointers
 from ._scalars import Flags, compute_dtype
 
 
@@ -119,15 +119,7 @@ def memory_only_source(reads: int, writes: int) -> str:
             f"        x = {' + '.join(a + '[i]' for a in r)}\n{body}")
 
 
-@intrinsic
-def _pointer_like(typingctx, address, array):
-    """A pointer to ``array``'s element type at an integer ``address``."""
-    sig = types.CPointer(array.dtype)(address, array)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-
-    return sig, codegen
+at = _pointers.make(intrinsic, types)  # at(address, np.float32)[i]
 
 
 @numba.njit
@@ -149,14 +141,16 @@ def multi_kernel(flags: Flags):
     update = _element.make(numba.njit(inline="always"), flags,
                            converters(compute_dtype(flags.param)))
 
+    grad_t = _pointers.pointee(flags.grad)
+
     @numba.njit(parallel=True, nogil=True)
-    def kernel(params, grad_addresses, ms, vs, v_maxs, comps, masters, chunks, like_grad, coef):
+    def kernel(params, grad_addresses, ms, vs, v_maxs, comps, masters, chunks, coef):
         c0, c1, c2, c3, c4, c5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
         c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]
         for c in prange(chunks.shape[0]):
             t, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
             size = params[t].size
-            grad = numba.carray(_pointer_like(grad_addresses[t], like_grad), size)[start:stop]
+            grad = numba.carray(at(grad_addresses[t], grad_t), size)[start:stop]
             # Slices, so that the loop index starts at 0: LLVM then vectorizes it.
             param, m, v = params[t][start:stop], ms[t][start:stop], vs[t][start:stop]
             v_max, comp = v_maxs[t][start:stop], comps[t][start:stop]
@@ -170,16 +164,17 @@ def multi_kernel(flags: Flags):
 
 @cache
 def multi_nonfinite_kernel(grad_kind: str):
-    """``count(grad_addresses, sizes, chunks, like_grad)``: NaN and inf elements in the
+    """``count(grad_addresses, sizes, chunks)``: NaN and inf elements in the
     chunks' gradients (laid out as in ``multi_kernel``), in one parallel read."""
     load = converters(compute_dtype(grad_kind))[grad_kind][0]
+    grad_t = _pointers.pointee(grad_kind)
 
     @numba.njit(parallel=True, nogil=True)
-    def count(grad_addresses, sizes, chunks, like_grad):
+    def count(grad_addresses, sizes, chunks):
         bad = 0
         for c in prange(chunks.shape[0]):
             t, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-            grad = numba.carray(_pointer_like(grad_addresses[t], like_grad), sizes[t])
+            grad = numba.carray(at(grad_addresses[t], grad_t), sizes[t])
             for i in range(start, stop):
                 x = load(grad[i])
                 if x - x != 0:

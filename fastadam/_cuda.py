@@ -14,7 +14,7 @@ from functools import cache
 import numpy as np
 from numba import config, cuda
 
-from . import _convert, _element
+from . import _convert, _element, _pointers
 from ._scalars import Flags, compute_dtype
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
@@ -58,15 +58,7 @@ else:
     from numba.cuda import types as _types
     from numba.cuda.extending import intrinsic
 
-    @intrinsic
-    def _at(typingctx, address, pointee):
-        """A ``pointee`` pointer (a NumPy scalar class) at an integer device address."""
-        sig = _types.CPointer(pointee.instance_type)(address, pointee)
-
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-
-        return sig, codegen
+    _at = _pointers.make(intrinsic, _types)
 
 
 @cache
@@ -104,7 +96,7 @@ def multi_kernel(flags: Flags):
     (array index, start, stop); each block steps whole chunks.
     """
     update = _element.make(_device, flags, converters(compute_dtype(flags.param)))
-    param_t, grad_t, state_t = (_pointee(k) for k in (flags.param, flags.grad, flags.state))
+    param_t, grad_t, state_t = map(_pointers.pointee, (flags.param, flags.grad, flags.state))
     master_t = np.float32
 
     @cuda.jit
@@ -124,10 +116,6 @@ def multi_kernel(flags: Flags):
             row += cuda.gridDim.x
 
     return kernel
-
-
-def _pointee(kind: str):
-    return np.uint16 if kind in ("float16", "bfloat16") else np.dtype(kind).type
 
 
 @cache

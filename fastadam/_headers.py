@@ -22,7 +22,8 @@ from functools import cache
 
 import numba
 import numpy as np
-from numba.extending import intrinsic
+
+from ._cpu import at
 
 _HEAD = object.__basicsize__  # sizeof(PyObject): ob_type is its last field
 _TYPE = _HEAD - ctypes.sizeof(ctypes.c_void_p)
@@ -31,17 +32,10 @@ _DESCR, _FLAGS = _HEAD + 40, _HEAD + 48  # after strides and base
 _C_CONTIGUOUS, _ALIGNED = 0x1, 0x100  # NPY_ARRAY_* flags
 
 
-@intrinsic
-def _read(typingctx, address, value_class):
+@numba.njit(inline="always")
+def _read(address, value_class):
     """The ``value_class`` (e.g. ``np.int64``) stored at an integer address."""
-    value_type = value_class.instance_type
-    sig = value_type(address, value_class)
-
-    def codegen(context, builder, signature, args):
-        pointer_type = context.get_value_type(value_type).as_pointer()
-        return builder.load(builder.inttoptr(args[0], pointer_type))
-
-    return sig, codegen
+    return at(address, value_class)[0]
 
 
 @numba.njit(nogil=True)

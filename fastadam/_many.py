@@ -92,8 +92,7 @@ class ManyArrays:
             rows = self.chunks[codes[self.chunks[:, 0]] == code]
             grad_kind = kind(self.table.dtypes[code])
             count = _cpu.multi_nonfinite_kernel(grad_kind)
-            if _cpu.with_threads(num_threads, count, addresses, self.sizes, rows,
-                                 _placeholder(grad_kind)):
+            if _cpu.with_threads(num_threads, count, addresses, self.sizes, rows):
                 return False
         return True
 
@@ -111,7 +110,7 @@ class ManyArrays:
             params, ms, vs, v_maxs, comps, masters = batch.lists
             _cpu.with_threads(num_threads, _cpu.multi_kernel(flags), params,
                               addresses[batch.indices], ms, vs, v_maxs, comps, masters,
-                              batch.chunks, _placeholder(grad_kind), coef)
+                              batch.chunks, coef)
             for s in batch.slots:
                 s.step += 1
             done.update(batch.indices.tolist())
@@ -126,15 +125,6 @@ def _grad_dtypes() -> list[np.dtype]:
     except ImportError:
         return dtypes
     return dtypes + [np.dtype(ml_dtypes.bfloat16)]
-
-
-_PLACEHOLDERS = {k: np.empty(0, dtype=np.uint16 if k in ("float16", "bfloat16") else k)
-                 for k in KINDS}
-
-
-def _placeholder(grad_kind: str) -> np.ndarray:
-    # An empty array of the kernel's gradient type: it types the gradient addresses.
-    return _PLACEHOLDERS[grad_kind]
 
 
 @numba.njit(nogil=True)

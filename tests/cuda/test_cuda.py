@@ -73,9 +73,10 @@ def test_state_dict_round_trip_on_device(rng):
     np.testing.assert_array_equal(resumed.params.copy_to_host(), whole.params.copy_to_host())
 
 
-def test_one_launch_per_step_covers_everything(rng, monkeypatch):
+def counting(monkeypatch, name):
+    """Record the launch configurations of ``_cuda.<name>`` kernels."""
     launches = []
-    real = _cuda.fused_kernel
+    real = getattr(_cuda, name)
 
     class Counting:
         def __init__(self, kernel):
@@ -85,7 +86,12 @@ def test_one_launch_per_step_covers_everything(rng, monkeypatch):
             launches.append(config)
             return self.kernel[config]
 
-    monkeypatch.setattr(_cuda, "fused_kernel", lambda flags: Counting(real(flags)))
+    monkeypatch.setattr(_cuda, name, lambda flags: Counting(real(flags)))
+    return launches
+
+
+def test_one_launch_per_step_covers_everything(rng, monkeypatch):
+    launches = counting(monkeypatch, "fused_kernel")
     n = 5000  # more than one grid's worth in the simulator: the loop strides
     host = make_state(rng, n, np.float32, amsgrad=False)
     param, grad, m, v, _ = to_device(*host)
@@ -200,23 +206,6 @@ def test_foreign_arrays_zero_copy(rng):
         pass
     if not ran:
         pytest.skip("neither torch with CUDA nor CuPy is installed")
-
-
-def counting(monkeypatch, name):
-    """Record the launch configurations of ``_cuda.<name>`` kernels."""
-    launches = []
-    real = getattr(_cuda, name)
-
-    class Counting:
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, config):
-            launches.append(config)
-            return self.kernel[config]
-
-    monkeypatch.setattr(_cuda, name, lambda flags: Counting(real(flags)))
-    return launches
 
 
 @pytest.mark.parametrize("options", [dict(), dict(amsgrad=True, weight_decay=0.1, nesterov=True)])
