@@ -196,10 +196,12 @@ def adam_step_cuda_many(tables, chunks, grads: Addresses, grad_addresses: np.nda
             _SIMULATED.pop(key, None)
 
 
-def count_nonfinite(grad, grad_kind: str, stream) -> int:
-    """1 if ``grad`` (a kernel view) holds NaN or inf, else 0; waits for the answer."""
+def count_nonfinite(grads: list, stream) -> int:
+    """1 if any of ``grads`` ((kernel view, kind) pairs) holds NaN or inf, else 0: one
+    launch each into one flag, then one wait for the answer."""
     flag = cuda.to_device(np.zeros(1, np.int32), stream=stream)
-    nonfinite_kernel(grad_kind)[launch_shape(grad.size) + (stream,)](grad, flag)
+    for grad, grad_kind in grads:
+        nonfinite_kernel(grad_kind)[launch_shape(grad.size) + (stream,)](grad, flag)
     return int(flag.copy_to_host(stream=stream)[0])
 
 

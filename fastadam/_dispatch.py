@@ -93,19 +93,19 @@ def apply(backend: str, arrays: tuple, h: Hyper, flags: Flags, step: int, *,
         _cuda.adam_step_cuda(kernel_views(arrays), flags, coef, stream)
 
 
-def all_finite(backend: str, grad, grad_kind: str, *, num_threads=None, stream=None) -> bool:
-    """Whether ``grad`` (validated, 1-D) holds no NaN or inf: one extra read of it."""
+def all_finite(backend: str, grads: list, *, num_threads=None, stream=None) -> bool:
+    """Whether the gradients (validated, 1-D) hold no NaN or inf: one extra read of each;
+    on the GPU one wait for the answer, whatever their number."""
     global _cpu
-    if grad.size == 0:
-        return True
+    grads = [g for g in grads if g.size]
     if backend == "numpy":
-        return bool(np.isfinite(grad).all())
-    view = as_kernel_array(grad)
+        return all(bool(np.isfinite(g).all()) for g in grads)
+    views = [(as_kernel_array(g), kind(g.dtype)) for g in grads]
     if backend == "cpu":
         if _cpu is None:
             from . import _cpu
-        return _cpu.count_nonfinite(view, grad_kind, num_threads) == 0
-    return _cuda.count_nonfinite(view, grad_kind, stream) == 0
+        return all(_cpu.count_nonfinite(v, k, num_threads) == 0 for v, k in views)
+    return _cuda.count_nonfinite(views, stream) == 0
 
 
 def zeros(backend: str, n: int, dtype):

@@ -290,8 +290,7 @@ class Adam:
 
     def _all_finite(self, flats, stream) -> bool:
         """Whether every gradient is free of NaN and inf (one extra read of each)."""
-        return all(all_finite(self._backend, flat, check.kind(flat.dtype),
-                              num_threads=self._num_threads, stream=stream) for flat in flats)
+        return all_finite(self._backend, flats, num_threads=self._num_threads, stream=stream)
 
     def _step_each(self, slots, flats, h, scale, stream) -> None:
         """One kernel call per array."""

@@ -241,3 +241,17 @@ def test_a_list_with_mixed_dtypes_and_groups_on_device(rng, monkeypatch):
     assert len(multi) == 2  # float32 and float64 batches; the lone array steps by itself
     for got, want in zip(on_gpu.params, on_cpu.params):
         np.testing.assert_allclose(got.copy_to_host(), want, rtol=2e-6, atol=2e-6)
+
+
+def test_a_list_with_one_nan_skips_the_step_on_device(rng):
+    host = [rng.standard_normal(n).astype(np.float32) for n in (40, 9, 17)]
+    opt = fastadam.Adam([cuda.to_device(a) for a in host], lr=0.01, skip_nonfinite=True)
+    grads = [rng.standard_normal(a.shape).astype(np.float32) for a in host]
+    grads[2][16] = np.inf  # the last element of the last gradient
+    assert opt.step([cuda.to_device(g) for g in grads]) is False
+    for got, want in zip(opt.params, host):
+        np.testing.assert_array_equal(got.copy_to_host(), want)
+    assert opt.step_count == 0
+    grads[2][16] = 1.0
+    assert opt.step([cuda.to_device(g) for g in grads]) is True and opt.step_count == 1
+    assert not np.array_equal(opt.params[0].copy_to_host(), host[0])
