@@ -199,17 +199,18 @@ class _ListPlan:
             return False
         if not np.array_equal(_addresses(params), self.param_addresses):  # p.data = ...
             return False
-        state = opt.state
+        # Until the first step commits them, new entries are the plan's own.
+        current = [entry if new and not self.committed else opt.state.get(p)
+                   for p, entry, new in self.entries]
         try:
-            held = self._held(self._by_group(entry if new and not self.committed else state[p]
-                                             for p, entry, new in self.entries))
+            held = self._held(self._by_group(current))
         except (KeyError, TypeError):
             return False
         if len(held) != len(self.held) or not all(map(operator.is_, held, self.held)):
             return False
         if self.committed:
             return torch.equal(self.step_buffer, self.expected)
-        return torch.equal(torch.stack(held[::len(held) // len(params)]), self.expected)
+        return torch.equal(torch.stack([entry["step"] for entry in current]), self.expected)
 
     def step(self, opt) -> bool:
         """Step through the inner optimizer; False (nothing done) if the gradients need

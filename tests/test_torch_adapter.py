@@ -231,3 +231,23 @@ def test_list_fast_path_refusal_changes_nothing():
     with pytest.raises(ValueError, match="overlap"):
         opt.step()
     assert len(opt.state) == 0
+
+
+def test_refused_step_then_good_ones_with_mixed_groups():
+    ours, theirs = twin_params(7)
+    spec = lambda ps: [{"params": ps[:2], "amsgrad": True}, {"params": ps[2:]}]  # noqa: E731
+    opt_a, opt_b = ft.Adam(spec(ours), lr=0.01), torch.optim.Adam(spec(theirs), lr=0.01,
+                                                                  foreach=False)
+    set_grads(0, ours, theirs, skip=(4,))
+    opt_a.step()
+    opt_b.step()
+    set_grads(1, ours, theirs)  # the last param's first gradient: a new plan
+    ours[3].grad = ours[3].detach()
+    with pytest.raises(ValueError, match="overlap"):
+        opt_a.step()
+    assert ours[4] not in opt_a.state
+    for step in (2, 3):
+        set_grads(step, ours, theirs)
+        opt_a.step()
+        opt_b.step()
+        assert_same(ours, theirs, opt_a, opt_b)
