@@ -119,3 +119,10 @@ def test_many_arrays_case(tmp_path, capsys):
     assert all(r["n"] == 6000 and r["median_s"] > 0 for r in rows)
     with pytest.raises(SystemExit):
         bench.main(["--many", "lots"])
+
+
+def test_many_arrays_against_torch(capsys):
+    optional("torch")
+    out = run(capsys, "--sizes", "500", "--dtypes", "float32", "--configs", "adam",
+              "--many", "20x300", "--peers", "--repeats", "2")
+    assert "torch-fused-list" in out and "fastadam.torch-list" in out
