@@ -83,6 +83,7 @@ class Table:
         self.expected = [tuple(s) for s in shapes]
         self.dtypes = list(dtypes)  # referenced, so that their addresses stay theirs
         self.descrs = np.array([id(d) for d in dtypes], dtype=np.int64)
+        self.itemsizes = np.array([d.itemsize for d in dtypes], dtype=np.int64)  # per code
         self.ndarray_type = id(np.ndarray)
 
     def read(self, arrays) -> tuple | None:
@@ -112,6 +113,7 @@ class Table:
             return False
         self.dtypes.append(dtype)
         self.descrs = np.append(self.descrs, id(dtype))
+        self.itemsizes = np.append(self.itemsizes, dtype.itemsize)
         return True
 
     def _read_attributes(self, arrays) -> tuple | None:

@@ -72,8 +72,7 @@ class ManyArrays:
         if found is None:
             return None
         addresses, codes = found
-        itemsizes = np.array([d.itemsize for d in self.table.dtypes], dtype=np.int64)
-        ends = addresses + self.sizes * itemsizes[codes]
+        ends = addresses + self.sizes * self.table.itemsizes[codes]
         if _overlap(addresses, ends, self.owned_starts, self.owned_ends):
             return None
         return codes, addresses
@@ -100,20 +99,16 @@ class ManyArrays:
         """Step the batches of ``group``; returns the indices of the arrays it stepped."""
         done = set()
         for batch in self.batches[group]:
-            grad_kind = self.kind(codes[batch.indices])
-            steps = {s.step for s in batch.slots}
-            if grad_kind is None or len(steps) != 1:
+            ready = _ready(batch, self.kind(codes[batch.indices]))
+            if ready is None:
                 continue  # stepped one by one
-            flags = batch.slots[0].flags._replace(grad=grad_kind)
-            coef = np.array(coefficients(h, steps.pop() + 1, grad_scale),
-                            dtype=compute_dtype(flags.param))
+            flags, step = ready
+            coef = np.array(coefficients(h, step, grad_scale), dtype=compute_dtype(flags.param))
             params, ms, vs, v_maxs, comps, masters = batch.lists
             _cpu.with_threads(num_threads, _cpu.multi_kernel(flags), params,
                               addresses[batch.indices], ms, vs, v_maxs, comps, masters,
                               batch.chunks, coef)
-            for s in batch.slots:
-                s.step += 1
-            done.update(batch.indices.tolist())
+            _advance(batch, done)
         return done
 
 
@@ -171,15 +166,29 @@ class DeviceArrays:
         done = set()
         for batch in self.batches[group]:
             grad_kinds = {kind(flats[i].dtype) for i in batch.indices}
-            steps = {s.step for s in batch.slots}
-            if len(grad_kinds) != 1 or len(steps) != 1:
+            ready = _ready(batch, grad_kinds.pop() if len(grad_kinds) == 1 else None)
+            if ready is None:
                 continue  # stepped one by one
-            flags = batch.slots[0].flags._replace(grad=grad_kinds.pop())
+            flags, step = ready
             addresses = np.array([_cuda.address(flats[i]) for i in batch.indices],
                                  dtype=np.uint64)
             _cuda.adam_step_cuda_many(batch.tables, batch.chunks, batch.grads, addresses, flags,
-                                      coefficients(h, steps.pop() + 1, grad_scale), stream)
-            for s in batch.slots:
-                s.step += 1
-            done.update(batch.indices.tolist())
+                                      coefficients(h, step, grad_scale), stream)
+            _advance(batch, done)
         return done
+
+
+def _ready(batch, grad_kind: str | None) -> tuple | None:
+    """(flags, 1-based step) when a batch can step as one: one gradient kind, one step
+    count; else None."""
+    steps = {s.step for s in batch.slots}
+    if grad_kind is None or len(steps) != 1:
+        return None
+    return batch.slots[0].flags._replace(grad=grad_kind), steps.pop() + 1
+
+
+def _advance(batch, done: set) -> None:
+    """Count the step a batch took."""
+    for s in batch.slots:
+        s.step += 1
+    done.update(batch.indices.tolist())
