@@ -310,13 +310,12 @@ class Adam:
     def _guard(self) -> None:
         """Name the memory no gradient may share: the params, and adopted state arrays
         (this optimizer's own state is out of a caller's reach)."""
-        single = self._single and not self._adopted
         self._guarded = {}
         for i, slot in enumerate(self._slots):
             arrays = (slot.flat, *slot.state[:3]) if self._adopted else (slot.flat,)
             for name, a in zip(("", *(f" {k}" for k in _STATE)), arrays):
                 if a is not None:
-                    self._guarded[("params" if single else f"params[{i}]") + name] = a
+                    self._guarded[("params" if self._single else f"params[{i}]") + name] = a
 
     # --- state --------------------------------------------------------------
 
