@@ -149,7 +149,7 @@ def test_one_parallel_region_equals_one_array_at_a_time(rng, amsgrad):
     params = [rng.standard_normal(n).astype(np.float32) for n in sizes]
     singles = [fastadam.AdamW(p.copy(), amsgrad=amsgrad, lr=0.01) for p in params]
     many = fastadam.AdamW(params, amsgrad=amsgrad, lr=0.01)
-    assert many._many is not None and len(many._many.batches[0]) == 1  # one batch
+    assert many._plans.host is not None and len(many._plans.host.batches[0]) == 1  # one batch
     for _ in range(3):
         grads = [rng.standard_normal(n).astype(np.float32) for n in sizes]
         many.step(grads)

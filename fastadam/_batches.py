@@ -1,4 +1,4 @@
-"""Many arrays in one parallel region on the CPU, in one launch on the GPU.
+"""The batch plans: many arrays in one parallel region on the CPU, in one launch on the GPU.
 
 The arrays of a param group that share dtypes and options form a batch; one
 kernel call steps a whole batch, its work split into even chunks. On the CPU,
@@ -21,7 +21,7 @@ from ._scalars import coefficients, compute_dtype
 from ._validate import KINDS, kind
 
 
-class Batch:
+class HostBatch:
     """Arrays (by index) of one group that one kernel call steps together."""
 
     def __init__(self, indices: list[int], slots: list) -> None:
@@ -46,11 +46,11 @@ def batched(groups: list, make) -> list:
     return out
 
 
-class ManyArrays:
+class HostBatches:
     """The batches of an optimizer's groups, and the fast checks of a list of gradients."""
 
     def __init__(self, groups: list) -> None:
-        self.batches = batched(groups, Batch)  # per group: list of Batch
+        self.batches = batched(groups, HostBatch)  # per group: list of Batch
         slots_all = [slot for _, slots in groups for slot in slots]
         self.count = len(slots_all)
         self.table = Table([s.array.shape for s in slots_all], _grad_dtypes())
@@ -152,7 +152,7 @@ class DeviceBatch:
         self.grads = _cuda.Addresses(len(slots))
 
 
-class DeviceArrays:
+class DeviceBatches:
     """The batches of an optimizer's groups on the GPU: one launch per batch and step."""
 
     def __init__(self, groups: list) -> None:
