@@ -25,8 +25,9 @@ import numpy as np
 
 from . import __version__
 
-# Adam keyword arguments of each configuration. On 16-bit params "adam" rounds to
-# nearest (Kahan off), so that each option's cost shows on its own.
+# Adam keyword arguments of each configuration, on top of the defaults a user gets:
+# on 16-bit params those include Kahan summation, so "adam" is what ``Adam(params)`` does
+# and "no_kahan" rounds to nearest.
 CONFIGS = {
     "adam": {},
     "adamw": {"weight_decay": 1e-2, "decoupled_weight_decay": True},
@@ -34,16 +35,19 @@ CONFIGS = {
     "nesterov": {"nesterov": True},
     "skip_nonfinite": {"skip_nonfinite": True},
     "kahan": {"kahan_summation": True},
+    "no_kahan": {"kahan_summation": False},
     "master": {"master_weights": True},
     "bf16_state": {"state_dtype": "bfloat16"},
 }
-SIXTEEN_BIT_ONLY = ("kahan", "master")
+SIXTEEN_BIT_ONLY = ("kahan", "no_kahan", "master")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
-DEFAULT_DTYPES = ("float32", "bfloat16")
-DEFAULT_CONFIGS = {"float32": ("adam", "adamw", "amsgrad", "skip_nonfinite"),
+DEFAULT_DTYPES = ("float32", "bfloat16", "float16")
+# Every option on every param dtype, each with the user's defaults, so no cliff can hide.
+_SIXTEEN_BIT_CONFIGS = ("adam", "no_kahan", "master", "amsgrad", "skip_nonfinite", "bf16_state")
+DEFAULT_CONFIGS = {"float32": ("adam", "adamw", "amsgrad", "skip_nonfinite", "bf16_state"),
                    "float64": ("adam",),
-                   "bfloat16": ("adam", "kahan", "master", "bf16_state"),
-                   "float16": ("adam", "kahan", "master")}
+                   "bfloat16": _SIXTEEN_BIT_CONFIGS,
+                   "float16": _SIXTEEN_BIT_CONFIGS}
 QUICK_SIZES = (1 << 20, 1 << 24)
 
 
@@ -64,8 +68,8 @@ def numpy_dtype(name: str) -> np.dtype:
 def adam_options(dtype: str, config: str) -> dict:
     """Adam keyword arguments for one configuration."""
     kw = dict(CONFIGS[config])
-    if dtype in ("bfloat16", "float16"):
-        kw.setdefault("kahan_summation", False)
+    if kw.get("master_weights"):
+        kw["kahan_summation"] = False  # master weights replace Kahan summation
     if kw.get("state_dtype") == "bfloat16":
         kw["state_dtype"] = numpy_dtype("bfloat16")
     return kw

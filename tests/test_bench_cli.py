@@ -50,10 +50,11 @@ def test_json_records(tmp_path, capsys):
 
 @pytest.mark.parametrize("dtype,config,per_element", [
     ("float32", "adam", 28), ("float64", "amsgrad", 72), ("float32", "skip_nonfinite", 32),
-    # bf16 param (2+2) and grad (2), float32 m and v (8+8): 22; Kahan's buffer +4;
-    # master params +8; bfloat16 m and v instead: 14.
-    ("bfloat16", "adam", 22), ("bfloat16", "kahan", 26), ("bfloat16", "master", 30),
-    ("bfloat16", "bf16_state", 14), ("float16", "kahan", 26),
+    # bf16 param (2+2) and grad (2), float32 m and v (8+8): 22; Kahan's buffer (the
+    # default) +4; master params +8 instead; bfloat16 m and v: 8 less.
+    ("bfloat16", "no_kahan", 22), ("bfloat16", "adam", 26), ("bfloat16", "kahan", 26),
+    ("bfloat16", "master", 30), ("bfloat16", "bf16_state", 18), ("float16", "adam", 26),
+    ("float16", "skip_nonfinite", 28), ("float32", "bf16_state", 20),
 ])
 def test_traffic_is_what_the_configuration_moves(dtype, config, per_element):
     optional("ml_dtypes")
@@ -61,12 +62,16 @@ def test_traffic_is_what_the_configuration_moves(dtype, config, per_element):
     assert bench.traffic_bytes(opt, grad) == 10 * per_element
 
 
-def test_sixteen_bit_sweep(capsys):
+def test_sixteen_bit_sweep(capsys, tmp_path):
+    path = tmp_path / "rows.json"
     optional("ml_dtypes")
-    out = run(capsys, "--sizes", "999", "--dtypes", "bfloat16,float16")
-    for config in ("kahan", "master", "bf16_state"):
-        assert config in out
-    assert "amsgrad" not in out  # the defaults per dtype
+    run(capsys, "--sizes", "999", "--dtypes", "bfloat16,float16", "--json", str(path))
+    rows = json.loads(path.read_text())["rows"]
+    # Every option, each on the defaults a user gets (Kahan summation on 16-bit params).
+    assert {(r["dtype"], r["config"]) for r in rows if r["backend"] == "cpu"} == {
+        (d, c) for d in ("bfloat16", "float16") for c in bench.DEFAULT_CONFIGS[d]}
+    assert {"no_kahan", "master", "amsgrad", "skip_nonfinite", "bf16_state"} <= set(
+        bench.DEFAULT_CONFIGS["float16"])
 
 
 def test_plot_file(tmp_path, capsys):
