@@ -67,10 +67,11 @@ def hardware_float16() -> bool:
 
 
 @cache
-def converters(compute: str) -> dict:
-    """``{dtype name: (load, store)}`` computing in ``compute`` ("float32"/"float64")."""
+def converters(compute: str, f16c: bool | None = None) -> dict:
+    """``{dtype name: (load, store)}`` computing in ``compute`` ("float32"/"float64");
+    float16 in hardware when ``f16c`` (None: where the CPU has it)."""
     found = _convert.make(numba.njit, _f32_from_bits, _bits_from_f32, np.dtype(compute).type)
-    if hardware_float16():
+    if hardware_float16() if f16c is None else f16c:
         found["float16"] = _float16_in_hardware(np.dtype(compute).type)
     return found
 
@@ -90,17 +91,18 @@ def _float16_in_hardware(compute) -> tuple:
 
 
 @cache
-def fused_kernel(flags: Flags):
+def fused_kernel(flags: Flags, f16c: bool | None = None):
     """The compiled kernel ``(param, grad, m, v, v_max, comp, master, coef)``.
 
     Arrays are 1-D; 16-bit ones are uint16 views. Unused arrays (v_max, comp,
     master when their option is off) may be any placeholder. ``coef`` holds
-    ``_scalars.COEFFICIENTS`` rounded once to the compute dtype.
+    ``_scalars.COEFFICIENTS`` rounded once to the compute dtype. ``f16c``: as in
+    ``converters``.
     """
     # Inlined by Numba itself: left to LLVM, the float16 Kahan body (three 16-bit loads,
     # two stores) stayed a call per element, unvectorized, at 3% of the memory limit.
     update = _element.make(numba.njit(inline="always"), flags,
-                           converters(compute_dtype(flags.param)))
+                           converters(compute_dtype(flags.param), f16c))
 
     # prange also lets LLVM vectorize: a plain range loop over several arrays
     # stays scalar, because the arrays might alias.
