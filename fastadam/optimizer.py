@@ -131,6 +131,12 @@ class Adam:
             h, slots = self._groups[i]
             self._groups[i] = (h._replace(lr=value), slots)
 
+    def _set_hyper(self, hypers: list) -> None:
+        """Replace each group's hyperparameters (validated ``Hyper``s with the same kernel
+        options): for wrappers that read them from another framework at every step."""
+        for i, h in enumerate(hypers):  # in place: the plans hold this list
+            self._groups[i] = (h, self._groups[i][1])
+
     @property
     def step_count(self) -> int:
         """How many updates have been applied."""

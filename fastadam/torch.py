@@ -3,15 +3,16 @@
     import fastadam.torch
     opt = fastadam.torch.AdamW(model.parameters(), lr=1e-3)
 
-They are ``torch.optim.Optimizer`` subclasses with torch's signatures: param
-groups, ``zero_grad``, LR schedulers and closures work as with torch. The state
-is torch's (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` tensors),
-so ``state_dict()`` loads into ``torch.optim.Adam``/``AdamW`` and back. Tensors
-are handed to the kernels without copies: CPU tensors as NumPy views (bfloat16
-through ml_dtypes), CUDA tensors through ``__cuda_array_interface__``.
-CPU tensors of one float dtype (float16/32/64) step as a list, in one parallel
-region per batch; others step tensor by tensor. torch is an optional
-dependency: only this module imports it.
+They subclass ``torch.optim.Adam`` and ``torch.optim.AdamW`` and replace only
+``step``: construction, its errors, param groups (named ones too),
+``add_param_group``, hooks, ``zero_grad``, schedulers and ``state_dict`` are
+torch's own. The state is torch's (``step``, ``exp_avg``, ``exp_avg_sq``,
+``max_exp_avg_sq`` tensors), so ``state_dict()`` loads into torch's optimizers
+and back. Tensors reach the kernels without copies: CPU tensors as NumPy views
+(bfloat16 through ml_dtypes, complex ones as pairs of reals, as torch steps
+them), CUDA tensors through ``__cuda_array_interface__``. CPU tensors step as
+one list, in one parallel region per batch of one dtype; CUDA tensors step
+tensor by tensor. torch is an optional dependency: only this module imports it.
 """
 
 from __future__ import annotations
@@ -25,44 +26,58 @@ import torch
 
 from . import _validate as check
 from ._dispatch import apply, resolve, step_flags
+from ._slots import PARAM_DTYPE
 from .functional import hyper
 from .optimizer import Adam as _ArrayAdam
 
 __all__ = ["Adam", "AdamW"]
 
+_HOST_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                torch.complex64, torch.complex128)
+
+
+def _real(t: torch.Tensor) -> torch.Tensor:
+    """Complex tensors as their (..., 2) real view: torch's Adam steps them as pairs."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
 
 def _array(t: torch.Tensor):
-    """A zero-copy array view of a tensor for fastadam's kernels."""
+    """A zero-copy array view of a (real) tensor for fastadam's kernels."""
     t = t.detach()
     if t.is_cuda:
         return t  # __cuda_array_interface__ (float16/32/64)
     if t.dtype == torch.bfloat16:
-        import ml_dtypes
-
+        try:
+            import ml_dtypes
+        except ImportError as e:
+            raise ImportError("bfloat16 tensors need ml_dtypes: pip install ml_dtypes") from e
         return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.numpy()
 
 
-class Adam(torch.optim.Optimizer):
-    """``torch.optim.Adam`` with fastadam's fused step (same arguments and defaults).
+def _hyper(group: dict):
+    """A group's validated hyperparameters (tensor lr and betas read as numbers)."""
+    return hyper(float(group["lr"]), tuple(float(b) for b in group["betas"]), group["eps"],
+                 group["weight_decay"], group["decoupled_weight_decay"], group["amsgrad"],
+                 group["maximize"])
 
-    ``foreach``, ``capturable``, ``differentiable`` and ``fused`` are accepted for
-    compatibility and kept in the param groups; the step is always fastadam's
-    fused kernel, and ``capturable``/``differentiable`` must stay False.
-    """
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
-                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
-                 differentiable: bool = False, fused: bool | None = None,
-                 decoupled_weight_decay: bool = False) -> None:
-        if capturable or differentiable:
-            raise ValueError("capturable and differentiable are not supported by fastadam")
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        amsgrad=amsgrad, maximize=maximize, foreach=foreach,
-                        capturable=capturable, differentiable=differentiable, fused=fused,
-                        decoupled_weight_decay=decoupled_weight_decay)
-        super().__init__(params, defaults)
+class _FusedStep:
+    """The step shared by :class:`Adam` and :class:`AdamW`."""
+
+    def _fastadam_init(self) -> None:
+        # torch's fused Adam lets GradScaler hand it the unscaling; this step does not,
+        # so the scaler unscales and skips non-finite steps itself, as for foreach.
+        self._step_supports_amp_scaling = False
+        self._plan = None
+
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's ``add_param_group``, refusing options fastadam cannot honour."""
+        for option in ("capturable", "differentiable"):
+            if param_group.get(option, self.defaults.get(option)):
+                raise ValueError(f"{option}=True is not supported by fastadam's fused step; "
+                                 "use torch.optim for it")
+        super().add_param_group(param_group)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -76,16 +91,18 @@ class Adam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         live = [[p for p in group["params"] if p.grad is not None] for group in self.param_groups]
-        plan = getattr(self, "_plan", None)
+        plan = getattr(self, "_plan", None)  # unpickled optimizers have none yet
         if plan is None or not plan.matches(self, live):
             plan = self._plan = _ListPlan.build(self, live)
-        if plan is not None and plan.step(self):
-            return loss
+        if plan is None or not plan.step(self):
+            self._step_each()
+        return loss
+
+    def _step_each(self) -> None:
+        """Tensor by tensor (CUDA tensors, and what the list plan does not take)."""
         planned = []
         for group in self.param_groups:
-            h = hyper(group["lr"], tuple(float(b) for b in group["betas"]), group["eps"],
-                      group["weight_decay"], group["decoupled_weight_decay"], group["amsgrad"],
-                      group["maximize"])
+            h = _hyper(group)
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -95,11 +112,11 @@ class Adam(torch.optim.Optimizer):
                 moments = [state.get(k) for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")]
                 new = [torch.zeros_like(p, memory_format=torch.preserve_format)
                        if m is None else m for m in moments]
-                param = _array(p)
+                param = _array(_real(p))
                 backend = resolve("auto", param)
-                arrays = check.step_arrays(backend, param, _array(p.grad.contiguous()),
-                                           _array(new[0]), _array(new[1]), _array(new[2]),
-                                           None, None, h.amsgrad)
+                arrays = check.step_arrays(
+                    backend, param, _array(_real(p.grad.contiguous())),
+                    *(_array(_real(m)) for m in new), None, None, h.amsgrad)
                 step = int(state["step"].item()) + 1 if "step" in state else 1
                 planned.append((p, new, backend, arrays, h, step))
         for p, new, backend, arrays, h, step in planned:  # all checked: write
@@ -109,18 +126,18 @@ class Adam(torch.optim.Optimizer):
             if h.amsgrad:
                 state["max_exp_avg_sq"] = new[2]
             state["step"] = torch.tensor(float(step), dtype=torch.float32)
-        return loss
 
 
 class _ListPlan:
-    """The fast path for CPU tensors of one float dtype: the params that have gradients,
-    stepped through a :class:`fastadam.Adam` whose params and state are NumPy views of the
-    tensors, so that a list steps in one parallel region per batch.
+    """The fast path for CPU tensors: the params that have gradients, stepped through a
+    :class:`fastadam.Adam` whose params and state are NumPy views of the tensors, so that
+    a list steps in one parallel region per batch of one dtype.
 
-    Built once per layout (which params have gradients, each group's options, the
-    state tensors) and reused while ``matches`` finds it unchanged; learning rates
-    are read at every step. The ``step`` tensors become 0-d views of one buffer,
-    so that counting a step is one add, not one per tensor.
+    Built once per layout (which params have gradients, each group's compiled-in
+    options, the state tensors) and reused while ``matches`` finds it unchanged;
+    lr, betas, eps and weight_decay are read at every step, so schedulers cost
+    nothing. The ``step`` tensors become 0-d views of one buffer, so that counting
+    a step is one add, not one per tensor.
     """
 
     def __init__(self, opt, live, params, groups, inner, tensors, entries, steps) -> None:
@@ -130,6 +147,7 @@ class _ListPlan:
         self.options = _options(opt.param_groups)
         self.storages = [t.untyped_storage() for t in tensors]  # held: no reuse, no dangling
         self.param_addresses = _addresses(params)
+        self.grad_arrays = [_grad_reader(p) for p in params]
         self.entries = entries  # (param, state entry, new?) in step order
         self.step_buffer = torch.tensor(steps, dtype=torch.float32)
         self.step_views = list(self.step_buffer.unbind())
@@ -146,21 +164,23 @@ class _ListPlan:
     @classmethod
     def build(cls, opt, live) -> _ListPlan | None:
         """The plan for ``live`` (per group, the params with gradients), or None where the
-        per-tensor path must run (GPU, mixed dtypes, unusual state), which also says what
-        is wrong if anything is."""
+        per-tensor path must run (GPU, unusual state), which also says what is wrong if
+        anything is."""
         params = [p for ps in live for p in ps]
-        if len(params) < 2 or any(p.is_cuda or p.is_sparse or p.dtype != params[0].dtype
-                                  or not p.is_contiguous() for p in params):
-            return None
-        if params[0].dtype not in (torch.float16, torch.float32, torch.float64):
+        if not params or any(p.is_cuda or p.is_sparse or p.dtype not in _HOST_DTYPES
+                             or not p.is_contiguous() for p in params):
             return None
         groups = [i for i, ps in enumerate(live) if ps]
         specs, tensors, entries, steps, moments = [], [], [], [], []
         for i in groups:
             group = opt.param_groups[i]
             keys = _keys(group["amsgrad"])
-            specs.append({"params": [p.detach().numpy() for p in live[i]], "lr": float(group["lr"]),
-                          **{k: group[k] for k in _OPTIONS}})
+            try:
+                h = _hyper(group)
+                arrays = [_array(_real(p)) for p in live[i]]
+            except (TypeError, ValueError, ImportError):
+                return None
+            specs.append({"params": arrays, **_spec(h)})
             for p in live[i]:
                 entry, new = opt.state.get(p), False
                 if not entry:
@@ -173,9 +193,9 @@ class _ListPlan:
                 tensors += [p, *moment]
                 entries.append((p, entry, new))
                 steps.append(float(entry["step"]))
-                moments.append([m.detach().numpy() for m in moment] + [None] * (4 - len(keys)))
+                moments.append([_array(_real(m)) for m in moment] + [None] * (4 - len(keys)))
         try:
-            inner = _ArrayAdam(specs, backend="cpu", state_dtype=specs[0]["params"][0].dtype,
+            inner = _ArrayAdam(specs, backend="cpu", state_dtype=PARAM_DTYPE,
                                kahan_summation=False)
             inner._adopt_state([int(s) for s in steps], moments)
         except (TypeError, ValueError):
@@ -214,13 +234,13 @@ class _ListPlan:
 
     def step(self, opt) -> bool:
         """Step through the inner optimizer; False (nothing done) if the gradients need
-        the per-tensor path. Bad gradients raise and change nothing."""
+        the per-tensor path. Bad gradients or hyperparameters raise and change nothing."""
         try:
-            grads = [p.grad.contiguous().numpy() for p in self.params]
+            grads = [read(p.grad) for read, p in zip(self.grad_arrays, self.params)]
         except (RuntimeError, TypeError):  # sparse, or a gradient that requires grad
             return False
-        for inner_group, i in enumerate(self.groups):
-            self.inner.set_lr(float(opt.param_groups[i]["lr"]), group=inner_group)
+        hypers = [_hyper(opt.param_groups[i]) for i in self.groups]
+        self.inner._set_hyper(hypers)
         self.inner.step(grads)
         if not self.committed:  # the first step: the plan's state tensors enter opt.state
             for (p, entry, new), view in zip(self.entries, self.step_views):
@@ -234,7 +254,17 @@ class _ListPlan:
         return True
 
 
-_OPTIONS = ("betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay")
+def _grad_reader(p: torch.Tensor):
+    """How a gradient of ``p`` becomes an array, chosen once per plan (it runs per step)."""
+    if p.is_complex() or p.dtype == torch.bfloat16:
+        return lambda g: _array(_real(g.contiguous()))
+    return lambda g: g.contiguous().numpy()
+
+
+def _spec(h) -> dict:
+    return {"lr": h.lr, "betas": (h.beta1, h.beta2), "eps": h.eps,
+            "weight_decay": h.weight_decay, "amsgrad": h.amsgrad, "maximize": h.maximize,
+            "decoupled_weight_decay": h.decoupled_weight_decay}
 
 
 def _keys(amsgrad: bool) -> tuple:
@@ -249,23 +279,46 @@ def _fresh_state(p: torch.Tensor, keys: tuple) -> dict:
 
 
 def _options(param_groups) -> list:
-    """What a plan compiles in: every group setting but the learning rate."""
-    return [tuple(tuple(g[k]) if k == "betas" else g[k] for k in _OPTIONS) for g in param_groups]
+    """What a plan compiles in: the options that select a kernel. lr, betas, eps and the
+    size of weight_decay are read at every step."""
+    return [(g["amsgrad"], g["maximize"], g["decoupled_weight_decay"], g["weight_decay"] == 0)
+            for g in param_groups]
 
 
 def _addresses(tensors) -> np.ndarray:
     return np.fromiter((t.data_ptr() for t in tensors), np.int64, len(tensors))
 
 
-class AdamW(Adam):
+class Adam(_FusedStep, torch.optim.Adam):
+    """``torch.optim.Adam`` with fastadam's fused step (same arguments, defaults, checks).
+
+    ``foreach`` and ``fused`` are accepted and kept in the param groups; the step
+    is always fastadam's fused kernel. ``capturable`` and ``differentiable`` are
+    refused at construction.
+    """
+
+    def __init__(self, params, lr: float | torch.Tensor = 1e-3,
+                 betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
+                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None,
+                 decoupled_weight_decay: bool = False) -> None:
+        torch.optim.Adam.__init__(self, params, lr, betas, eps, weight_decay, amsgrad,
+                                  foreach=foreach, maximize=maximize, capturable=capturable,
+                                  differentiable=differentiable, fused=fused,
+                                  decoupled_weight_decay=decoupled_weight_decay)
+        self._fastadam_init()
+
+
+class AdamW(_FusedStep, torch.optim.AdamW):
     """``torch.optim.AdamW`` with fastadam's fused step (weight_decay=1e-2, decoupled)."""
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+    def __init__(self, params, lr: float | torch.Tensor = 1e-3,
+                 betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
                  maximize: bool = False, foreach: bool | None = None, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
-                         maximize=maximize, capturable=capturable,
-                         differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True)
-
+        torch.optim.AdamW.__init__(self, params, lr, betas, eps, weight_decay, amsgrad,
+                                   maximize=maximize, foreach=foreach, capturable=capturable,
+                                   differentiable=differentiable, fused=fused)
+        self._fastadam_init()
