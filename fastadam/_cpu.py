@@ -90,14 +90,27 @@ def _float16_in_hardware(compute) -> tuple:
     return load, store
 
 
+# Below this many elements one thread beats waking the pool: a parallel region costs
+# ~2 us on one thread and 2.3-5 us on two, about what 16K float32 elements take.
+SERIAL_BELOW = 1 << 14
+OVERLAP = 1  # the kernel's refusal: the gradient shares memory with an array it writes
+
+
+@numba.njit(inline="always")
+def _shares(a, b) -> bool:
+    start, other = a.ctypes.data, b.ctypes.data
+    return a.size > 0 and b.size > 0 and start < other + b.nbytes and other < start + a.nbytes
+
+
 @cache
 def fused_kernel(flags: Flags, f16c: bool | None = None):
-    """The compiled kernel ``(param, grad, m, v, v_max, comp, master, coef)``.
+    """The compiled kernel ``(param, grad, m, v, v_max, comp, master, coef) -> 0``.
 
     Arrays are 1-D; 16-bit ones are uint16 views. Unused arrays (v_max, comp,
     master when their option is off) may be any placeholder. ``coef`` holds
     ``_scalars.COEFFICIENTS`` rounded once to the compute dtype. ``f16c``: as in
-    ``converters``.
+    ``converters``. Before anything is written it returns ``OVERLAP``, changing
+    nothing, if grad shares memory with an array the step writes.
     """
     # Inlined by Numba itself: left to LLVM, the float16 Kahan body (three 16-bit loads,
     # two stores) stayed a call per element, unvectorized, at 3% of the memory limit.
@@ -108,11 +121,19 @@ def fused_kernel(flags: Flags, f16c: bool | None = None):
     # stays scalar, because the arrays might alias.
     @numba.njit(parallel=True, nogil=True)
     def kernel(param, grad, m, v, v_max, comp, master, coef):
+        if (_shares(grad, param) or _shares(grad, m) or _shares(grad, v)
+                or _shares(grad, v_max) or _shares(grad, comp) or _shares(grad, master)):
+            return OVERLAP
+        threads = numba.get_num_threads()
+        if param.size < SERIAL_BELOW:
+            numba.set_num_threads(1)
         c0, c1, c2, c3, c4, c5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
         c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]
         for i in prange(param.size):
             update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7,
                    c8, c9, c10)
+        numba.set_num_threads(threads)
+        return 0
 
     return kernel
 
@@ -147,8 +168,10 @@ def with_threads(num_threads: int | None, fn, *args):
 
 
 def adam_step_cpu(arrays: tuple, flags: Flags, coef: np.ndarray, num_threads: int | None) -> None:
-    """Run the fused kernel on ``(param, grad, m, v, v_max, comp, master)`` kernel views."""
-    with_threads(num_threads, fused_kernel(flags), *arrays, coef)
+    """Run the fused kernel on ``(param, grad, m, v, v_max, comp, master)`` kernel views
+    (checked: none overlaps another)."""
+    if with_threads(num_threads, fused_kernel(flags), *arrays, coef) == OVERLAP:
+        raise ValueError("grad overlaps an array the step writes")  # checked before: a bug
 
 
 def count_nonfinite(grad, grad_kind: str, num_threads: int | None) -> int:

@@ -1,8 +1,9 @@
 """How an optimizer's arrays step: every check on the gradients, then the kernels.
 
-Three paths, chosen per step: one kernel call per array (a single array, or what
-no batch covers), a batch of host arrays in one parallel region, a batch of GPU
-arrays in one launch (``_batches``). Every gradient is checked before any kernel
+Four paths, chosen per step: a single host array through ``OneHostArray`` (the
+thinnest call), one kernel call per array (what nothing else covers), a batch
+of host arrays in one parallel region, a batch of GPU arrays in one launch
+(``_batches``). Every gradient is checked before any kernel
 writes, so a refused step changes nothing. A new kind of step (row-sparse, 8-bit
 moments) is a new plan over the same slots.
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validate as check
-from ._dispatch import all_finite, apply
+from ._dispatch import all_finite, apply, kernel_views
+from ._scalars import STEP_DEPENDENT, coefficients, compute_dtype, step_coefficients
 from ._slots import STATE_KEYS
 
 
@@ -25,7 +27,9 @@ class Plans:
         self.backend, self.device = backend, backend == "cuda"
         self.num_threads, self.skip_nonfinite = num_threads, skip_nonfinite
         self.guarded = _guarded(slots, single, adopted)
-        self.host = self.gpu = None
+        self.host = self.gpu = self.one = None
+        if single and backend == "cpu" and not skip_nonfinite:
+            self.one = OneHostArray(slots[0], num_threads)
         # Lists step in one parallel region (CPU) or one launch (GPU) per batch of alike arrays.
         if not single and backend == "cpu":
             from ._batches import HostBatches  # loads numba: not at import time
@@ -39,6 +43,9 @@ class Plans:
     def step(self, grads, grad_scale, stream) -> bool:
         """Check ``grads`` and everything else, then step; False when ``skip_nonfinite``
         found NaN or inf (nothing changed)."""
+        if self.one is not None and grad_scale is None and stream is None and self.one.step(
+                grads, self.groups[0][0]):
+            return True
         fast = None if self.host is None else self.host.check(grads)
         if fast is not None:
             return self._step_host_batches(grads, *fast, grad_scale, stream)
@@ -114,3 +121,66 @@ def _guarded(slots: list, single: bool, adopted: bool) -> dict:
             if a is not None:
                 guarded[("params" if single else f"params[{i}]") + name] = a
     return guarded
+
+
+class OneHostArray:
+    """The thinnest call: one host params array, gradients of a dtype seen before.
+
+    Checks a gradient by attributes compared with what construction cached; the
+    kernel itself refuses, before writing, a gradient that shares memory with the
+    params or state. Anything unusual is left to the general path, which names it.
+    """
+
+    def __init__(self, slot, num_threads: int | None) -> None:
+        self.slot, self.num_threads = slot, num_threads
+        self.shape, self.one_d = slot.array.shape, slot.array.ndim == 1
+        self.views = kernel_views((slot.flat, slot.flat, *slot.state))
+        self.coef = np.empty(11, compute_dtype(slot.flags.param))
+        self.hyper = None  # the hyperparameters ``coef`` holds, but for the step's own
+        self.kernels: dict = {}  # gradient dtype -> (kernel, 16-bit?)
+
+    def step(self, grads, h) -> bool:
+        """One update if ``grads`` takes this path (True), else False, nothing done."""
+        if type(grads) is not np.ndarray or grads.shape != self.shape:
+            return False
+        found = self.kernels.get(grads.dtype)
+        if found is None:
+            found = self._kernel(grads.dtype)
+            if found is None:
+                return False
+        flags = grads.flags
+        if not (flags.c_contiguous and flags.aligned):
+            return False
+        kernel, sixteen = found
+        flat = grads if self.one_d else grads.reshape(-1)
+        if sixteen:
+            flat = flat.view(np.uint16)
+        slot = self.slot
+        if h is self.hyper:  # only the step's coefficients change
+            self.coef[STEP_DEPENDENT] = step_coefficients(h, slot.step + 1)
+        else:
+            self.coef[:] = coefficients(h, slot.step + 1)
+            self.hyper = h
+        param, _, m, v, v_max, comp, master = self.views
+        if self.num_threads is None:
+            refused = kernel(param, flat, m, v, v_max, comp, master, self.coef)
+        else:
+            from ._cpu import with_threads
+
+            refused = with_threads(self.num_threads, kernel, param, flat, m, v, v_max, comp,
+                                   master, self.coef)
+        if refused:
+            raise ValueError("grads and params (or their state) overlap in memory; "
+                             "pass separate arrays")
+        slot.step += 1
+        return True
+
+    def _kernel(self, dtype) -> tuple | None:
+        grad_kind = check.kind(dtype)
+        if grad_kind is None:
+            return None
+        from . import _cpu
+
+        found = (_cpu.fused_kernel(self.slot.flags._replace(grad=grad_kind)), dtype.itemsize == 2)
+        self.kernels[dtype] = found
+        return found

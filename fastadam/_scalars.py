@@ -78,19 +78,15 @@ def flags(h: Hyper, param: str, grad: str, state: str, kahan: bool, master: bool
                  h.nesterov, kahan, master, param, grad, state)
 
 
-def coefficients(h: Hyper, step: int, grad_scale: float | None = None) -> tuple[float, ...]:
-    """The float64 coefficients for update number ``step`` (1-based).
+STEP_DEPENDENT = slice(4, 8)  # m_coef, g_coef, scaled_eps_root, scaled_eps
 
-    With ``bc = 1 - beta**step`` (or 1 without bias correction), the update
-    ``lr / bc1 * m / (sqrt(v / bc2 + eps_root) + eps)`` is computed as
-    ``m_coef * m / (sqrt(v + eps_root * bc2) + eps * sqrt(bc2))``: the same
-    value with one division per element. Nesterov (as optax)
-    uses ``beta1 * m / bc1(step + 1) + (1 - beta1) * g / bc1(step)`` for m / bc1.
-    """
-    b1, b2 = h.beta1, h.beta2
+
+def step_coefficients(h: Hyper, step: int) -> tuple[float, float, float, float]:
+    """The coefficients that change with ``step`` (``COEFFICIENTS[STEP_DEPENDENT]``)."""
+    b1 = h.beta1
     if h.bias_correction:
         bias_correction1 = 1.0 - b1**step
-        bias_correction2 = 1.0 - b2**step
+        bias_correction2 = 1.0 - h.beta2**step
         next_bias_correction1 = 1.0 - b1 ** (step + 1)
     else:
         bias_correction1 = bias_correction2 = next_bias_correction1 = 1.0
@@ -101,19 +97,28 @@ def coefficients(h: Hyper, step: int, grad_scale: float | None = None) -> tuple[
     else:
         m_coef = h.lr * sqrt_bc2 / bias_correction1
         g_coef = 0.0
+    return m_coef, g_coef, h.eps_root * bias_correction2, h.eps * sqrt_bc2
+
+
+def coefficients(h: Hyper, step: int, grad_scale: float | None = None) -> tuple[float, ...]:
+    """The float64 coefficients for update number ``step`` (1-based).
+
+    With ``bc = 1 - beta**step`` (or 1 without bias correction), the update
+    ``lr / bc1 * m / (sqrt(v / bc2 + eps_root) + eps)`` is computed as
+    ``m_coef * m / (sqrt(v + eps_root * bc2) + eps * sqrt(bc2))``: the same
+    value with one division per element. Nesterov (as optax)
+    uses ``beta1 * m / bc1(step + 1) + (1 - beta1) * g / bc1(step)`` for m / bc1.
+    """
     if h.decouple_lr:
         decay_factor = 1.0 - h.weight_decay * h.lr / h.max_lr
     else:
         decay_factor = 1.0 - h.lr * h.weight_decay
     return (
-        b1,
-        1.0 - b1,
-        b2,
-        1.0 - b2,
-        m_coef,
-        g_coef,
-        h.eps_root * bias_correction2,
-        h.eps * sqrt_bc2,
+        h.beta1,
+        1.0 - h.beta1,
+        h.beta2,
+        1.0 - h.beta2,
+        *step_coefficients(h, step),
         h.weight_decay,
         decay_factor,
         1.0 if grad_scale is None else 1.0 / grad_scale,

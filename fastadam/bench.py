@@ -345,6 +345,82 @@ def many_tensor_rows(count: int, size: int, *, repeats: int, peers: bool, rng) -
             for c in contenders]
 
 
+def call_rows(*, repeats: int, peers: bool, n: int = 1024, calls: int = 2000) -> list[Row]:
+    """The cost of one call on a small buffer: ``Adam.step`` on ``n`` float32 elements back
+    to back (``calls`` per sample, samples interleaved), against the bare kernel call and,
+    with ``peers``, torch's fused step. Rows hold seconds per call; '% roofline' is % of
+    the bare kernel's speed."""
+    from . import _cpu
+    from ._dispatch import kernel_views
+    from ._scalars import coefficients
+    from .optimizer import Adam
+
+    rng = np.random.default_rng(0)
+    param, grad = (rng.standard_normal(n).astype(np.float32) for _ in range(2))
+    opt = Adam(param.copy())
+    slot = opt._slots[0]
+    kernel = _cpu.fused_kernel(slot.flags._replace(grad="float32"))
+    views = list(kernel_views((slot.flat, grad, *slot.state)))
+    coef = np.array(coefficients(opt._groups[0][0], 1), np.float32)
+    steps = [("cpu-kernel", lambda: kernel(*views, coef)), ("Adam.step", partial(opt.step, grad))]
+    if peers:
+        import torch
+
+        torch.set_num_threads(all_threads())
+        p = torch.from_numpy(param.copy())
+        p.grad = torch.from_numpy(grad)
+        steps.append(("torch-fused", torch.optim.Adam([p], fused=True).step))
+
+    def batch(fn):
+        def run():
+            for _ in range(calls):
+                fn()
+        return run
+
+    contenders = [Contender(name, all_threads(), batch(fn)) for name, fn in steps]
+    medians, _ = measure(contenders, repeats)
+    bare = medians[id(contenders[0])]
+    return [Row(backend=c.backend, threads=c.threads, n=n, dtype="float32", config="call",
+                median_s=medians[id(c)] / calls, gb_per_s=28 * n * calls / medians[id(c)] / 1e9,
+                speedup_vs_numpy=None, roofline_fraction=bare / medians[id(c)], compile_s=None,
+                repeats=repeats, bytes_per_element=28.0)
+            for c in contenders]
+
+
+def transformer_rows(dtypes: list[str], *, repeats: int) -> list[Row]:
+    """A 6-layer ``torch.nn.TransformerEncoder`` (d_model 256, 72 tensors): the optimizer
+    step of ``fastadam.torch.AdamW`` against ``torch.optim.AdamW(fused=True)`` on the same
+    model's parameters and gradients, per param dtype. '% roofline' is % of torch fused."""
+    import torch
+
+    from . import torch as fastadam_torch
+
+    torch.set_num_threads(all_threads())
+    rows = []
+    for dtype in dtypes:
+        contenders = []
+        for name, cls, kw in (("torch-fused", torch.optim.AdamW, {"fused": True}),
+                              ("fastadam.torch", fastadam_torch.AdamW, {})):
+            torch.manual_seed(0)
+            layer = torch.nn.TransformerEncoderLayer(256, 8, 1024, batch_first=True)
+            model = torch.nn.TransformerEncoder(layer, 6, enable_nested_tensor=False)
+            params = list(model.to(getattr(torch, dtype)).parameters())
+            for p in params:
+                p.grad = torch.randn_like(p)
+            contenders.append(Contender(name, all_threads(), cls(params, **kw).step))
+        n = sum(p.numel() for p in params)
+        medians, _ = measure(contenders, repeats)
+        torch_s = medians[id(contenders[0])]
+        per_element = 14 if dtype == "float32" else 7  # param, grad, m, v: read; p, m, v: write
+        rows += [Row(backend=c.backend, threads=c.threads, n=n, dtype=dtype,
+                     config=f"transformer-{len(params)}", median_s=medians[id(c)],
+                     gb_per_s=2 * per_element * n / medians[id(c)] / 1e9,
+                     speedup_vs_numpy=None, roofline_fraction=torch_s / medians[id(c)],
+                     compile_s=None, repeats=repeats, bytes_per_element=2.0 * per_element)
+                 for c in contenders]
+    return rows
+
+
 def available_memory() -> int:
     """Bytes of memory available to this process (MemAvailable), or physical memory."""
     try:
@@ -429,7 +505,7 @@ def format_table(rows: list[Row]) -> str:
                 f"{r.n:,}",
                 r.dtype,
                 r.config,
-                f"{r.median_s * 1e3:.3f}",
+                f"{r.median_s * 1e3:.{3 if r.median_s >= 1e-4 else 5}f}",
                 f"{r.gb_per_s:.2f}",
                 "" if r.speedup_vs_numpy is None else f"{r.speedup_vs_numpy:.1f}",
                 "" if r.roofline_fraction is None else f"{100 * r.roofline_fraction:.0f}",
@@ -503,6 +579,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--many", metavar="COUNTxSIZE", nargs="?", const="1000x4096",
                    help="also step COUNT arrays of SIZE float32 elements as one list against "
                         "one flat buffer (default 1000x4096); '%% roofline' is then %% of flat")
+    p.add_argument("--calls", action="store_true",
+                   help="also time Adam.step on 1K float32 elements back to back (the cost "
+                        "of a call), against the bare kernel and, with --peers, torch fused")
+    p.add_argument("--transformer", action="store_true",
+                   help="also time fastadam.torch.AdamW against torch's fused AdamW on a "
+                        "6-layer TransformerEncoder (float32 and bfloat16; needs torch)")
     p.add_argument("--no-cuda", action="store_true", help="leave the GPU out even if one is there")
     p.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
     p.add_argument("--seed", type=int, default=0)
@@ -543,11 +625,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--repeats must be >= 1")
     if args.threads is not None and not 1 <= args.threads <= all_threads():
         p.error(f"--threads must be in [1, {all_threads()}]")
-    if args.peers:
+    for wanted, flag in ((args.peers, "--peers"), (args.transformer, "--transformer")):
         try:
-            import torch  # noqa: F401
+            if wanted:
+                import torch  # noqa: F401
         except ImportError:
-            p.error("--peers needs torch: pip install torch")
+            p.error(f"{flag} needs torch: pip install torch")
     if args.many is not None:
         try:
             count, size = (int(x) for x in args.many.lower().split("x"))
@@ -611,9 +694,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{args.many[0]} arrays of {args.many[1]:,} float32 elements as one list, "
               "against one flat buffer ('% roofline': % of the flat buffer's speed)")
         print(format_table(many))
+    calls = []
+    if args.calls:
+        calls = call_rows(repeats=args.repeats, peers=args.peers)
+        print("\nOne call on 1,024 float32 elements, back to back (median ms is per call; "
+              "'% roofline': % of the bare kernel call's speed)")
+        print(format_table(calls))
+    transformer = []
+    if args.transformer:
+        transformer = transformer_rows(["float32", "bfloat16"], repeats=args.repeats)
+        print("\nA 6-layer TransformerEncoder's optimizer step, against torch's fused AdamW "
+              "('% roofline': % of torch fused's speed)")
+        print(format_table(transformer))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "rows": [asdict(r) for r in rows + many]}, f, indent=1)
+            records = [asdict(r) for r in rows + many + calls + transformer]
+            json.dump({"machine": info, "rows": records}, f, indent=1)
     if args.plot:
         plot(rows, args.plot)
     return 0

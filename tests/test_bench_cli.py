@@ -131,3 +131,17 @@ def test_many_arrays_against_torch(capsys):
     out = run(capsys, "--sizes", "500", "--dtypes", "float32", "--configs", "adam",
               "--many", "20x300", "--peers", "--repeats", "2")
     assert "torch-fused-list" in out and "fastadam.torch-list" in out
+
+
+def test_call_overhead_rows(capsys):
+    out = run(capsys, "--sizes", "500", "--dtypes", "float32", "--configs", "adam", "--calls",
+              "--repeats", "1")
+    assert "Adam.step" in out and "cpu-kernel" in out and "back to back" in out
+
+
+def test_transformer_rows():
+    optional("torch")
+    optional("ml_dtypes")
+    rows = bench.transformer_rows(["bfloat16"], repeats=1)
+    assert [r.backend for r in rows] == ["torch-fused", "fastadam.torch"]
+    assert {r.config for r in rows} == {"transformer-72"} and rows[0].n == rows[1].n > 4_000_000

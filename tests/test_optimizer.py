@@ -104,3 +104,67 @@ def test_import_compiles_nothing():
         "assert 'numba' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_thin_call_is_taken_and_leaves_the_rest_to_the_named_checks(rng, monkeypatch):
+    """A good gradient steps through the thin path alone; anything else reaches the checks
+    that name it, and changes nothing."""
+    from fastadam import _plans
+
+    params = rng.standard_normal((33, 31)).astype(np.float32)
+    opt = fastadam.AdamW(params.copy(), lr=0.01)
+    twin = fastadam.AdamW(params.copy(), lr=0.01, skip_nonfinite=True)  # the general path
+    calls = []
+    original = _plans.Plans._checked_grads
+    monkeypatch.setattr(_plans.Plans, "_checked_grads",
+                        lambda self, g: calls.append(1) or original(self, g))
+    for _ in range(3):
+        g = rng.standard_normal((33, 31)).astype(np.float32)
+        opt.step(g)
+        twin.step(g)
+    assert opt._plans.one is not None and len(calls) == 3  # the twin's only
+    np.testing.assert_array_equal(opt.params, twin.params)
+    before = opt.params.copy(), opt.state_dict()
+    bad = [np.asfortranarray(g), g.astype(np.int32), g[:, :30], g.reshape(-1),
+           g.astype(g.dtype.newbyteorder())]
+    for grads in bad:
+        with pytest.raises((TypeError, ValueError), match="grads"):
+            opt.step(grads)
+    np.testing.assert_array_equal(opt.params, before[0])
+    assert opt.step_count == 3 and len(calls) == 3 + len(bad)
+
+
+@pytest.mark.parametrize("n", [1024, 3 << 14])  # below and above one-thread stepping
+def test_kernel_refuses_overlapping_gradients_before_writing(rng, n):
+    buffer = rng.standard_normal(2 * n).astype(np.float32)
+    opt = fastadam.Adam(buffer[:n])
+    opt.step(rng.standard_normal(n).astype(np.float32))
+    before = buffer.copy(), opt.state_dict()
+    with pytest.raises(ValueError, match="overlap"):
+        opt.step(buffer[n // 2: n // 2 + n])  # half of it is the params
+    np.testing.assert_array_equal(buffer, before[0])
+    after = opt.state_dict()["state"][0]
+    assert after["step"] == 1
+    for k in ("exp_avg", "exp_avg_sq"):
+        np.testing.assert_array_equal(after[k], before[1]["state"][0][k])
+
+
+@pytest.mark.parametrize("n", [4099, (1 << 14) - 1, 1 << 14, 70001])
+def test_results_do_not_depend_on_threads_or_size_class(rng, n):
+    """Small arrays step on one thread, large ones on all: the same bits either way."""
+    params = rng.standard_normal(n).astype(np.float32)
+    grads = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
+    runs = []
+    for threads in (1, 2, None):
+        opt = fastadam.Adam(params.copy(), num_threads=threads, amsgrad=True)
+        for g in grads:
+            opt.step(g)
+        runs.append(opt.params)
+    reference = params.copy()
+    m, v, v_max = (np.zeros(n, np.float32) for _ in range(3))
+    for step, g in enumerate(grads, 1):
+        fastadam.adam_step(reference, g, m, v, step=step, amsgrad=True, v_max=v_max,
+                           backend="numpy")
+    for run in runs:
+        np.testing.assert_array_equal(run, runs[0])
+        np.testing.assert_allclose(run, reference, rtol=1e-6, atol=1e-7)
