@@ -37,7 +37,8 @@ class Adam:
     (float16, ml_dtypes.bfloat16):
 
     - ``state_dtype``: dtype of m and v; None is float32 for 16-bit params and
-      the param dtype otherwise; ``ml_dtypes.bfloat16`` halves their memory.
+      the param dtype otherwise; ``ml_dtypes.bfloat16`` halves their memory;
+      ``"param"`` keeps each array's own dtype (torch's layout, for mixed lists).
     - ``kahan_summation``: None is on for 16-bit params without master weights.
       A 16-bit compensation buffer keeps what rounding to 16 bits lost, so tiny
       updates still accumulate and the params follow the fp32 trajectory.

@@ -261,3 +261,23 @@ def test_sixteen_bit_kernels_vectorize(param, f16c, state, option):
     assert re.search(r"vsqrtps\s+%[yz]mm", asm), "the loop did not vectorize"
     assert not re.search(r"^_ZN8fastadam8_element4make.*update.*:$", asm, re.M), \
         "the element update was not inlined"
+
+
+def test_state_in_each_arrays_own_dtype(rng):
+    """state_dtype="param" keeps every array's moments in its own dtype (torch's layout):
+    the same results as one optimizer per array with that state dtype."""
+    kinds = ((1000, F16), (37, F32), (5, np.float64))
+    arrays = [rng.standard_normal(n).astype(d) for n, d in kinds]
+    together = fastadam.Adam([a.copy() for a in arrays], lr=0.01, state_dtype="param")
+    apart = [fastadam.Adam(a.copy(), lr=0.01, state_dtype=a.dtype) for a in arrays]
+    for _ in range(4):
+        grads = [rng.standard_normal(a.shape).astype(a.dtype) for a in arrays]
+        together.step(grads)
+        for opt, g in zip(apart, grads):
+            opt.step(g)
+    state = together.state_dict()["state"]
+    for i, (a, opt) in enumerate(zip(arrays, apart)):
+        assert state[i]["exp_avg"].dtype == a.dtype
+        np.testing.assert_array_equal(together.params[i], opt.params)
+    with pytest.raises(TypeError, match="state_dtype"):
+        fastadam.Adam(arrays[1].copy(), state_dtype="params")
