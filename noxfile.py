@@ -1,4 +1,5 @@
-"""Sessions: ``nox -s tests``, ``nox -s bench``, ``nox -s lint``."""
+"""Sessions: ``nox -s tests``, ``nox -s bench``, ``nox -s lint``; ``nox -s gpu`` on a machine
+with an NVIDIA GPU."""
 
 import nox
 
@@ -15,6 +16,18 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "tests", "--ignore=tests/cuda", *session.posargs, env=env)
     # The simulator must be switched on before numba loads: its own process.
     session.run("pytest", "tests/cuda", *session.posargs, env={**env, "NUMBA_ENABLE_CUDASIM": "1"})
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """On a machine with an NVIDIA GPU and driver: the CUDA tests against the real device,
+    the PTX checks, then the GPU rows of the benchmark with torch's fused CUDA Adam."""
+    session.install("-e", ".[test,cuda]", "numba-cuda[cu13]")
+    session.run("python", "-c", "from numba import cuda; assert cuda.is_available(), "
+                "'no CUDA GPU: nox -s tests runs the CUDA tests on the simulator'")
+    session.run("pytest", "tests/cuda", "tests/test_cuda_codegen.py", *session.posargs)
+    session.run("python", "-m", "fastadam", "bench", "--peers", "--dtypes", "float32,float16",
+                "--configs", "adam", "--sizes", "1024,1048576,67108864,268435456")
 
 
 @nox.session

@@ -228,9 +228,48 @@ def to_stream(stream):
                     f"handle (int); got {type(stream).__name__}")
 
 
+@cuda.jit
+def _fill_zero(a):
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < a.size:
+        a[i] = 0
+        i += stride
+
+
+@cache
+def widen_kernel(kind: str):
+    """``kernel(source, out)``: ``out[i] = float32(source[i])`` for a float kind (16-bit
+    sources as uint16 views): master weights made from the params on the device."""
+    load = converters("float32")[kind][0]
+
+    @cuda.jit
+    def kernel(source, out):
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while i < source.size:
+            out[i] = load(source[i])
+            i += stride
+
+    return kernel
+
+
 def zeros(n: int, dtype) -> object:
-    """A zeroed 1-D device array (float16, float32 or float64)."""
-    return cuda.to_device(np.zeros(n, dtype))
+    """A zeroed 1-D device array (float16, float32 or float64), made on the device: no
+    host buffer is allocated or copied."""
+    out = cuda.device_array(n, np.dtype(dtype))
+    if n:  # integer zeros of the same width are float zeros
+        _fill_zero[launch_shape(n)](out.view(np.dtype(f"u{out.dtype.itemsize}")))
+    return out
+
+
+def as_float32(a, kind: str) -> object:
+    """A new float32 device array holding the float values of device array ``a``."""
+    out = cuda.device_array(a.size, np.float32)
+    if a.size:
+        source = a.view(np.uint16) if a.dtype.itemsize == 2 else a
+        widen_kernel(kind)[launch_shape(a.size)](source, out)
+    return out
 
 
 def to_host(a) -> np.ndarray:

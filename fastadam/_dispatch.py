@@ -115,6 +115,13 @@ def zeros(backend: str, n: int, dtype):
     return np.zeros(n, dtype)
 
 
+def as_float32(backend: str, a) -> object:
+    """A float32 copy of params ``a`` (1-D), where that backend keeps state."""
+    if backend == "cuda":
+        return _cuda.as_float32(a, kind(a.dtype))
+    return a.astype(np.float32)
+
+
 def to_host(backend: str, a, dtype) -> np.ndarray:
     """A host NumPy copy of backend state, as ``dtype``."""
     if backend == "cuda":

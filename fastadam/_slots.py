@@ -14,7 +14,7 @@ import numbers
 import numpy as np
 
 from . import _validate as check
-from ._dispatch import from_host, step_flags, to_host, zeros
+from ._dispatch import as_float32, from_host, step_flags, to_host, zeros
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "kahan_comp", "master_params")
 PARAM_DTYPE = "param"  # state_dtype: moments in each array's own dtype, as torch keeps them
@@ -79,8 +79,7 @@ class Slot:
             zeros(backend, n, slot.state_dtype),
             zeros(backend, n, slot.state_dtype) if h.amsgrad else None,
             zeros(backend, n, view.dtype) if kahan else None,
-            from_host(backend, to_host(backend, slot.flat, view.dtype).astype(np.float32))
-            if options.master else None,
+            as_float32(backend, slot.flat) if options.master else None,
         ]
         slot.flags = step_flags(h, (slot.flat, slot.flat, *slot.state))
         return slot

@@ -94,3 +94,14 @@ def test_memory_only_kernel_compiles(compile_ptx):
     kernel = _cuda.memory_only_kernel(2, 3).kernel
     sig = (types.uint16[::1],) * 2 + (types.uint32[::1],) * 3  # views, as the bench passes
     assert "st.global" in compile_ptx(kernel.py_func, sig)
+
+
+@pytest.mark.parametrize("width", [types.uint16, types.uint32, types.uint64])
+def test_fill_zero_kernel_compiles(compile_ptx, width):
+    assert "st.global" in compile_ptx(_cuda._fill_zero.py_func, (width[::1],))
+
+
+@pytest.mark.parametrize("kind", ["float16", "bfloat16", "float32", "float64"])
+def test_widen_kernel_compiles(compile_ptx, kind):
+    ptx = compile_ptx(_cuda.widen_kernel(kind).py_func, (ARRAY[kind][::1], types.float32[::1]))
+    assert "st.global" in ptx and (kind == "float64" or ".f64" not in ptx)

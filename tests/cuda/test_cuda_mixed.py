@@ -114,3 +114,31 @@ def test_master_weights_on_device(rng):
 def test_bfloat16_state_refused_on_device():
     with pytest.raises(ValueError, match="bfloat16"):
         fastadam.Adam(cuda.to_device(np.zeros(4, np.float32)), state_dtype=ml_dtypes.bfloat16)
+
+
+@pytest.mark.parametrize("dtype,options", [(F32, {"amsgrad": True}),
+                                           (F16, {"kahan_summation": True, "amsgrad": True}),
+                                           (F16, {"master_weights": True})])
+def test_state_is_made_on_the_device(rng, monkeypatch, dtype, options):
+    """Zeroed moments, Kahan buffers and master weights are made on the device: nothing
+    goes from the host to the device while the optimizer is built."""
+    host = rng.standard_normal(1000).astype(dtype)
+    params = cuda.to_device(host)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a host buffer was copied to the device")
+
+    monkeypatch.setattr(cuda, "to_device", refuse)
+    opt = fastadam.Adam(params, **options)
+    monkeypatch.undo()
+    state = opt.state_dict()["state"][0]
+    for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "kahan_comp"):
+        if k in state:
+            assert state[k].shape == (1000,) and not state[k].any(), k
+    if "master_params" in state:
+        np.testing.assert_array_equal(state["master_params"], host.astype(F32))
+    grad = rng.standard_normal(1000).astype(dtype)
+    opt.step(cuda.to_device(grad))  # and it steps as the CPU does
+    twin = fastadam.Adam(host.copy(), **options)
+    twin.step(grad)
+    np.testing.assert_array_equal(params.copy_to_host(), twin.params)
