@@ -134,11 +134,24 @@ def unsigned(a):
     return a.view(f"u{a.dtype.itemsize}")
 
 
+def scratch_copy(a):
+    """A copy of an array where it lives: numba-cuda's device arrays have no ``copy``
+    (the simulator's do, from NumPy)."""
+    if isinstance(a, np.ndarray):
+        return a.copy()
+    from numba import cuda
+
+    out = cuda.device_array(a.shape, a.dtype)
+    out.copy_to_device(a)
+    return out
+
+
 def roofline_contenders(opt, grad, threads_list, memory_only_kernel, backend="roofline"):
     """The memory-only kernel with the step's traffic, on scratch arrays of the step's dtypes."""
     arrays = step_arrays(opt)
-    reads = [unsigned(grad.copy()) for _ in range(2 if opt.options["skip_nonfinite"] else 1)]
-    writes = [unsigned(a.copy()) for a in arrays]
+    reads = [unsigned(scratch_copy(grad))
+             for _ in range(2 if opt.options["skip_nonfinite"] else 1)]
+    writes = [unsigned(scratch_copy(a)) for a in arrays]
     kernel = memory_only_kernel(len(reads), len(writes))
     if backend != "roofline":  # the GPU: one launch, no threads
         return [Contender(backend, 1, lambda: kernel(*reads, *writes))]

@@ -21,3 +21,12 @@ def test_cuda_contenders_run(dtype, config, per_element):
 
 def test_no_bfloat16_on_the_gpu():
     assert bench.cuda_contenders(64, "bfloat16", "adam", np.random.default_rng(0), False) is None
+
+
+def test_scratch_copies_stay_on_the_device():
+    x = np.arange(10, dtype=np.float32)
+    source = cuda.to_device(x)
+    copy = bench.scratch_copy(source)
+    assert cuda.is_cuda_array(copy) if hasattr(cuda, "is_cuda_array") else copy.__cuda_ndarray__
+    source.copy_to_device(np.zeros(10, np.float32))  # the copy is its own memory
+    np.testing.assert_array_equal(copy.copy_to_host(), x)
