@@ -1,8 +1,9 @@
 """fastadam: a fused, one-pass Adam/AdamW update for large flat float buffers."""
 
+from ._bfloat16 import as_bfloat16
 from .flat import FlatBuffer, flatten
 from .functional import adam_step
 from .optimizer import Adam, AdamW
 
-__all__ = ["Adam", "AdamW", "FlatBuffer", "adam_step", "flatten", "__version__"]
+__all__ = ["Adam", "AdamW", "FlatBuffer", "adam_step", "as_bfloat16", "flatten", "__version__"]
 __version__ = "0.1.0"

@@ -9,6 +9,7 @@ itself imported only when a CUDA step is asked for.
 
 from __future__ import annotations
 
+import sys
 from functools import cache
 
 import numpy as np
@@ -206,9 +207,15 @@ def count_nonfinite(grads: list, stream) -> int:
 
 
 def as_device_array(x):
-    """A numba device array viewing ``x`` (numba, CuPy, torch, ...), without a copy."""
+    """A numba device array viewing ``x`` (numba, CuPy, torch, ...), without a copy;
+    torch's bfloat16 tensors through their int16 view, as ml_dtypes' bfloat16."""
     if getattr(x, "__cuda_ndarray__", False):
         return x  # numba's own, real or simulated
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor) and x.dtype == torch.bfloat16:
+        from ._bfloat16 import bfloat16_dtype
+
+        return cuda.as_cuda_array(x.detach().view(torch.int16)).view(bfloat16_dtype())
     return cuda.as_cuda_array(x)
 
 
@@ -254,13 +261,17 @@ def widen_kernel(kind: str):
     return kernel
 
 
+def _unsigned(dtype) -> np.dtype:
+    return np.dtype(f"u{np.dtype(dtype).itemsize}")
+
+
 def zeros(n: int, dtype) -> object:
-    """A zeroed 1-D device array (float16, float32 or float64), made on the device: no
+    """A zeroed 1-D device array of a float dtype (bfloat16 too), made on the device: no
     host buffer is allocated or copied."""
-    out = cuda.device_array(n, np.dtype(dtype))
+    out = cuda.device_array(n, _unsigned(dtype))  # numba allocates integers of any width
     if n:  # integer zeros of the same width are float zeros
-        _fill_zero[launch_shape(n)](out.view(np.dtype(f"u{out.dtype.itemsize}")))
-    return out
+        _fill_zero[launch_shape(n)](out)
+    return out.view(np.dtype(dtype))
 
 
 def as_float32(a, kind: str) -> object:
@@ -273,13 +284,14 @@ def as_float32(a, kind: str) -> object:
 
 
 def to_host(a) -> np.ndarray:
-    """A host copy of a device array."""
-    return a.copy_to_host()
+    """A host copy of a device array (bits as unsigned integers: callers view them)."""
+    return a.view(_unsigned(a.dtype)).copy_to_host()
 
 
 def to_device(a: np.ndarray):
-    """A device copy of a host array."""
-    return cuda.to_device(np.ascontiguousarray(a))
+    """A device copy of a host array (bfloat16 too: copied as its bits)."""
+    a = np.ascontiguousarray(a)
+    return cuda.to_device(a.view(_unsigned(a.dtype))).view(a.dtype)
 
 
 @cache

@@ -69,9 +69,6 @@ class Slot:
             state_kind = "float32" if sixteen else param_kind
         elif state_kind == PARAM_DTYPE:
             state_kind = param_kind
-        if backend == "cuda" and state_kind == "bfloat16":
-            raise ValueError("state_dtype=bfloat16 is for host arrays: GPU arrays cannot "
-                             "carry bfloat16 through __cuda_array_interface__")
         slot.state_dtype = numpy_dtype(state_kind)
         n = slot.flat.size
         slot.state = [

@@ -128,8 +128,8 @@ def is_device(x) -> bool:
         return True
     try:
         return hasattr(x, "__cuda_array_interface__")
-    except RuntimeError:  # torch: a CUDA tensor that requires grad refuses the interface
-        return True
+    except (RuntimeError, TypeError):  # torch: a CUDA tensor that requires grad, or a
+        return True  # bfloat16 one, refuses the interface
 
 
 def host_array(name: str, a, *, writable: bool) -> np.ndarray:
@@ -170,9 +170,12 @@ def device_array(name: str, a, *, writable: bool):
         interface = getattr(a, "__cuda_array_interface__", None)
     except RuntimeError as e:  # torch's message says to use .detach()
         raise TypeError(f"{name}: {e}") from e
+    except TypeError:  # torch has no interface for bfloat16: its int16 view, below
+        interface = None
     d = _cuda.as_device_array(a)
     if kind(d.dtype) is None:
-        raise TypeError(f"{name} must have dtype float16, float32 or float64, got {d.dtype}")
+        raise TypeError(f"{name} must have dtype float16, float32 or float64 (bfloat16: "
+                        f"declare 16-bit storage with fastadam.as_bfloat16), got {d.dtype}")
     if not d.is_c_contiguous():
         raise ValueError(f"{name} must be C-contiguous")
     if writable and interface is not None and interface["data"][1]:

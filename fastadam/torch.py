@@ -10,7 +10,8 @@ torch's own. The state is torch's (``step``, ``exp_avg``, ``exp_avg_sq``,
 ``max_exp_avg_sq`` tensors), so ``state_dict()`` loads into torch's optimizers
 and back. Tensors reach the kernels without copies: CPU tensors as NumPy views
 (bfloat16 through ml_dtypes, complex ones as pairs of reals, as torch steps
-them), CUDA tensors through ``__cuda_array_interface__``. CPU tensors step as
+them), CUDA tensors through ``__cuda_array_interface__`` (bfloat16 ones through their
+int16 view). CPU tensors step as
 one list, in one parallel region per batch of one dtype; CUDA tensors step
 tensor by tensor. torch is an optional dependency: only this module imports it.
 """
@@ -45,7 +46,7 @@ def _array(t: torch.Tensor):
     """A zero-copy array view of a (real) tensor for fastadam's kernels."""
     t = t.detach()
     if t.is_cuda:
-        return t  # __cuda_array_interface__ (float16/32/64)
+        return t  # __cuda_array_interface__ (bfloat16: its int16 view, in _cuda)
     if t.dtype == torch.bfloat16:
         try:
             import ml_dtypes
