@@ -134,24 +134,24 @@ def unsigned(a):
     return a.view(f"u{a.dtype.itemsize}")
 
 
-def scratch_copy(a):
-    """A copy of an array where it lives: numba-cuda's device arrays have no ``copy``
-    (the simulator's do, from NumPy)."""
-    if isinstance(a, np.ndarray):
-        return a.copy()
+def unsigned_copy(a):
+    """A copy of an array's bits as unsigned integers, where it lives: integer adds only,
+    and numba-cuda's device arrays have no ``copy`` (the simulator's do, from NumPy)."""
+    bits = unsigned(a)
+    if isinstance(bits, np.ndarray):
+        return bits.copy()
     from numba import cuda
 
-    out = cuda.device_array(a.shape, a.dtype)
-    out.copy_to_device(a)
+    out = cuda.device_array(bits.shape, bits.dtype)
+    out.copy_to_device(bits)
     return out
 
 
 def roofline_contenders(opt, grad, threads_list, memory_only_kernel, backend="roofline"):
     """The memory-only kernel with the step's traffic, on scratch arrays of the step's dtypes."""
     arrays = step_arrays(opt)
-    reads = [unsigned(scratch_copy(grad))
-             for _ in range(2 if opt.options["skip_nonfinite"] else 1)]
-    writes = [unsigned(scratch_copy(a)) for a in arrays]
+    reads = [unsigned_copy(grad) for _ in range(2 if opt.options["skip_nonfinite"] else 1)]
+    writes = [unsigned_copy(a) for a in arrays]
     kernel = memory_only_kernel(len(reads), len(writes))
     if backend != "roofline":  # the GPU: one launch, no threads
         return [Contender(backend, 1, lambda: kernel(*reads, *writes))]
@@ -231,15 +231,20 @@ def cuda_contenders(n, dtype, config, rng, peers):
     """
     from numba import cuda
 
+    from ._bfloat16 import as_bfloat16
     from ._cuda import memory_only_kernel
     from .optimizer import Adam
 
     kw = adam_options(dtype, config)
-    if dtype == "bfloat16" or kw.get("state_dtype") is not None:
-        return None  # no bfloat16 GPU arrays through __cuda_array_interface__
     np_dtype = numpy_dtype(dtype)
-    opt = Adam(cuda.to_device(rng.standard_normal(n).astype(np_dtype)), **kw)
-    grad = cuda.to_device(rng.standard_normal(n).astype(np_dtype))
+
+    def on_device(host):  # bfloat16 as its 16-bit storage, declared
+        if dtype != "bfloat16":
+            return cuda.to_device(host)
+        return as_bfloat16(cuda.to_device(host.view(np.uint16)))
+
+    opt = Adam(on_device(rng.standard_normal(n).astype(np_dtype)), **kw)
+    grad = on_device(rng.standard_normal(n).astype(np_dtype))
 
     def synced(fn):
         def run():

@@ -19,14 +19,19 @@ def test_cuda_contenders_run(dtype, config, per_element):
     assert all(t > 0 for t in medians.values())
 
 
-def test_no_bfloat16_on_the_gpu():
-    assert bench.cuda_contenders(64, "bfloat16", "adam", np.random.default_rng(0), False) is None
+@pytest.mark.parametrize("config,per_element", [("adam", 26), ("bf16_state", 18)])
+def test_bfloat16_on_the_gpu(config, per_element):
+    pytest.importorskip("ml_dtypes")
+    contenders, nbytes = bench.cuda_contenders(64, "bfloat16", config,
+                                               np.random.default_rng(0), peers=False)
+    assert nbytes == 64 * per_element and contenders[0].backend == "cuda"
+    bench.measure(contenders, repeats=1)
 
 
-def test_scratch_copies_stay_on_the_device():
+def test_unsigned_copies_stay_on_the_device():
     x = np.arange(10, dtype=np.float32)
     source = cuda.to_device(x)
-    copy = bench.scratch_copy(source)
-    assert cuda.is_cuda_array(copy) if hasattr(cuda, "is_cuda_array") else copy.__cuda_ndarray__
+    copy = bench.unsigned_copy(source)
+    assert getattr(copy, "__cuda_ndarray__", False) and copy.dtype == np.uint32
     source.copy_to_device(np.zeros(10, np.float32))  # the copy is its own memory
-    np.testing.assert_array_equal(copy.copy_to_host(), x)
+    np.testing.assert_array_equal(copy.copy_to_host(), x.view(np.uint32))
