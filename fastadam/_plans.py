@@ -3,9 +3,10 @@
 Four paths, chosen per step: a single host array through ``OneHostArray`` (the
 thinnest call), one kernel call per array (what nothing else covers), a batch
 of host arrays in one parallel region, a batch of GPU arrays in one launch
-(``_batches``). Every gradient is checked before any kernel
-writes, so a refused step changes nothing. A new kind of step (row-sparse, 8-bit
-moments) is a new plan over the same slots.
+(``_batches``). Every gradient is checked before anything is written (on the
+thin path, whether it overlaps the params or state is the kernel's first
+question), so a refused step changes nothing. A new kind of step (row-sparse,
+8-bit moments) is a new plan over the same slots.
 """
 
 from __future__ import annotations
