@@ -158,9 +158,10 @@ class DeviceBatches:
     def __init__(self, groups: list) -> None:
         self.batches = batched(groups, DeviceBatch)
 
-    def step(self, group: int, h, flats: list, grad_scale, stream) -> set:
+    def step(self, group: int, h, flats: list, grad_scale, stream, steps=None) -> set:
         """Step the batches of ``group`` with validated 1-D gradients ``flats`` (all of the
-        optimizer's); returns the indices of the arrays it stepped."""
+        optimizer's); returns the indices of the arrays it stepped. ``steps``: the step
+        count on the device (``_cuda.StepCount``), which then does the counting."""
         from . import _cuda
 
         done = set()
@@ -173,8 +174,9 @@ class DeviceBatches:
             addresses = np.array([_cuda.address(flats[i]) for i in batch.indices],
                                  dtype=np.uint64)
             _cuda.adam_step_cuda_many(batch.tables, batch.chunks, batch.grads, addresses, flags,
-                                      coefficients(h, step, grad_scale), stream)
-            _advance(batch, done)
+                                      coefficients(h, step, grad_scale), stream, steps, h,
+                                      grad_scale)
+            _advance(batch, done, counted=steps is None)
         return done
 
 
@@ -187,8 +189,9 @@ def _ready(batch, grad_kind: str | None) -> tuple | None:
     return batch.slots[0].flags._replace(grad=grad_kind), steps.pop() + 1
 
 
-def _advance(batch, done: set) -> None:
-    """Count the step a batch took."""
-    for s in batch.slots:
-        s.step += 1
+def _advance(batch, done: set, counted: bool = True) -> None:
+    """Mark a batch stepped, and count its step on the host (unless the device counts)."""
+    if counted:
+        for s in batch.slots:
+            s.step += 1
     done.update(batch.indices.tolist())

@@ -28,9 +28,13 @@ class Plans:
         self.backend, self.device = backend, backend == "cuda"
         self.num_threads, self.skip_nonfinite = num_threads, skip_nonfinite
         self.guarded = _guarded(slots, single, adopted)
-        self.host = self.gpu = self.one = None
+        self.host = self.gpu = self.one = self.steps = None
         if single and backend == "cpu" and not skip_nonfinite:
             self.one = OneHostArray(slots[0], num_threads)
+        if backend == "cuda" and skip_nonfinite:  # decided on the device: no waiting
+            from ._cuda import StepCount
+
+            self.steps = StepCount(slots[0].step)  # all equal: see ``equal_steps``
         # Lists step in one parallel region (CPU) or one launch (GPU) per batch of alike arrays.
         if not single and backend == "cpu":
             from ._batches import HostBatches  # loads numba: not at import time
@@ -53,6 +57,9 @@ class Plans:
         flats = self._checked_grads(grads)
         scale = check.grad_scale(grad_scale)
         cuda_stream = check.stream(stream, self.backend)
+        if self.steps is not None:
+            self._step_counted(flats, scale, cuda_stream)
+            return None
         if self.skip_nonfinite and not all_finite(self.backend, flats,
                                                   num_threads=self.num_threads,
                                                   stream=cuda_stream):
@@ -63,6 +70,37 @@ class Plans:
             self._step_rest(first, slots, done, flats, h, scale, cuda_stream)
             first += len(slots)
         return True
+
+    def _step_counted(self, flats: list, scale, stream) -> None:
+        """The GPU step with ``skip_nonfinite`` decided on the device: the gradients are
+        checked for NaN and inf into a flag that the kernels read, and the step count
+        lives there too, so nothing waits for the device."""
+        from . import _cuda
+        from ._dispatch import as_kernel_array
+
+        self.steps.begin([(as_kernel_array(g), check.kind(g.dtype)) for g in flats], stream)
+        first = 0
+        for g, (h, slots) in enumerate(self.groups):
+            done = self.gpu.step(g, h, flats, scale, stream, self.steps) if self.gpu else set()
+            for i in range(first, first + len(slots)):
+                if i not in done:
+                    slot, flat = self.slots[i], flats[i]
+                    flags = slot.flags._replace(grad=check.kind(flat.dtype))
+                    _cuda.adam_step_cuda_counted(kernel_views((slot.flat, flat, *slot.state)),
+                                                 flags, h, scale, self.steps, stream)
+            first += len(slots)
+        self.steps.end(stream)
+
+    def step_count(self) -> int:
+        """How many updates were applied (from the device, a wait, where it counts)."""
+        return self.slots[0].step if self.steps is None else self.steps.read()
+
+    def sync_steps(self) -> None:
+        """Bring the device's step count to the slots (a wait), before they are read."""
+        if self.steps is not None:
+            count = self.steps.read()
+            for slot in self.slots:
+                slot.step = count
 
     def _checked_grads(self, grads) -> list:
         """The gradients as 1-D views, every one checked (shape, dtype, device, memory)."""

@@ -83,21 +83,27 @@ STEP_DEPENDENT = slice(4, 8)  # m_coef, g_coef, scaled_eps_root, scaled_eps
 
 def step_coefficients(h: Hyper, step: int) -> tuple[float, float, float, float]:
     """The coefficients that change with ``step`` (``COEFFICIENTS[STEP_DEPENDENT]``)."""
-    b1 = h.beta1
-    if h.bias_correction:
-        bias_correction1 = 1.0 - b1**step
-        bias_correction2 = 1.0 - h.beta2**step
-        next_bias_correction1 = 1.0 - b1 ** (step + 1)
+    return step_terms(float(step), h.lr, h.beta1, h.beta2, h.eps, h.eps_root,
+                      h.bias_correction, h.nesterov)
+
+
+def step_terms(step, lr, beta1, beta2, eps, eps_root, bias_correction, nesterov):
+    """``step_coefficients`` from plain numbers (``step`` a float): the one definition, run
+    on the host and compiled for the GPU, where the step count may live on the device."""
+    if bias_correction:
+        bias_correction1 = 1.0 - beta1**step
+        bias_correction2 = 1.0 - beta2**step
+        next_bias_correction1 = 1.0 - beta1 ** (step + 1.0)
     else:
         bias_correction1 = bias_correction2 = next_bias_correction1 = 1.0
     sqrt_bc2 = math.sqrt(bias_correction2)
-    if h.nesterov:
-        m_coef = h.lr * sqrt_bc2 * b1 / next_bias_correction1
-        g_coef = h.lr * sqrt_bc2 * (1.0 - b1) / bias_correction1
+    if nesterov:
+        m_coef = lr * sqrt_bc2 * beta1 / next_bias_correction1
+        g_coef = lr * sqrt_bc2 * (1.0 - beta1) / bias_correction1
     else:
-        m_coef = h.lr * sqrt_bc2 / bias_correction1
+        m_coef = lr * sqrt_bc2 / bias_correction1
         g_coef = 0.0
-    return m_coef, g_coef, h.eps_root * bias_correction2, h.eps * sqrt_bc2
+    return m_coef, g_coef, eps_root * bias_correction2, eps * sqrt_bc2
 
 
 def coefficients(h: Hyper, step: int, grad_scale: float | None = None) -> tuple[float, ...]:

@@ -140,8 +140,9 @@ class Adam:
 
     @property
     def step_count(self) -> int:
-        """How many updates have been applied."""
-        return self._slots[0].step
+        """How many updates have been applied (on the GPU with ``skip_nonfinite``, read
+        from the device: a wait)."""
+        return self._plans.step_count()
 
     @property
     def hyperparameters(self) -> dict:
@@ -177,8 +178,11 @@ class Adam:
         ``grad_scale``: the loss scale, divided out of the gradients in the
         kernel. ``stream``: for params on the GPU, the CUDA stream to launch on.
         Returns False (and changes nothing) when ``skip_nonfinite`` is on and a
-        gradient holds NaN or inf; True when the update was applied. A refused
-        step (bad arguments) raises and changes nothing.
+        gradient holds NaN or inf; True when the update was applied. On the GPU
+        with ``skip_nonfinite`` that decision stays on the device, as in torch's
+        fused Adam: nothing waits for it, ``step`` returns None, and a skipped step
+        changes nothing and is not counted (``step_count`` reads the count). A
+        refused step (bad arguments) raises and changes nothing.
         """
         return self._plans.step(grads, grad_scale, stream)
 
@@ -187,6 +191,7 @@ class Adam:
     def state_dict(self) -> dict:
         """A copy of the state: ``{"state": {i: {...}}, "param_groups": [{...}]}`` as torch
         lays it out, with NumPy arrays and Python numbers."""
+        self._plans.sync_steps()
         return _state_dict.build(self._groups, self._slots, self.param_groups, self.options,
                                  self._backend)
 
@@ -199,6 +204,9 @@ class Adam:
         """
         hypers, loaded = _state_dict.checked(state_dict, self._groups, self._slots,
                                              self.param_groups, self.options, self._backend)
+        if self._plans.steps is not None and len({step for step, _ in loaded}) > 1:
+            raise ValueError("state_dict['state'] entries differ in 'step'; on the GPU with "
+                             "skip_nonfinite the optimizer keeps one step count")
         # Everything is checked: commit.
         self._groups = [(h, slots) for h, (_, slots) in zip(hypers, self._groups)]
         slot_hypers = [h for h, slots in self._groups for _ in slots]

@@ -85,6 +85,30 @@ def test_one_launch_list_kernel_compiles(compile_ptx, kinds, options):
         assert ".f64" not in ptx
 
 
+COUNTED = (types.int64[::1], types.int32[::1])  # the step count and the skip flag
+
+
+@pytest.mark.parametrize("kinds,options", CASES)
+def test_counted_kernels_compile(compile_ptx, kinds, options):
+    """The variants that keep the step count on the device compute their coefficients there,
+    in float64 as the host does, and store nothing when the skip flag is set."""
+    flags = make_flags(kinds, options)
+    param, grad, state = kinds
+    compute = types.float64 if param == "float64" else types.float32
+    scalars = (compute,) * 7 + (types.float64,) * 6
+    arrays = (ARRAY[param][::1], ARRAY[grad][::1], ARRAY[state][::1], ARRAY[state][::1],
+              ARRAY[state][::1], ARRAY[param][::1], types.float32[::1])
+    ptx = compile_ptx(_cuda.fused_kernel(flags, True).py_func, arrays + COUNTED + scalars)
+    assert "sqrt.rn" in ptx and ".f64" in ptx  # float64 coefficients, as on the host
+    tables = (types.uint64[:, ::1], types.uint64[::1], types.int64[:, ::1])
+    ptx = compile_ptx(_cuda.multi_kernel(flags, True).py_func, tables + COUNTED + scalars)
+    assert "sqrt.rn" in ptx and "st.global" in ptx
+
+
+def test_step_count_kernel_compiles(compile_ptx):
+    assert "st.global" in compile_ptx(_cuda._advance.py_func, COUNTED)
+
+
 @pytest.mark.parametrize("kind", ["float16", "bfloat16", "float32", "float64"])
 def test_nonfinite_kernel_compiles(compile_ptx, kind):
     compile_ptx(_cuda.nonfinite_kernel(kind).py_func, (ARRAY[kind][::1], types.int32[::1]))

@@ -248,10 +248,57 @@ def test_a_list_with_one_nan_skips_the_step_on_device(rng):
     opt = fastadam.Adam([cuda.to_device(a) for a in host], lr=0.01, skip_nonfinite=True)
     grads = [rng.standard_normal(a.shape).astype(np.float32) for a in host]
     grads[2][16] = np.inf  # the last element of the last gradient
-    assert opt.step([cuda.to_device(g) for g in grads]) is False
+    # Decided on the device: nothing waits, step returns None, the count stays there.
+    assert opt.step([cuda.to_device(g) for g in grads]) is None
     for got, want in zip(opt.params, host):
         np.testing.assert_array_equal(got.copy_to_host(), want)
-    assert opt.step_count == 0
+    assert opt.step_count == 0 and opt.state_dict()["state"][0]["step"] == 0
+    assert not opt.state_dict()["state"][1]["exp_avg"].any()
     grads[2][16] = 1.0
-    assert opt.step([cuda.to_device(g) for g in grads]) is True and opt.step_count == 1
+    assert opt.step([cuda.to_device(g) for g in grads]) is None and opt.step_count == 1
     assert not np.array_equal(opt.params[0].copy_to_host(), host[0])
+    twin = fastadam.Adam([a.copy() for a in host], lr=0.01, skip_nonfinite=True)
+    assert twin.step(grads) is True  # the same step on the host
+    for got, want in zip(opt.params, twin.params):
+        np.testing.assert_array_equal(got.copy_to_host(), want)
+
+
+@pytest.mark.parametrize("single", [True, False])
+def test_skip_nonfinite_on_device_never_waits(rng, monkeypatch, single):
+    """With skip_nonfinite on the GPU, a step copies nothing back to the host: the skip and
+    the step count stay on the device (as in torch's fused Adam); the trajectory is the
+    CPU's, skipped steps included, and state_dicts carry the device's count both ways."""
+    shapes = [(300,)] if single else [(40,), (9,), (17,)]
+    host = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    opt = fastadam.AdamW(cuda.to_device(host[0]) if single else
+                         [cuda.to_device(a) for a in host], lr=0.01, skip_nonfinite=True)
+    twin = fastadam.AdamW(host[0].copy() if single else [a.copy() for a in host], lr=0.01,
+                          skip_nonfinite=True)
+    copies = []
+    original = type(opt._plans.steps.count).copy_to_host
+    monkeypatch.setattr(type(opt._plans.steps.count), "copy_to_host",
+                        lambda self, *a, **k: copies.append(1) or original(self, *a, **k))
+    for step in range(6):
+        grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        if step in (1, 4):
+            grads[-1][3] = np.nan if step == 1 else -np.inf
+        device_grads = [cuda.to_device(g) for g in grads]
+        assert opt.step(device_grads[0] if single else device_grads) is None
+        twin.step(grads[0] if single else grads)
+    assert copies == []  # six steps, two skipped, not one wait
+    monkeypatch.undo()
+    assert opt.step_count == twin.step_count == 4
+    params = [opt.params] if single else opt.params
+    for got, want in zip(params, [twin.params] if single else twin.params):
+        np.testing.assert_array_equal(got.copy_to_host(), want)
+    sd = opt.state_dict()
+    assert sd["state"][0]["step"] == 4
+    again = fastadam.AdamW(cuda.to_device(host[0]) if single else
+                           [cuda.to_device(a) for a in host], lr=0.01, skip_nonfinite=True)
+    again.load_state_dict(sd)
+    assert again.step_count == 4
+    if not single:
+        sd["state"][1]["step"] = 3
+        with pytest.raises(ValueError, match="step"):
+            again.load_state_dict(sd)
+        assert again.step_count == 4
