@@ -47,7 +47,8 @@ class Plans:
 
     def step(self, grads, grad_scale, stream) -> bool:
         """Check ``grads`` and everything else, then step; False when ``skip_nonfinite``
-        found NaN or inf (nothing changed)."""
+        found NaN or inf (nothing changed); None on the GPU with ``skip_nonfinite``, where
+        that is decided on the device."""
         if self.one is not None and grad_scale is None and stream is None and self.one.step(
                 grads, self.groups[0][0]):
             return True
