@@ -239,9 +239,7 @@ class StepCount:
     def begin(self, grads: list, stream) -> None:
         """Clear the flag, then set it if any of ``grads`` ((kernel view, kind)) is not finite."""
         _fill_zero[1, 1, stream](self.found)
-        for grad, grad_kind in grads:
-            if grad.size:
-                nonfinite_kernel(grad_kind)[launch_shape(grad.size) + (stream,)](grad, self.found)
+        flag_nonfinite(grads, self.found, stream)
 
     def end(self, stream) -> None:
         _advance[1, 1, stream](self.count, self.found)
@@ -325,12 +323,19 @@ def adam_step_cuda_many(tables, chunks, grads: Addresses, grad_addresses: np.nda
             _SIMULATED.pop(key, None)
 
 
+def flag_nonfinite(grads: list, flag, stream) -> None:
+    """Set ``flag[0]`` if any of ``grads`` ((kernel view, kind) pairs) holds NaN or inf:
+    one launch each, no wait."""
+    for grad, grad_kind in grads:
+        if grad.size:
+            nonfinite_kernel(grad_kind)[launch_shape(grad.size) + (stream,)](grad, flag)
+
+
 def count_nonfinite(grads: list, stream) -> int:
     """1 if any of ``grads`` ((kernel view, kind) pairs) holds NaN or inf, else 0: one
     launch each into one flag, then one wait for the answer."""
     flag = cuda.to_device(np.zeros(1, np.int32), stream=stream)
-    for grad, grad_kind in grads:
-        nonfinite_kernel(grad_kind)[launch_shape(grad.size) + (stream,)](grad, flag)
+    flag_nonfinite(grads, flag, stream)
     return int(flag.copy_to_host(stream=stream)[0])
 
 
