@@ -34,7 +34,7 @@ class Plans:
         if backend == "cuda" and skip_nonfinite:  # decided on the device: no waiting
             from ._cuda import StepCount
 
-            self.steps = StepCount(slots[0].step)  # all equal: see ``equal_steps``
+            self.steps = StepCount(slots[0].step)  # all equal: load_state_dict checks
         # Lists step in one parallel region (CPU) or one launch (GPU) per batch of alike arrays.
         if not single and backend == "cpu":
             from ._batches import HostBatches  # loads numba: not at import time
@@ -76,19 +76,13 @@ class Plans:
         """The GPU step with ``skip_nonfinite`` decided on the device: the gradients are
         checked for NaN and inf into a flag that the kernels read, and the step count
         lives there too, so nothing waits for the device."""
-        from . import _cuda
         from ._dispatch import as_kernel_array
 
         self.steps.begin([(as_kernel_array(g), check.kind(g.dtype)) for g in flats], stream)
         first = 0
         for g, (h, slots) in enumerate(self.groups):
             done = self.gpu.step(g, h, flats, scale, stream, self.steps) if self.gpu else set()
-            for i in range(first, first + len(slots)):
-                if i not in done:
-                    slot, flat = self.slots[i], flats[i]
-                    flags = slot.flags._replace(grad=check.kind(flat.dtype))
-                    _cuda.adam_step_cuda_counted(kernel_views((slot.flat, flat, *slot.state)),
-                                                 flags, h, scale, self.steps, stream)
+            self._step_rest(first, slots, done, flats, h, scale, stream, self.steps)
             first += len(slots)
         self.steps.end(stream)
 
@@ -134,9 +128,10 @@ class Plans:
             first += len(slots)
         return True
 
-    def _step_rest(self, first: int, slots, done: set, grads, h, scale, stream) -> None:
+    def _step_rest(self, first: int, slots, done: set, grads, h, scale, stream,
+                   steps=None) -> None:
         """Step the arrays of a group (numbered from ``first``) that no batch stepped:
-        one kernel call each."""
+        one kernel call each. ``steps``: the step count on the device, which then counts."""
         if len(done) == len(slots):
             return
         for i in range(first, first + len(slots)):
@@ -146,8 +141,14 @@ class Plans:
             grad_kind = check.kind(flat.dtype)
             if slot.flags.grad != grad_kind:
                 slot.flags = slot.flags._replace(grad=grad_kind)
-            apply(self.backend, (slot.flat, flat, *slot.state), h, slot.flags, slot.step + 1,
-                  grad_scale=scale, num_threads=self.num_threads, stream=stream)
+            arrays = (slot.flat, flat, *slot.state)
+            if steps is not None:
+                from ._cuda import adam_step_cuda_counted
+
+                adam_step_cuda_counted(kernel_views(arrays), slot.flags, h, scale, steps, stream)
+                continue
+            apply(self.backend, arrays, h, slot.flags, slot.step + 1, grad_scale=scale,
+                  num_threads=self.num_threads, stream=stream)
             slot.step += 1
 
 
