@@ -14,8 +14,8 @@ _REQUIRED = {"lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"}
 _OPTIONS = ("kahan_summation", "master_weights")
 
 
-def build(groups: list, slots: list, param_groups: list, options: dict, backend: str) -> dict:
-    """The state_dict of ``groups`` (``[(hyper, [Slot, ...]), ...]``)."""
+def build(slots: list, param_groups: list, options: dict, backend: str) -> dict:
+    """The state_dict of ``slots`` (in order) under ``param_groups`` and ``options``."""
     state = {i: slot.entry(backend) for i, slot in enumerate(slots)}
     return {"state": state, "param_groups": [{**g, **options} for g in param_groups]}
 

@@ -192,8 +192,7 @@ class Adam:
         """A copy of the state: ``{"state": {i: {...}}, "param_groups": [{...}]}`` as torch
         lays it out, with NumPy arrays and Python numbers."""
         self._plans.sync_steps()
-        return _state_dict.build(self._groups, self._slots, self.param_groups, self.options,
-                                 self._backend)
+        return _state_dict.build(self._slots, self.param_groups, self.options, self._backend)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore state and hyperparameters from ``state_dict()``; refuses a mismatch unchanged.

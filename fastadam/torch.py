@@ -25,6 +25,7 @@ from operator import itemgetter
 import numpy as np
 import torch
 
+from . import _groups
 from . import _validate as check
 from ._dispatch import apply, resolve, step_flags
 from ._slots import PARAM_DTYPE
@@ -181,7 +182,7 @@ class _ListPlan:
                 arrays = [_array(_real(p)) for p in live[i]]
             except (TypeError, ValueError, ImportError):
                 return None
-            specs.append({"params": arrays, **_spec(h)})
+            specs.append({"params": arrays, **_groups.as_dict(h)})
             for p in live[i]:
                 entry, new = opt.state.get(p), False
                 if not entry:
@@ -260,12 +261,6 @@ def _grad_reader(p: torch.Tensor):
     if p.is_complex() or p.dtype == torch.bfloat16:
         return lambda g: _array(_real(g.contiguous()))
     return lambda g: g.contiguous().numpy()
-
-
-def _spec(h) -> dict:
-    return {"lr": h.lr, "betas": (h.beta1, h.beta2), "eps": h.eps,
-            "weight_decay": h.weight_decay, "amsgrad": h.amsgrad, "maximize": h.maximize,
-            "decoupled_weight_decay": h.decoupled_weight_decay}
 
 
 def _keys(amsgrad: bool) -> tuple:
