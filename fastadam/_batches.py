@@ -50,7 +50,7 @@ class HostBatches:
     """The batches of an optimizer's groups, and the fast checks of a list of gradients."""
 
     def __init__(self, groups: list) -> None:
-        self.batches = batched(groups, HostBatch)  # per group: list of Batch
+        self.batches = batched(groups, HostBatch)  # per group: list of HostBatch
         slots_all = [slot for _, slots in groups for slot in slots]
         self.count = len(slots_all)
         self.table = Table([s.array.shape for s in slots_all], _grad_dtypes())
