@@ -32,9 +32,9 @@ class HostBatch:
         self.chunks = _cpu.chunk_table([s.flat.size for s in slots])
 
 
-def batched(groups: list, make) -> list:
-    """Per group, ``make(indices, slots)`` for each set of two or more arrays whose options
-    and dtypes match (indices count over all groups)."""
+def batched(groups: list, make, smallest: int = 2) -> list:
+    """Per group, ``make(indices, slots)`` for each set of ``smallest`` or more arrays whose
+    options and dtypes match (indices count over all groups)."""
     out, index = [], 0
     for _, slots in groups:
         by_key: dict = {}
@@ -42,7 +42,7 @@ def batched(groups: list, make) -> list:
             by_key.setdefault(slot.flags._replace(grad=""), []).append((index, slot))
             index += 1
         out.append([make([i for i, _ in members], [s for _, s in members])
-                    for members in by_key.values() if len(members) > 1])
+                    for members in by_key.values() if len(members) >= smallest])
     return out
 
 
@@ -57,11 +57,9 @@ class HostBatches:
         self.sizes = np.array([s.flat.size for s in slots_all], dtype=np.int64)
         self.chunks = _cpu.chunk_table(self.sizes)
         # The optimizer's memory (params and state, disjoint), sorted: no gradient may touch it.
-        owned = [a for s in slots_all for a in (s.flat, *s.state) if a is not None and a.size]
-        starts = np.array([_cpu.address(as_kernel_array(a)) for a in owned], dtype=np.int64)
-        ends = starts + np.array([a.nbytes for a in owned], dtype=np.int64)
-        order = np.argsort(starts)
-        self.owned_starts, self.owned_ends = starts[order], ends[order]
+        arrays = [a for s in slots_all for a in (s.flat, *s.state) if a is not None and a.size]
+        self.owned = Owned([_cpu.address(as_kernel_array(a)) for a in arrays],
+                           [a.nbytes for a in arrays])
 
     def check(self, grads) -> tuple | None:
         """(dtype codes, data addresses) when ``grads`` pass the fast checks, else None:
@@ -73,7 +71,7 @@ class HostBatches:
             return None
         addresses, codes = found
         ends = addresses + self.sizes * self.table.itemsizes[codes]
-        if _overlap(addresses, ends, self.owned_starts, self.owned_ends):
+        if self.owned.overlaps(addresses, ends):
             return None
         return codes, addresses
 
@@ -122,6 +120,21 @@ def _grad_dtypes() -> list[np.dtype]:
     return dtypes + [np.dtype(ml_dtypes.bfloat16)]
 
 
+class Owned:
+    """The memory an optimizer writes (params and state: disjoint), as sorted address
+    ranges, and the one check a gradient list needs against it."""
+
+    def __init__(self, starts, nbytes) -> None:
+        starts = np.array(starts, dtype=np.int64)
+        ends = starts + np.array(nbytes, dtype=np.int64)
+        order = np.argsort(starts)
+        self.starts, self.ends = starts[order], ends[order]
+
+    def overlaps(self, starts: np.ndarray, ends: np.ndarray) -> bool:
+        """Whether any [start, end) range (int64 addresses) shares memory with the owned."""
+        return _overlap(starts, ends, self.starts, self.ends)
+
+
 @numba.njit(nogil=True)
 def _overlap(starts, ends, owned_starts, owned_ends) -> bool:
     """Whether any [start, end) range shares memory with an owned one. Those are disjoint
@@ -153,31 +166,41 @@ class DeviceBatch:
 
 
 class DeviceBatches:
-    """The batches of an optimizer's groups on the GPU: one launch per batch and step."""
+    """The batches of an optimizer's groups on the GPU: one launch per batch and step. A
+    lone array is a batch too, so that a list steps without a Python call per array."""
 
     def __init__(self, groups: list) -> None:
-        self.batches = batched(groups, DeviceBatch)
+        self.batches = batched(groups, DeviceBatch, smallest=1)
 
-    def step(self, group: int, h, flats: list, grad_scale, stream, steps=None) -> set:
-        """Step the batches of ``group`` with validated 1-D gradients ``flats`` (all of the
-        optimizer's); returns the indices of the arrays it stepped. ``steps``: the step
-        count on the device (``_cuda.StepCount``), which then does the counting."""
+    def ready(self, kinds: list) -> bool:
+        """Whether every batch can step as one with gradients of ``kinds`` (per array)."""
+        return all(_ready(batch, _one({kinds[i] for i in batch.indices})) is not None
+                   for group in self.batches for batch in group)
+
+    def step(self, group: int, h, kinds: list, addresses: np.ndarray, grad_scale, stream,
+             steps=None) -> set:
+        """Step the batches of ``group``, given the float kind and the device address of
+        every checked gradient of the optimizer; returns the indices of the arrays it
+        stepped. ``steps``: the step count on the device (``_cuda.StepCount``), which
+        then does the counting."""
         from . import _cuda
 
         done = set()
         for batch in self.batches[group]:
-            grad_kinds = {kind(flats[i].dtype) for i in batch.indices}
-            ready = _ready(batch, grad_kinds.pop() if len(grad_kinds) == 1 else None)
+            ready = _ready(batch, _one({kinds[i] for i in batch.indices}))
             if ready is None:
                 continue  # stepped one by one
             flags, step = ready
-            addresses = np.array([_cuda.address(flats[i]) for i in batch.indices],
-                                 dtype=np.uint64)
-            _cuda.adam_step_cuda_many(batch.tables, batch.chunks, batch.grads, addresses, flags,
+            _cuda.adam_step_cuda_many(batch.tables, batch.chunks, batch.grads,
+                                      addresses[batch.indices], flags,
                                       coefficients(h, step, grad_scale), stream, steps, h,
                                       grad_scale)
             _advance(batch, done, counted=steps is None)
         return done
+
+
+def _one(kinds: set) -> str | None:
+    return kinds.pop() if len(kinds) == 1 else None
 
 
 def _ready(batch, grad_kind: str | None) -> tuple | None:

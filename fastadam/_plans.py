@@ -65,11 +65,25 @@ class Plans:
                                                   num_threads=self.num_threads,
                                                   stream=cuda_stream):
             return False
+        found = None if self.gpu is None else _device_grads(flats)
         first = 0
         for g, (h, slots) in enumerate(self.groups):
-            done = set() if self.gpu is None else self.gpu.step(g, h, flats, scale, cuda_stream)
+            done = set() if found is None else self.gpu.step(g, h, *found, scale, cuda_stream)
             self._step_rest(first, slots, done, flats, h, scale, cuda_stream)
             first += len(slots)
+        return True
+
+    def step_addresses(self, kinds: list, addresses: np.ndarray, stream) -> bool:
+        """A list of GPU gradients that the caller has checked (shapes, dtypes of ``kinds``,
+        device, contiguity, no shared memory), given by their device ``addresses``: one
+        launch per batch, no Python per array. False, nothing done, unless every batch can
+        step as one (the caller then passes the arrays to ``step``)."""
+        if self.gpu is None or self.steps is not None or self.skip_nonfinite:
+            return False
+        if not self.gpu.ready(kinds):
+            return False
+        for g, (h, _) in enumerate(self.groups):
+            self.gpu.step(g, h, kinds, addresses, None, stream)
         return True
 
     def _step_counted(self, flats: list, scale, stream) -> None:
@@ -79,9 +93,11 @@ class Plans:
         from ._dispatch import as_kernel_array
 
         self.steps.begin([(as_kernel_array(g), check.kind(g.dtype)) for g in flats], stream)
+        found = None if self.gpu is None else _device_grads(flats)
         first = 0
         for g, (h, slots) in enumerate(self.groups):
-            done = self.gpu.step(g, h, flats, scale, stream, self.steps) if self.gpu else set()
+            done = set() if found is None else self.gpu.step(g, h, *found, scale, stream,
+                                                             self.steps)
             self._step_rest(first, slots, done, flats, h, scale, stream, self.steps)
             first += len(slots)
         self.steps.end(stream)
@@ -150,6 +166,14 @@ class Plans:
             apply(self.backend, arrays, h, slot.flags, slot.step + 1, grad_scale=scale,
                   num_threads=self.num_threads, stream=stream)
             slot.step += 1
+
+
+def _device_grads(flats: list) -> tuple:
+    """(float kinds, device addresses) of checked GPU gradients."""
+    from ._cuda import address
+
+    return ([check.kind(f.dtype) for f in flats],
+            np.array([address(f) for f in flats], dtype=np.uint64))
 
 
 def _guarded(slots: list, single: bool, adopted: bool) -> dict:

@@ -186,6 +186,12 @@ class Adam:
         """
         return self._plans.step(grads, grad_scale, stream)
 
+    def _step_addresses(self, kinds: list, addresses: np.ndarray, stream=None) -> bool:
+        """For wrappers that check GPU gradients themselves (``fastadam.torch``): step with
+        gradients given by float kind and device address, one launch per batch; False,
+        nothing done, where that path does not apply (``step`` then takes the arrays)."""
+        return self._plans.step_addresses(kinds, addresses, check.stream(stream, self._backend))
+
     # --- state --------------------------------------------------------------
 
     def state_dict(self) -> dict:

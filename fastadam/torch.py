@@ -11,9 +11,10 @@ torch's own. The state is torch's (``step``, ``exp_avg``, ``exp_avg_sq``,
 and back. Tensors reach the kernels without copies: CPU tensors as NumPy views
 (bfloat16 through ml_dtypes, complex ones as pairs of reals, as torch steps
 them), CUDA tensors through ``__cuda_array_interface__`` (bfloat16 ones through their
-int16 view). CPU tensors step as
-one list, in one parallel region per batch of one dtype; CUDA tensors step
-tensor by tensor. torch is an optional dependency: only this module imports it.
+int16 view). A list steps as one: CPU tensors in
+one parallel region per batch of one dtype, CUDA tensors in one launch per
+batch on torch's current stream. torch is an optional dependency: only this
+module imports it.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from .optimizer import Adam as _ArrayAdam
 
 __all__ = ["Adam", "AdamW"]
 
-_HOST_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64,
-                torch.complex64, torch.complex128)
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64,
+           torch.complex64, torch.complex128)
+# The float kind a tensor steps as (complex ones as pairs of their real dtype).
+_KINDS = dict(zip(_DTYPES, ("float16", "bfloat16", "float32", "float64", "float32", "float64")))
 
 
 def _real(t: torch.Tensor) -> torch.Tensor:
@@ -122,7 +125,8 @@ class _FusedStep:
                 step = int(state["step"].item()) + 1 if "step" in state else 1
                 planned.append((p, new, backend, arrays, h, step))
         for p, new, backend, arrays, h, step in planned:  # all checked: write
-            apply(backend, arrays, h, step_flags(h, arrays), step)
+            stream = _current_stream(p) if backend == "cuda" else None
+            apply(backend, arrays, h, step_flags(h, arrays), step, stream=stream)
             state = self.state[p]
             state["exp_avg"], state["exp_avg_sq"] = new[0], new[1]
             if h.amsgrad:
@@ -131,9 +135,12 @@ class _FusedStep:
 
 
 class _ListPlan:
-    """The fast path for CPU tensors: the params that have gradients, stepped through a
-    :class:`fastadam.Adam` whose params and state are NumPy views of the tensors, so that
-    a list steps in one parallel region per batch of one dtype.
+    """The fast path: the params that have gradients, stepped through a
+    :class:`fastadam.Adam` whose params and state are views of the tensors (NumPy
+    arrays on the CPU, numba device arrays on a GPU), so that a list steps in one
+    parallel region (CPU) or one launch (GPU) per batch of one dtype. On a GPU the
+    gradients reach the kernels as a table of addresses, checked with a few tensor
+    attributes each: no array objects are made per step.
 
     Built once per layout (which params have gradients, each group's compiled-in
     options, the state tensors) and reused while ``matches`` finds it unchanged;
@@ -150,6 +157,14 @@ class _ListPlan:
         self.storages = [t.untyped_storage() for t in tensors]  # held: no reuse, no dangling
         self.param_addresses = _addresses(params)
         self.grad_arrays = [_grad_reader(p) for p in params]
+        self.device = params[0].device if params[0].is_cuda else None
+        self.kinds = [_KINDS[p.dtype] for p in params]
+        if self.device is not None:
+            from ._batches import Owned
+
+            self.owned = Owned([t.data_ptr() for t in tensors], list(map(_nbytes, tensors)))
+            self.grad_nbytes = np.array(list(map(_nbytes, params)), dtype=np.int64)
+        self.streams: dict = {}  # torch stream handle -> numba stream
         self.entries = entries  # (param, state entry, new?) in step order
         self.step_buffer = torch.tensor(steps, dtype=torch.float32)
         self.step_views = list(self.step_buffer.unbind())
@@ -169,9 +184,11 @@ class _ListPlan:
         per-tensor path must run (GPU, unusual state), which also says what is wrong if
         anything is."""
         params = [p for ps in live for p in ps]
-        if not params or any(p.is_cuda or p.is_sparse or p.dtype not in _HOST_DTYPES
-                             or not p.is_contiguous() for p in params):
-            return None
+        if not params or any(p.device != params[0].device or p.is_sparse
+                             or p.dtype not in _DTYPES or not p.is_contiguous()
+                             for p in params):
+            return None  # mixed devices step tensor by tensor
+        backend = "cuda" if params[0].is_cuda else "cpu"
         groups = [i for i, ps in enumerate(live) if ps]
         specs, tensors, entries, steps, moments = [], [], [], [], []
         for i in groups:
@@ -190,17 +207,18 @@ class _ListPlan:
                 if not all(isinstance(entry.get(k), torch.Tensor) for k in keys):
                     return None
                 moment = [entry[k] for k in keys[1:]]
-                if any(m.is_cuda or m.dtype != p.dtype or not m.is_contiguous() for m in moment):
+                if any(m.device != p.device or m.dtype != p.dtype or not m.is_contiguous()
+                       for m in moment):
                     return None
                 tensors += [p, *moment]
                 entries.append((p, entry, new))
                 steps.append(float(entry["step"]))
                 moments.append([_array(_real(m)) for m in moment] + [None] * (4 - len(keys)))
         try:
-            inner = _ArrayAdam(specs, backend="cpu", state_dtype=PARAM_DTYPE,
+            inner = _ArrayAdam(specs, backend=backend, state_dtype=PARAM_DTYPE,
                                kahan_summation=False)
             inner._adopt_state([int(s) for s in steps], moments)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, ImportError, RuntimeError):  # no numba-cuda, no GPU
             return None
         return cls(opt, live, params, groups, inner, tensors, entries, steps)
 
@@ -237,13 +255,21 @@ class _ListPlan:
     def step(self, opt) -> bool:
         """Step through the inner optimizer; False (nothing done) if the gradients need
         the per-tensor path. Bad gradients or hyperparameters raise and change nothing."""
-        try:
-            grads = [read(p.grad) for read, p in zip(self.grad_arrays, self.params)]
-        except (RuntimeError, TypeError):  # sparse, or a gradient that requires grad
-            return False
         hypers = [_hyper(opt.param_groups[i]) for i in self.groups]
-        self.inner._set_hyper(hypers)
-        self.inner.step(grads)
+        stream = None if self.device is None else self._stream()
+        addresses = None if self.device is None else self._grad_addresses()
+        if addresses is not None:
+            self.inner._set_hyper(hypers)
+            stepped = self.inner._step_addresses(self.kinds, addresses, stream)
+        else:
+            stepped = False
+        if not stepped:
+            try:
+                grads = [read(p.grad) for read, p in zip(self.grad_arrays, self.params)]
+            except (RuntimeError, TypeError):  # sparse, or a gradient that requires grad
+                return False
+            self.inner._set_hyper(hypers)
+            self.inner.step(grads, stream=stream)
         if not self.committed:  # the first step: the plan's state tensors enter opt.state
             for (p, entry, new), view in zip(self.entries, self.step_views):
                 entry["step"] = view
@@ -256,8 +282,43 @@ class _ListPlan:
         return True
 
 
+    def _grad_addresses(self) -> np.ndarray | None:
+        """The CUDA gradients' addresses when a few attributes each show them fit for the
+        kernels, else None (the checked path then names what is wrong). torch itself
+        keeps a gradient's dtype, shape and device those of its param."""
+        grads = [p.grad for p in self.params]
+        if not all(g.layout is torch.strided and g.is_contiguous() and not g.requires_grad
+                   for g in grads):
+            return None
+        addresses = np.fromiter((g.data_ptr() for g in grads), np.int64, len(grads))
+        if self.owned.overlaps(addresses, addresses + self.grad_nbytes):
+            return None
+        return addresses.view(np.uint64)
+
+    def _stream(self):
+        handle = torch.cuda.current_stream(self.device).cuda_stream
+        stream = self.streams.get(handle)
+        if stream is None:
+            from ._cuda import to_stream
+
+            stream = self.streams[handle] = to_stream(handle)
+        return stream
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _current_stream(t: torch.Tensor):
+    from ._cuda import to_stream
+
+    return to_stream(torch.cuda.current_stream(t.device).cuda_stream)
+
+
 def _grad_reader(p: torch.Tensor):
     """How a gradient of ``p`` becomes an array, chosen once per plan (it runs per step)."""
+    if p.is_cuda:
+        return lambda g: _real(g)  # checked by the inner optimizer, named there
     if p.is_complex() or p.dtype == torch.bfloat16:
         return lambda g: _array(_real(g.contiguous()))
     return lambda g: g.contiguous().numpy()

@@ -230,6 +230,7 @@ def test_a_list_steps_in_one_launch_and_equals_the_cpu(rng, monkeypatch, options
 
 def test_a_list_with_mixed_dtypes_and_groups_on_device(rng, monkeypatch):
     multi = counting(monkeypatch, "multi_kernel")
+    single = counting(monkeypatch, "fused_kernel")
     host = [rng.standard_normal(n).astype(d) for n, d in
             [(40, np.float32), (9, np.float64), (17, np.float32), (5, np.float64), (3, np.float32)]]
     groups = lambda arrays: [{"params": arrays[:4]}, {"params": arrays[4:], "lr": 0.1}]  # noqa: E731
@@ -238,7 +239,7 @@ def test_a_list_with_mixed_dtypes_and_groups_on_device(rng, monkeypatch):
     grads = [rng.standard_normal(a.shape).astype(a.dtype) for a in host]
     on_gpu.step([cuda.to_device(g) for g in grads])
     on_cpu.step(grads)
-    assert len(multi) == 2  # float32 and float64 batches; the lone array steps by itself
+    assert len(multi) == 3 and not single  # float32 and float64 batches, and the lone array
     for got, want in zip(on_gpu.params, on_cpu.params):
         np.testing.assert_allclose(got.copy_to_host(), want, rtol=2e-6, atol=2e-6)
 
@@ -302,3 +303,33 @@ def test_skip_nonfinite_on_device_never_waits(rng, monkeypatch, single):
         with pytest.raises(ValueError, match="step"):
             again.load_state_dict(sd)
         assert again.step_count == 4
+
+
+def test_a_list_given_by_addresses_steps_as_the_checked_list(rng, monkeypatch):
+    """The path wrappers take (fastadam.torch on CUDA tensors): gradients as device
+    addresses, one launch per batch, the same update as the checked list; where a
+    batch cannot step as one (its arrays' step counts differ) it does nothing."""
+    from fastadam import _cuda
+
+    multi = counting(monkeypatch, "multi_kernel")
+    host = [rng.standard_normal(n).astype(d) for n, d in
+            [(40, np.float32), (9, np.float64), (17, np.float32), (5, np.float64)]]
+    by_address = fastadam.AdamW([cuda.to_device(a) for a in host], lr=0.01)
+    checked = fastadam.AdamW([cuda.to_device(a) for a in host], lr=0.01)
+    kinds = [a.dtype.name for a in host]
+    for step in range(3):
+        grads = [cuda.to_device(rng.standard_normal(a.shape).astype(a.dtype)) for a in host]
+        addresses = np.array([_cuda.address(g) for g in grads], dtype=np.uint64)
+        assert by_address._step_addresses(kinds, addresses) is True
+        checked.step(grads)
+        assert len(multi) == 4 * (step + 1)  # one launch per batch each time, on both paths
+    for got, want in zip(by_address.params, checked.params):
+        np.testing.assert_array_equal(got.copy_to_host(), want.copy_to_host())
+    assert by_address.step_count == 3
+    sd = by_address.state_dict()
+    sd["state"][2]["step"] = 1  # arrays 0 and 2 form a batch: now their counts differ
+    by_address.load_state_dict(sd)
+    before = [p.copy_to_host() for p in by_address.params]
+    assert by_address._step_addresses(kinds, addresses) is False
+    for got, want in zip(by_address.params, before):
+        np.testing.assert_array_equal(got.copy_to_host(), want)
