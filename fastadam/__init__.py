@@ -2,8 +2,9 @@
 
 from ._bfloat16 import as_bfloat16
 from .flat import FlatBuffer, flatten
-from .functional import adam_step
+from .functional import adam_step, adam_step_8bit
 from .optimizer import Adam, AdamW
 
-__all__ = ["Adam", "AdamW", "FlatBuffer", "adam_step", "as_bfloat16", "flatten", "__version__"]
+__all__ = ["Adam", "AdamW", "FlatBuffer", "adam_step", "adam_step_8bit", "as_bfloat16", "flatten",
+           "__version__"]
 __version__ = "0.1.0"

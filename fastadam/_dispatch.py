@@ -94,6 +94,39 @@ def apply(backend: str, arrays: tuple, h: Hyper, flags: Flags, step: int, *,
         _cuda.adam_step_cuda(kernel_views(arrays), flags, coef, stream)
 
 
+def apply_8bit(backend: str, arrays: tuple, codes: tuple, absmax: tuple, h: Hyper,
+               flags: Flags, step: int, *, grad_scale: float | None = None,
+               num_threads: int | None = None) -> None:
+    """One update with 8-bit moments: ``arrays`` is ``(param, grad, comp, master)`` and
+    ``codes``/``absmax`` are (m, v, v_max), all validated and 1-D; ``flags`` is
+    ``step_flags`` with the moments' compute kind as the state kind."""
+    if arrays[0].size == 0:
+        return
+    param, grad, comp, master = arrays
+    if backend == "numpy":
+        from ._reference import adam_step_8bit_numpy
+
+        adam_step_8bit_numpy(param, grad, list(codes), list(absmax), comp, master, h, step,
+                             grad_scale)
+        return
+    from ._cpu8bit import adam_step_8bit_cpu
+
+    coef = np.array(coefficients(h, step, grad_scale), dtype=compute_dtype(flags.param))
+    views = kernel_views((param, grad, param, param, None, comp, master))
+    m, v = codes[0], codes[1]
+    v_max = v if codes[2] is None else codes[2]
+    v_max_absmax = absmax[1] if absmax[2] is None else absmax[2]
+    adam_step_8bit_cpu((views[0], views[1], m, v, v_max, absmax[0], absmax[1], v_max_absmax,
+                        views[5], views[6]), flags, coef, num_threads)
+
+
+def flags_8bit(h: Hyper, param, grad, kahan: bool, master: bool) -> Flags:
+    """The kernel flags of an 8-bit step: the moments decode to the compute kind."""
+    param_kind = kind(param.dtype)
+    return flags(h, param_kind, kind(grad.dtype), compute_dtype(param_kind), kahan=kahan,
+                 master=master)
+
+
 def all_finite(backend: str, grads: list, *, num_threads=None, stream=None) -> bool:
     """Whether the gradients (validated, 1-D) hold no NaN or inf: one extra read of each;
     on the GPU one wait for the answer, whatever their number."""

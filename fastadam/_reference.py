@@ -58,3 +58,18 @@ def adam_step_numpy(param, grad, m, v, v_max, comp, master, h: Hyper, step: int,
         comp[...] = p - param.astype(compute)
     elif p is not param:
         param[...] = p
+
+
+def adam_step_8bit_numpy(param, grad, codes: list, absmax: list, comp, master, h: Hyper,
+                         step: int, grad_scale: float | None = None) -> None:
+    """The 8-bit step as three passes: decode the moments, the NumPy step above on
+    them, encode them against their new absmax (``quant8``)."""
+    from . import quant8
+
+    signed = (True, False, False)
+    moments = [None if c is None else quant8.dequantize(c, a, s)
+               for c, a, s in zip(codes, absmax, signed)]
+    adam_step_numpy(param, grad, *moments, comp, master, h, step, grad_scale)
+    for c, a, s, x in zip(codes, absmax, signed, moments):
+        if c is not None:
+            c[...], a[...] = quant8.quantize(x, s)

@@ -271,6 +271,15 @@ def step_arrays(backend: str, param, grad, m, v, v_max, comp, master, amsgrad: b
         v_max = like("v_max", v_max, param, writable=True, device=device, dtype=m.dtype)
     else:
         v_max = None
+    comp, master = _param_extras(param, comp, master, device)
+    disjoint({"param": param, "grad": grad, "m": m, "v": v, "v_max": v_max,
+              "kahan_comp": comp, "master_params": master})
+    return tuple(None if a is None else a.reshape(-1)
+                 for a in (param, grad, m, v, v_max, comp, master))
+
+
+def _param_extras(param, comp, master, device: bool) -> tuple:
+    """The Kahan compensation and master params of 16-bit params, checked (or None)."""
     sixteen = kind(param.dtype) in SIXTEEN_BIT
     if comp is not None and master is not None:
         raise ValueError("kahan_comp and master_params exclude each other: pass one")
@@ -283,10 +292,56 @@ def step_arrays(backend: str, param, grad, m, v, v_max, comp, master, amsgrad: b
             raise ValueError(f"master_params is for 16-bit params; param is {param.dtype}")
         master = like("master_params", master, param, writable=True, device=device,
                       dtype=np.dtype(np.float32))
-    disjoint({"param": param, "grad": grad, "m": m, "v": v, "v_max": v_max,
-              "kahan_comp": comp, "master_params": master})
-    return tuple(None if a is None else a.reshape(-1)
-                 for a in (param, grad, m, v, v_max, comp, master))
+    return comp, master
+
+
+def step_arrays_8bit(backend: str, param, grad, codes: tuple, absmax: tuple, comp, master,
+                     amsgrad: bool) -> tuple:
+    """``step_arrays`` for 8-bit moments: ``codes`` (m, v, v_max) are uint8 arrays of
+    param's size, ``absmax`` (m, v, v_max) float32 1-D arrays of one entry per block of
+    256. Returns (param, grad, comp, master) flattened, then the codes and absmax."""
+    from .quant8 import blocks
+
+    if backend not in ("cpu", "numpy"):
+        raise ValueError("8-bit states step on the CPU (backend 'cpu' or 'numpy'); the "
+                         "CUDA kernel for them is not available yet")
+    param = host_array("param", param, writable=True)
+    grad = like("grad", grad, param, writable=False)
+    comp, master = _param_extras(param, comp, master, False)
+    names = ("m_codes", "v_codes", "v_max_codes"), ("m_absmax", "v_absmax", "v_max_absmax")
+    wanted = (True, True, amsgrad)
+    n = param.size
+    out = [], []
+    for group, (arrays, labels) in enumerate(zip((codes, absmax), names)):
+        for a, name, want in zip(arrays, labels, wanted):
+            if not want:
+                out[group].append(None)
+                continue
+            if a is None:
+                raise ValueError(f"amsgrad=True needs {name}")
+            dtype, size = (np.uint8, n) if group == 0 else (np.float32, blocks(n))
+            out[group].append(_state_array(name, a, dtype, size))
+    named = {"param": param, "grad": grad, "kahan_comp": comp, "master_params": master}
+    for labels, arrays in zip(names, out):
+        named.update(zip(labels, arrays))
+    disjoint(named)
+    flat = (None if a is None else a.reshape(-1) for a in (param, grad, comp, master))
+    return (*flat, tuple(out[0]), tuple(out[1]))
+
+
+def _state_array(name: str, a, dtype, size: int) -> np.ndarray:
+    """A writable, C-contiguous host array of ``dtype`` and ``size`` elements, 1-D view."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
+    if a.size != size:
+        raise ValueError(f"{name} must have {size} elements, got {a.size}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if not a.flags.writeable:
+        raise ValueError(f"{name} is read-only; it is updated in place")
+    return a.reshape(-1)
 
 
 def stream(value, kind: str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validate as check
-from ._dispatch import apply, resolve, step_flags
+from ._dispatch import apply, apply_8bit, flags_8bit, resolve, step_flags
 from ._scalars import Hyper
 
 
@@ -122,3 +122,68 @@ def adam_step(
                                h.amsgrad)
     apply(kind, arrays, h, step_flags(h, arrays), step, grad_scale=scale,
           num_threads=threads, stream=cuda_stream)
+
+
+def adam_step_8bit(
+    param: np.ndarray,
+    grad: np.ndarray,
+    m_codes: np.ndarray,
+    v_codes: np.ndarray,
+    m_absmax: np.ndarray,
+    v_absmax: np.ndarray,
+    *,
+    step: int,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    amsgrad: bool = False,
+    v_max_codes: np.ndarray | None = None,
+    v_max_absmax: np.ndarray | None = None,
+    maximize: bool = False,
+    bias_correction: bool = True,
+    eps_root: float = 0.0,
+    nesterov: bool = False,
+    decouple_lr: bool = False,
+    max_lr: float | None = None,
+    grad_scale: float | None = None,
+    kahan_comp: np.ndarray | None = None,
+    master_params: np.ndarray | None = None,
+    backend: str = "auto",
+    num_threads: int | None = None,
+) -> None:
+    """``adam_step`` with m and v (and v_max) held in 8 bits, in place, in one pass.
+
+    The format is bitsandbytes' blockwise 8-bit state: per block of 256 elements
+    one float32 absmax per moment, and per element a uint8 code into the dynamic
+    map (signed for m, unsigned for v and v_max; ``fastadam.quant8.dynamic_map``).
+    Each block's moments are decoded, updated exactly as ``adam_step`` does (every
+    option), and encoded again against their new absmax (the nearest code, as
+    bitsandbytes' CUDA kernel picks it). A NaN or inf gradient element makes its
+    param element NaN or inf, as in the 32-bit step; its moments, which 8 bits
+    cannot hold, are stored as 0, and the block's other elements are unaffected.
+
+    Args:
+        m_codes, v_codes, v_max_codes: uint8 arrays of param's size (any shape,
+            C-contiguous); zeros with zero absmax to start.
+        m_absmax, v_absmax, v_max_absmax: float32 arrays of ``ceil(param.size / 256)``.
+        backend: "auto" or "cpu" (the fused kernel), or "numpy" (decode, the
+            multi-pass NumPy step, encode). 8-bit states step on the CPU.
+        Everything else: as ``adam_step``.
+
+    Raises:
+        TypeError, ValueError: on bad input, naming the argument; nothing is modified.
+    """
+    h = hyper(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
+              bias_correction, eps_root, nesterov, decouple_lr, max_lr)
+    step = check.step(step)
+    scale = check.grad_scale(grad_scale)
+    threads = check.num_threads(num_threads)
+    kind = resolve(check.backend(backend), param)
+    *arrays, codes, absmax = check.step_arrays_8bit(
+        kind, param, grad, (m_codes, v_codes, v_max_codes), (m_absmax, v_absmax, v_max_absmax),
+        kahan_comp, master_params, h.amsgrad)
+    flags = flags_8bit(h, arrays[0], arrays[1], arrays[2] is not None, arrays[3] is not None)
+    apply_8bit(kind, tuple(arrays), codes, absmax, h, flags, step, grad_scale=scale,
+               num_threads=threads)

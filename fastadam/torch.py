@@ -33,7 +33,7 @@ from ._slots import PARAM_DTYPE
 from .functional import hyper
 from .optimizer import Adam as _ArrayAdam
 
-__all__ = ["Adam", "AdamW"]
+__all__ = ["Adam", "AdamW", "Adam8bit", "AdamW8bit"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64,
            torch.complex64, torch.complex128)
@@ -379,3 +379,6 @@ class AdamW(_FusedStep, torch.optim.AdamW):
                                    maximize=maximize, foreach=foreach, capturable=capturable,
                                    differentiable=differentiable, fused=fused)
         self._fastadam_init()
+
+
+from ._torch8bit import Adam8bit, AdamW8bit  # noqa: E402  (it reads _array from here)

@@ -1,0 +1,141 @@
+"""The fused 8-bit Adam step on the CPU: one pass over memory, block by block.
+
+Per block of 256 elements, while it is in cache: decode m and v (and v_max) into
+float scratch, run the element update of ``_element.py`` on them (every option
+of the 32-bit step), find each moment's new absmax, and encode it against that.
+Every loop is a plain loop over one block, so each one vectorizes; the encoding
+reads ``quant8.Encoder`` tables instead of searching.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numba
+import numpy as np
+from numba import prange
+
+from . import _element, quant8
+from ._cpu import _bits_from_f32, _f32_from_bits, _shares, converters, with_threads
+from ._scalars import Flags, compute_dtype
+
+OVERLAP = 1
+BLOCKS_PER_TASK = 64  # 16K elements per parallel task: its scratch is allocated once
+_KEY_LOW, _KEY_HIGH = np.uint32(quant8.KEY_LOW), np.uint32(quant8.KEY_HIGH)
+_KEY_SHIFT, _KEYS = np.uint32(quant8.KEY_SHIFT), quant8.KEYS
+_FINITE_BELOW = np.uint32(0x7F800000)  # magnitude bits of inf
+_MAGNITUDE = np.uint32(0x7FFFFFFF)
+BLOCK = quant8.BLOCK
+
+
+@numba.njit(inline="always")
+def _decode(codes, table, absmax, out, n):
+    for j in range(n):
+        out[j] = table[codes[j]] * absmax
+
+
+@numba.njit(inline="always")
+def _absmax(x, n):
+    # The largest finite magnitude, on the bits: an integer max vectorizes.
+    top = np.uint32(0)
+    for j in range(n):
+        bits = np.uint32(_bits_from_f32(np.float32(x[j])) & _MAGNITUDE)
+        if bits >= _FINITE_BELOW:
+            bits = np.uint32(0)
+        top = max(top, bits)
+    return _f32_from_bits(top)
+
+
+@numba.njit(inline="always")
+def _encode(x, n, absmax, codes, keys, thresholds, table):
+    inverse = np.float32(1.0) / absmax if absmax > 0 else np.float32(0.0)
+    for j in range(n):
+        value = np.float32(x[j])
+        if value - value != 0:  # NaN or inf: stored as 0
+            value = np.float32(0.0)
+        bits = np.uint32(_bits_from_f32(value * inverse))
+        sign = np.int64(bits >> np.uint32(31))
+        magnitude = np.uint32(bits & _MAGNITUDE)
+        key = np.int64((min(max(magnitude, _KEY_LOW), _KEY_HIGH) - _KEY_LOW) >> _KEY_SHIFT)
+        position = np.int64(keys[sign * _KEYS + key])
+        if magnitude > thresholds[sign * BLOCK + position]:
+            position += 1
+        codes[j] = table[sign * BLOCK + position]
+
+
+@cache
+def fused_kernel(flags: Flags):
+    """The compiled kernel ``(param, grad, m_codes, v_codes, v_max_codes, m_absmax,
+    v_absmax, v_max_absmax, comp, master, coef, tables) -> 0``.
+
+    Arrays are 1-D kernel views (16-bit ones as uint16); unused ones (v_max, comp,
+    master) may be placeholders. ``flags.state`` is the compute kind the moments are
+    decoded to. ``tables``: ``tables()``. Returns ``OVERLAP``, changing nothing, if
+    grad shares memory with an array the step writes.
+    """
+    update = _element.make(numba.njit(inline="always"), flags,
+                           converters(compute_dtype(flags.param)))
+    compute = np.dtype(compute_dtype(flags.param)).type
+    amsgrad = flags.amsgrad
+
+    @numba.njit(parallel=True, nogil=True)
+    def kernel(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax, v_max_absmax,
+               comp, master, coef, m_map, v_map, m_keys, m_thresholds, m_table, v_keys,
+               v_thresholds, v_table):
+        if (_shares(grad, param) or _shares(grad, m_codes) or _shares(grad, v_codes)
+                or _shares(grad, v_max_codes) or _shares(grad, m_absmax)
+                or _shares(grad, v_absmax) or _shares(grad, v_max_absmax)
+                or _shares(grad, comp) or _shares(grad, master)):
+            return OVERLAP
+        c0, c1, c2, c3, c4, c5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
+        c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]
+        n = param.size
+        n_blocks = (n + BLOCK - 1) // BLOCK
+        tasks = (n_blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK
+        for task in prange(tasks):
+            m = np.empty(BLOCK, compute)
+            v = np.empty(BLOCK, compute)
+            v_max = np.empty(BLOCK if amsgrad else 1, compute)
+            for b in range(task * BLOCKS_PER_TASK, min((task + 1) * BLOCKS_PER_TASK, n_blocks)):
+                s = b * BLOCK
+                e = min(s + BLOCK, n)
+                size = e - s
+                _decode(m_codes[s:e], m_map, m_absmax[b], m, size)
+                _decode(v_codes[s:e], v_map, v_absmax[b], v, size)
+                if amsgrad:
+                    _decode(v_max_codes[s:e], v_map, v_max_absmax[b], v_max, size)
+                p, g = param[s:e], grad[s:e]
+                k, w = comp[s:e], master[s:e]
+                for j in range(size):
+                    update(j, p, g, m, v, v_max, k, w, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
+                           c10)
+                top = _absmax(m, size)
+                m_absmax[b] = top
+                _encode(m, size, top, m_codes[s:e], m_keys, m_thresholds, m_table)
+                top = _absmax(v, size)
+                v_absmax[b] = top
+                _encode(v, size, top, v_codes[s:e], v_keys, v_thresholds, v_table)
+                if amsgrad:
+                    top = _absmax(v_max, size)
+                    v_max_absmax[b] = top
+                    _encode(v_max, size, top, v_max_codes[s:e], v_keys, v_thresholds, v_table)
+        return 0
+
+    return kernel
+
+
+@cache
+def tables() -> tuple:
+    """The maps and encoder tables the kernel takes, in its argument order."""
+    signed, unsigned = quant8.encoder(True), quant8.encoder(False)
+    return (quant8.dynamic_map(True), quant8.dynamic_map(False), signed.keys,
+            signed.thresholds, signed.codes, unsigned.keys, unsigned.thresholds,
+            unsigned.codes)
+
+
+def adam_step_8bit_cpu(arrays: tuple, flags: Flags, coef: np.ndarray,
+                       num_threads: int | None) -> None:
+    """Run the kernel on checked kernel views ``(param, grad, m_codes, v_codes,
+    v_max_codes, m_absmax, v_absmax, v_max_absmax, comp, master)``."""
+    if with_threads(num_threads, fused_kernel(flags), *arrays, coef, *tables()) == OVERLAP:
+        raise ValueError("grad overlaps an array the step writes")  # checked before: a bug
