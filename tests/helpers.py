@@ -75,3 +75,22 @@ def assert_close(got, want, dtype):
     """``got`` is ``want`` to a few roundings of ``dtype``, relative to the largest value."""
     rtol = RTOL[dtype]
     np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
+
+
+def counting(monkeypatch, name):
+    """Record the launch configurations of ``fastadam._cuda.<name>`` kernels."""
+    from fastadam import _cuda
+
+    launches = []
+    real = getattr(_cuda, name)
+
+    class Counting:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, config):
+            launches.append(config)
+            return self.kernel[config]
+
+    monkeypatch.setattr(_cuda, name, lambda *args, **kwargs: Counting(real(*args, **kwargs)))
+    return launches

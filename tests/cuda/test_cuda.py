@@ -6,7 +6,7 @@ tests run unchanged on a real GPU.
 
 import numpy as np
 import pytest
-from helpers import OPTIONS, assert_close, make_state
+from helpers import OPTIONS, assert_close, counting, make_state
 from reference import adam_f64
 
 import fastadam
@@ -71,23 +71,6 @@ def test_state_dict_round_trip_on_device(rng):
     for g in grads[3:]:
         resumed.step(cuda.to_device(g))
     np.testing.assert_array_equal(resumed.params.copy_to_host(), whole.params.copy_to_host())
-
-
-def counting(monkeypatch, name):
-    """Record the launch configurations of ``_cuda.<name>`` kernels."""
-    launches = []
-    real = getattr(_cuda, name)
-
-    class Counting:
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, config):
-            launches.append(config)
-            return self.kernel[config]
-
-    monkeypatch.setattr(_cuda, name, lambda flags: Counting(real(flags)))
-    return launches
 
 
 def test_one_launch_per_step_covers_everything(rng, monkeypatch):

@@ -7,8 +7,9 @@ torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("needs torch with a CUDA GPU (nox -s gpu)", allow_module_level=True)
 
+from helpers import counting  # noqa: E402
+
 import fastadam.torch  # noqa: E402
-from fastadam import _cuda  # noqa: E402
 
 SHAPES = [(768, 2304), (2304,), (50, 768), (7,), (3, 4, 5)]
 
@@ -25,19 +26,7 @@ def _twins(dtype, **options):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("options", [{}, {"amsgrad": True, "maximize": True}])
 def test_a_cuda_list_steps_in_one_launch_per_batch_as_torch_fused(monkeypatch, dtype, options):
-    launches = []
-    real = _cuda.multi_kernel
-
-    class Counting:
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, config):
-            launches.append(config)
-            return self.kernel[config]
-
-    monkeypatch.setattr(_cuda, "multi_kernel", lambda flags, counted=False:
-                        Counting(real(flags, counted)))
+    launches = counting(monkeypatch, "multi_kernel")
     ours_opt, theirs_opt, ours, theirs, gen = _twins(dtype, **options)
     for step in range(5):
         for a, b in zip(ours, theirs):
