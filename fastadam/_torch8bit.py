@@ -81,7 +81,8 @@ class _Adam8bit(torch.optim.Optimizer):
                                     f"{p.dtype} tensor on {p.device}")
                 state = self.state.get(p) or self._fresh(p)
                 param, grad = _numpy(p.detach()), _numpy(p.grad.detach().contiguous())
-                if state["state1"].dtype == torch.uint8:
+                eight = state["state1"].dtype == torch.uint8
+                if eight:
                     arrays = check.step_arrays_8bit(
                         "cpu", param, grad,
                         (state["state1"].numpy(), state["state2"].numpy(), None),
@@ -91,10 +92,10 @@ class _Adam8bit(torch.optim.Optimizer):
                     arrays = check.step_arrays("cpu", param, grad, state["state1"].numpy(),
                                                state["state2"].numpy(), None, None, None,
                                                False)
-                planned.append((p, state, h, arrays))
-        for p, state, h, arrays in planned:  # all checked: write
+                planned.append((p, state, h, eight, arrays))
+        for p, state, h, eight, arrays in planned:  # all checked: write
             step = int(state["step"]) + 1
-            if len(arrays) == 6:
+            if eight:
                 *views, codes, absmax = arrays
                 flags = flags_8bit(h, views[0], views[1], False, False)
                 apply_8bit("cpu", tuple(views), codes, absmax, h, flags, step)
