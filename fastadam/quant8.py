@@ -8,9 +8,9 @@ code bitsandbytes' CUDA kernel picks: its binary search over the map, whose
 ties (a value exactly on a float32 midpoint) go to the last code it probed,
 and for m, a code of the value's sign (a tiny negative m never becomes +0).
 
-The search is ``encode_reference``; the kernels use ``Encoder`` tables that
-give the same code in a few integer operations and three table reads, without
-a data-dependent loop, so the encoding vectorizes.
+The search is ``encode_reference``; the kernels use an ``Encoder`` table that
+gives the same code in a few integer operations and one table read, without a
+data-dependent loop, so the encoding vectorizes.
 """
 
 from __future__ import annotations
@@ -95,49 +95,51 @@ def _search(q: np.ndarray, x, signed: bool) -> int:
 
 
 # The encoder reads a value's float32 bits: sign, then magnitude. Magnitudes below
-# 2**-32 all take the code nearest 0; from there up to 1.0 a table indexed by the
-# exponent and the top 8 mantissa bits holds the code index at the start of each such
-# bucket, and one comparison with the next threshold settles it: no bucket holds two
-# thresholds (checked when the tables are built).
+# 2**-32 all take the code nearest 0; from there up to 1.0 the exponent and the top 8
+# mantissa bits pick a bucket, and one table entry per bucket says how many codes out
+# from 0 its start lies (its position) and where in it, if anywhere, the next
+# threshold lies: no bucket holds two (checked when the table is built). The code is
+# then arithmetic, so an encoding is one table read, which vectorizes as a gather.
 KEY_SHIFT = 15
 KEY_LOW = int(np.array(2.0**-32, dtype=_F32).view(np.uint32))
 KEY_HIGH = int(np.array(1.0, dtype=_F32).view(np.uint32))
 KEYS = ((KEY_HIGH - KEY_LOW) >> KEY_SHIFT) + 1
+NO_THRESHOLD = 0xFFFF  # above any offset in a bucket (offsets are < 2**KEY_SHIFT)
 
 
 class Encoder:
-    """Tables for one map: ``keys`` (2 * KEYS uint8: per sign, the position at a
-    bucket's start), ``thresholds`` (2 * 256 uint32 bit patterns: per sign, the
-    magnitude above which the next position applies) and ``codes`` (2 * 256 uint8:
-    per sign and position, the code)."""
+    """The table of one map: ``entries``, 2 * KEYS uint32, per sign and bucket: bits 0-7
+    the bucket start's position (codes out from 0), bits 8-23 the offset in the bucket
+    above which the position is one more (``NO_THRESHOLD``: none). ``zero``: the code of
+    0. A value's code is the zero's plus its position, or for a negative one the zero's
+    minus at least 1 (bitsandbytes' sign fix; the unsigned map puts -0.0 at 0)."""
 
     def __init__(self, signed: bool) -> None:
         q = dynamic_map(signed)
-        zero = int(np.flatnonzero(q == 0)[0])
-        self.keys = np.zeros(2 * KEYS, dtype=np.uint8)
-        self.thresholds = np.full(2 * BLOCK, np.iinfo(np.uint32).max, dtype=np.uint32)
-        self.codes = np.zeros(2 * BLOCK, dtype=np.uint8)
-        sides = [list(range(zero, BLOCK))]  # codes in order of magnitude, per sign
-        sides.append(list(range(zero, -1, -1)) if signed else [zero])
-        starts = (np.arange(KEYS, dtype=np.uint32) << KEY_SHIFT) + np.uint32(KEY_LOW)
-        starts[0] = 0
-        for sign, side in enumerate(sides):
-            codes = list(side)
-            if signed and sign:  # a negative value never takes the +0 code
-                codes[0] = zero - 1
-            self.codes[sign * BLOCK:sign * BLOCK + len(codes)] = codes
-            thresholds = [self._threshold(q, a, b, signed, sign) for a, b in zip(side, side[1:])]
-            limits = np.array(thresholds, dtype=np.uint32)
-            self.thresholds[sign * BLOCK:sign * BLOCK + len(limits)] = limits
+        self.signed = signed
+        self.zero = int(np.flatnonzero(q == 0)[0])
+        self.entries = np.zeros(2 * KEYS, dtype=np.uint32)
+        starts = (np.arange(KEYS, dtype=np.int64) << KEY_SHIFT) + KEY_LOW
+        starts[0] = 0  # the first bucket also holds every magnitude below KEY_LOW
+        ends = np.append(starts[1:] - 1, KEY_HIGH)
+        outward = [range(self.zero, BLOCK)]  # codes in order of magnitude, per sign
+        if signed:
+            outward.append(range(self.zero, -1, -1))
+        for sign, side in enumerate(outward):
+            limits = np.array([self._threshold(q, a, b, signed) for a, b in zip(side, side[1:])],
+                              dtype=np.int64)
             at_start = np.searchsorted(limits, starts, side="left")  # thresholds below a start
-            ends = np.append(starts[1:] - 1, np.uint32(KEY_HIGH))
             at_end = np.searchsorted(limits, ends, side="left")
             if np.any(at_end - at_start > 1):
                 raise AssertionError("a bucket holds two thresholds: widen the key")
-            self.keys[sign * KEYS:(sign + 1) * KEYS] = at_start
+            inside = at_end > at_start
+            limit = limits[np.minimum(at_start, len(limits) - 1)]
+            offsets = np.where(inside, limit - np.maximum(starts, KEY_LOW), NO_THRESHOLD)
+            self.entries[sign * KEYS:(sign + 1) * KEYS] = at_start | (offsets << 8)
+        self.entries.flags.writeable = False
 
     @staticmethod
-    def _threshold(q, a: int, b: int, signed: bool, sign: int) -> int:
+    def _threshold(q, a: int, b: int, signed: bool) -> int:
         # The magnitude bits above which code b (farther from 0) beats code a: their
         # float32 midpoint, or one below it where the search sends the midpoint to b.
         mid = (q[a] + q[b]) * _F32(0.5)
@@ -147,21 +149,24 @@ class Encoder:
 
 @cache
 def encoder(signed: bool) -> Encoder:
-    """The encoder tables of the signed (m) or unsigned (v) map."""
+    """The encoder table of the signed (m) or unsigned (v) map."""
     return Encoder(signed)
 
 
 def encode(x, signed: bool) -> np.ndarray:
-    """Codes for normalized values ``x`` through the tables (NumPy, vectorized): what
-    the kernels compute, equal to ``encode_reference``."""
+    """Codes for normalized values ``x`` through the table (NumPy, vectorized): what the
+    kernels compute, equal to ``encode_reference``."""
     e = encoder(signed)
     bits = np.asarray(x, dtype=_F32).reshape(-1).view(np.uint32)
     sign = (bits >> 31).astype(np.int64)
-    magnitude = bits & np.uint32(0x7FFFFFFF)
-    key = (np.clip(magnitude, KEY_LOW, KEY_HIGH) - KEY_LOW) >> KEY_SHIFT
-    position = e.keys[sign * KEYS + key].astype(np.int64)
-    position += magnitude > e.thresholds[sign * BLOCK + position]
-    return e.codes[sign * BLOCK + position]
+    clamped = np.clip(bits & np.uint32(0x7FFFFFFF), KEY_LOW, KEY_HIGH) - np.uint32(KEY_LOW)
+    entry = e.entries[sign * KEYS + (clamped >> KEY_SHIFT)]
+    offset = clamped & np.uint32((1 << KEY_SHIFT) - 1)
+    position = (entry & np.uint32(0xFF)).astype(np.int64) + (offset > (entry >> 8))
+    if not signed:
+        return np.where(sign == 1, e.zero, e.zero + position).astype(np.uint8)
+    return np.where(sign == 1, e.zero - np.maximum(position, 1), e.zero + position).astype(
+        np.uint8)
 
 
 def quantize(x: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray]:
