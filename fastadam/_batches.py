@@ -39,7 +39,8 @@ def batched(groups: list, make, smallest: int = 2) -> list:
     for _, slots in groups:
         by_key: dict = {}
         for slot in slots:
-            by_key.setdefault(slot.flags._replace(grad=""), []).append((index, slot))
+            if slot.absmax is None:  # 8-bit slots step one by one, each in parallel blocks
+                by_key.setdefault(slot.flags._replace(grad=""), []).append((index, slot))
             index += 1
         out.append([make([i for i, _ in members], [s for _, s in members])
                     for members in by_key.values() if len(members) >= smallest])
@@ -57,7 +58,8 @@ class HostBatches:
         self.sizes = np.array([s.flat.size for s in slots_all], dtype=np.int64)
         self.chunks = _cpu.chunk_table(self.sizes)
         # The optimizer's memory (params and state, disjoint), sorted: no gradient may touch it.
-        arrays = [a for s in slots_all for a in (s.flat, *s.state) if a is not None and a.size]
+        arrays = [a for s in slots_all for a in (s.flat, *s.state, *(s.absmax or ()))
+                  if a is not None and a.size]
         self.owned = Owned([_cpu.address(as_kernel_array(a)) for a in arrays],
                            [a.nbytes for a in arrays])
 

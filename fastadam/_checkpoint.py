@@ -30,7 +30,7 @@ def save(path, state_dict: dict) -> None:
         for name, value in entry.items():
             if isinstance(value, np.ndarray):
                 key = f"{i}.{name}"
-                dtypes[key] = kind(value.dtype)
+                dtypes[key] = kind(value.dtype) or value.dtype.name  # uint8: 8-bit codes
                 arrays[key] = value.view(np.uint16) if value.itemsize == 2 else value
     header = {"format": FORMAT, "version": VERSION, "steps": steps,
               "param_groups": state_dict["param_groups"], "dtypes": dtypes}
@@ -100,6 +100,8 @@ def _restore(array: np.ndarray, dtype_name, path) -> np.ndarray:
         except ImportError as e:
             raise ImportError(f"{path} holds bfloat16 state: pip install ml_dtypes") from e
         return array.view(ml_dtypes.bfloat16)
+    if dtype_name == "uint8" and array.dtype == np.uint8:
+        return array
     if dtype_name not in ("float16", "float32", "float64") or array.dtype.name not in (
             dtype_name, "uint16"):
         raise ValueError(f"{path} is damaged: an array of dtype {array.dtype} for {dtype_name!r}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validate as check
-from ._dispatch import all_finite, apply, kernel_views
+from ._dispatch import all_finite, apply, apply_8bit, kernel_views
 from ._scalars import STEP_DEPENDENT, coefficients, compute_dtype, step_coefficients
 from ._slots import STATE_KEYS
 
@@ -29,7 +29,7 @@ class Plans:
         self.num_threads, self.skip_nonfinite = num_threads, skip_nonfinite
         self.guarded = _guarded(slots, single, adopted)
         self.host = self.gpu = self.one = self.steps = None
-        if single and backend == "cpu" and not skip_nonfinite:
+        if single and backend == "cpu" and not skip_nonfinite and slots[0].absmax is None:
             self.one = OneHostArray(slots[0], num_threads)
         if backend == "cuda" and skip_nonfinite:  # decided on the device: no waiting
             from ._cuda import StepCount
@@ -157,6 +157,12 @@ class Plans:
             grad_kind = check.kind(flat.dtype)
             if slot.flags.grad != grad_kind:
                 slot.flags = slot.flags._replace(grad=grad_kind)
+            if slot.absmax is not None:
+                apply_8bit(self.backend, (slot.flat, flat, *slot.state[3:]),
+                           tuple(slot.state[:3]), tuple(slot.absmax), h, slot.flags,
+                           slot.step + 1, grad_scale=scale, num_threads=self.num_threads)
+                slot.step += 1
+                continue
             arrays = (slot.flat, flat, *slot.state)
             if steps is not None:
                 from ._cuda import adam_step_cuda_counted

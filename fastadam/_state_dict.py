@@ -22,7 +22,7 @@ def build(slots: list, param_groups: list, options: dict, backend: str) -> dict:
 
 def checked(state_dict, groups: list, slots: list, param_groups: list, options: dict,
             backend: str) -> tuple[list, list]:
-    """(each group's hyperparameters, each slot's (step, state arrays)) from
+    """(each group's hyperparameters, each slot's (step, state arrays, absmax)) from
     ``state_dict``, every part checked; raises naming the entry."""
     if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
         raise ValueError("state_dict must be a dict with keys 'state' and 'param_groups'")

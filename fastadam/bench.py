@@ -38,13 +38,16 @@ CONFIGS = {
     "no_kahan": {"kahan_summation": False},
     "master": {"master_weights": True},
     "bf16_state": {"state_dtype": "bfloat16"},
+    "8bit": {"state_dtype": "8bit"},
 }
 SIXTEEN_BIT_ONLY = ("kahan", "no_kahan", "master")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 DEFAULT_DTYPES = ("float32", "bfloat16", "float16")
 # Every option on every param dtype, each with the user's defaults, so no cliff can hide.
-_SIXTEEN_BIT_CONFIGS = ("adam", "no_kahan", "master", "amsgrad", "skip_nonfinite", "bf16_state")
-DEFAULT_CONFIGS = {"float32": ("adam", "adamw", "amsgrad", "skip_nonfinite", "bf16_state"),
+_SIXTEEN_BIT_CONFIGS = ("adam", "no_kahan", "master", "amsgrad", "skip_nonfinite", "bf16_state",
+                        "8bit")
+DEFAULT_CONFIGS = {"float32": ("adam", "adamw", "amsgrad", "skip_nonfinite", "bf16_state",
+                               "8bit"),
                    "float64": ("adam",),
                    "bfloat16": _SIXTEEN_BIT_CONFIGS,
                    "float16": _SIXTEEN_BIT_CONFIGS}
@@ -76,17 +79,19 @@ def adam_options(dtype: str, config: str) -> dict:
 
 
 def step_arrays(opt) -> list:
-    """The arrays one step of ``opt`` (on one params array) reads and writes, grad excluded."""
+    """The arrays of the params' size one step of ``opt`` (on one params array) reads and
+    writes, grad excluded (8-bit states: the codes)."""
     slot = opt._slots[0]
     return [slot.flat] + [a for a in slot.state if a is not None]
 
 
 def traffic_bytes(opt, grad) -> int:
     """Bytes one step must move at the least: each array read once, each state written
-    once (the params and every state array), plus a second read of the gradient when
-    ``skip_nonfinite`` checks it first."""
+    once (the params and every state array, 8-bit ones' absmax too), plus a second read
+    of the gradient when ``skip_nonfinite`` checks it first."""
     grad_reads = 2 if opt.options["skip_nonfinite"] else 1
-    return 2 * sum(a.nbytes for a in step_arrays(opt)) + grad_reads * grad.nbytes
+    absmax = sum(a.nbytes for a in opt._slots[0].absmax or () if a is not None)
+    return 2 * (sum(a.nbytes for a in step_arrays(opt)) + absmax) + grad_reads * grad.nbytes
 
 
 @dataclass
@@ -163,6 +168,7 @@ def _share_state(source, targets) -> None:
     # The contenders step the same arrays: one set of state in memory, not one per contender.
     for opt in targets:
         opt._slots[0].state = source._slots[0].state
+        opt._slots[0].absmax = source._slots[0].absmax
 
 
 def fastadam_contenders(n, dtype, config, rng, threads_list):
@@ -198,10 +204,13 @@ def torch_optimizer(config: str):
 
 
 def torch_contenders(param, grad, config, threads) -> list[Contender]:
-    """torch.optim.Adam/AdamW fused and foreach on the same param and grad memory."""
+    """torch.optim.Adam/AdamW fused and foreach on the same param and grad memory; for
+    8-bit states, torch's fp32-state Adam and, where installed, bitsandbytes' and
+    torchao's 8-bit AdamW."""
     import torch
 
-    cls, kw = torch_optimizer(config)
+    eight = config == "8bit"
+    cls, kw = torch_optimizer("adam" if eight else config)
     if cls is None or param.dtype not in (np.float32, np.float64):
         return []
     torch.set_num_threads(threads)
@@ -210,7 +219,35 @@ def torch_contenders(param, grad, config, threads) -> list[Contender]:
         p = torch.from_numpy(param)
         p.grad = torch.from_numpy(grad)
         opt = cls([p], **kw, **{impl: True})
-        out.append(Contender(f"torch-{impl}", threads, opt.step))
+        out.append(Contender(f"torch-{impl}" + ("-fp32" if eight else ""), threads, opt.step))
+    if eight and param.dtype == np.float32:
+        out += _eight_bit_peers(param, grad, threads)
+    return out
+
+
+def _eight_bit_peers(param, grad, threads) -> list[Contender]:
+    """bitsandbytes' and torchao's 8-bit AdamW on copies of param (where installed)."""
+    import torch
+
+    makers = []
+    try:
+        import bitsandbytes
+
+        makers.append(("bitsandbytes-8bit", bitsandbytes.optim.AdamW8bit))
+    except ImportError:
+        pass
+    try:
+        from torchao.optim import AdamW8bit
+
+        makers.append(("torchao-8bit", AdamW8bit))
+    except ImportError:
+        pass
+    out = []
+    for name, cls in makers:
+        p = torch.nn.Parameter(torch.from_numpy(param.copy()))
+        p.grad = torch.from_numpy(grad)
+        opt = cls([p], weight_decay=0.0)
+        out.append(Contender(name, threads, opt.step))
     return out
 
 
@@ -235,6 +272,8 @@ def cuda_contenders(n, dtype, config, rng, peers):
     from ._cuda import memory_only_kernel
     from .optimizer import Adam
 
+    if config == "8bit":  # 8-bit states step on the CPU only
+        return None
     kw = adam_options(dtype, config)
     np_dtype = numpy_dtype(dtype)
 
@@ -586,7 +625,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--threads", type=int, default=None, help="the multi-threaded count (default: all)"
     )
-    p.add_argument("--peers", action="store_true", help="add torch.optim.Adam fused and foreach")
+    p.add_argument("--peers", action="store_true",
+                   help="add torch.optim.Adam fused and foreach (with --configs 8bit: "
+                        "torch's fp32 step, and bitsandbytes' and torchao's 8-bit AdamW "
+                        "where installed)")
     p.add_argument(
         "--quick", action="store_true", help="1M and 16M float32 Adam only: under a minute"
     )

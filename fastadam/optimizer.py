@@ -44,6 +44,14 @@ class Adam:
       updates still accumulate and the params follow the fp32 trajectory.
     - ``master_weights``: a float32 copy of the params lives in the state; the
       16-bit params get it rounded after every step.
+    - ``state_dtype="8bit"`` (any params dtype): m and v (and amsgrad's v_max) in
+      bitsandbytes' blockwise 8-bit format, about 2 bytes per param instead of 8,
+      for arrays of ``fastadam.quant8.MIN_8BIT_SIZE`` (4096) elements or more;
+      smaller ones keep 32-bit moments. CPU only. ``state_dict()`` then holds,
+      per array, the codes (``state1``, ``state2``, ``state3``), the absmax per
+      block (``absmax1`` ...) and the maps (``qmap1``, ``qmap2``), bitsandbytes'
+      names; 32-bit moments load into it quantized, and its state into a 32-bit
+      optimizer decoded.
     - ``skip_nonfinite``: a step whose gradient holds NaN or inf changes nothing
       and ``step`` returns False. It costs one extra read of the gradient (on
       the GPU also a wait for the result).
@@ -85,7 +93,7 @@ class Adam:
         self._backend = resolve(check.backend(backend), specs[0]["params"][0])
         self._num_threads = check.num_threads(num_threads)
         self._skip_nonfinite = check.flag("skip_nonfinite", skip_nonfinite)
-        options = Options(state_dtype, kahan_summation, master_weights)
+        options = self._options = Options(state_dtype, kahan_summation, master_weights)
         arrays = [a for spec in specs for a in spec["params"]]
         names = ["params"] if self._single else [f"params[{i}]" for i in range(len(arrays))]
         views = [self._checked(name, a) for name, a in zip(names, arrays)]
@@ -163,7 +171,7 @@ class Adam:
         """What the state holds: fixed at construction."""
         flags = self._slots[0].flags
         return {
-            "state_dtype": self._slots[0].state_dtype.name,
+            "state_dtype": self._options.name(self._slots[0]),
             "kahan_summation": flags.kahan,
             "master_weights": flags.master,
             "skip_nonfinite": self._skip_nonfinite,
@@ -209,14 +217,14 @@ class Adam:
         """
         hypers, loaded = _state_dict.checked(state_dict, self._groups, self._slots,
                                              self.param_groups, self.options, self._backend)
-        if self._plans.steps is not None and len({step for step, _ in loaded}) > 1:
+        if self._plans.steps is not None and len({step for step, *_ in loaded}) > 1:
             raise ValueError("state_dict['state'] entries differ in 'step'; on the GPU with "
                              "skip_nonfinite the optimizer keeps one step count")
         # Everything is checked: commit.
         self._groups = [(h, slots) for h, (_, slots) in zip(hypers, self._groups)]
         slot_hypers = [h for h, slots in self._groups for _ in slots]
-        for slot, h, (step, arrays) in zip(self._slots, slot_hypers, loaded):
-            slot.restore(h, step, arrays)
+        for slot, h, (step, arrays, absmax) in zip(self._slots, slot_hypers, loaded):
+            slot.restore(h, step, arrays, absmax)
         self._replan()
 
     def _adopt_state(self, steps: list[int], moments: list[tuple]) -> None:
@@ -229,8 +237,9 @@ class Adam:
         slot_hypers = [h for h, group in self._groups for _ in group]
         for i, (slot, h, step, arrays) in enumerate(zip(self._slots, slot_hypers, steps,
                                                         moments)):
-            if slot.flags.kahan or slot.flags.master:
-                raise ValueError("adopted state has no Kahan compensation or master params")
+            if slot.flags.kahan or slot.flags.master or slot.absmax is not None:
+                raise ValueError("adopted state has no Kahan compensation, master params "
+                                 "or 8-bit moments")
             step = check.step(step + 1) - 1  # an int >= 0
             named[f"params[{i}]"] = slot.array
             views = []

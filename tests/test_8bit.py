@@ -329,3 +329,165 @@ def test_a_small_model_trains_like_torch_adamw():
 
     ours, reference = run(ft.AdamW8bit), run(torch.optim.AdamW)
     assert abs(ours - reference) <= 0.02 * reference + 1e-3, (ours, reference)
+
+
+# --- fastadam.Adam(state_dtype="8bit") ---------------------------------------------------
+
+
+def _params_8bit(rng, dtype=F32):
+    # two arrays take 8-bit states (one ragged, one 2-D), one stays under min_8bit_size
+    return [rng.standard_normal(5003).astype(dtype), rng.standard_normal((5, 1031)).astype(dtype),
+            rng.standard_normal(999).astype(dtype)]
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_optimizer_steps_as_the_functional_8bit_step(rng, option):
+    """Adam(state_dtype="8bit") on a list with groups is adam_step_8bit per array, bit for bit;
+    arrays under min_8bit_size step as the 32-bit optimizer does."""
+    options = dict(OPTIONS[option])
+    scale = options.pop("grad_scale", None)
+    amsgrad = options.get("amsgrad", False)
+    params = _params_8bit(rng)
+    twins = [p.copy() for p in params]
+    small = fastadam.Adam([twins[2]], lr=1e-2, **options)
+    groups = [{"params": params[:2]}, {"params": [params[2]], "lr": 1e-2}]
+    opt = fastadam.Adam(groups, lr=2e-2, state_dtype="8bit", **options)
+    assert opt.options["state_dtype"] == "8bit"
+    states = [_state(p.size, amsgrad) for p in params[:2]]
+    functional = {k: v for k, v in options.items() if k != "amsgrad"}
+    for step in range(1, 5):
+        grads = [rng.standard_normal(p.shape).astype(F32) for p in params]
+        assert opt.step(grads, grad_scale=scale)
+        for twin, g, state in zip(twins, grads, states):
+            _step(twin, g, *state, step, "cpu", lr=2e-2, grad_scale=scale, **functional)
+        small.step([grads[2]], grad_scale=scale)
+    for a, b in zip(params, twins):
+        np.testing.assert_array_equal(a, b)
+    sd = opt.state_dict()
+    for i, (codes, absmax) in enumerate(states):
+        entry = sd["state"][i]
+        assert entry["state1"].shape == params[i].shape and entry["absmax1"].dtype == F32
+        for k, (c, a) in enumerate(zip(codes, absmax), 1):
+            np.testing.assert_array_equal(entry[f"state{k}"].reshape(-1), c)
+            np.testing.assert_array_equal(entry[f"absmax{k}"], a)
+        np.testing.assert_array_equal(entry["qmap1"], quant8.dynamic_map(True))
+    assert "exp_avg" in sd["state"][2] and "state1" not in sd["state"][2]
+
+
+@pytest.mark.parametrize("kind", ["float16", "bfloat16", "float64"])
+def test_optimizer_8bit_with_every_param_dtype(rng, kind):
+    dtype = np.dtype(optional("ml_dtypes").bfloat16) if kind == "bfloat16" else np.dtype(kind)
+    for extra in ([{}] if kind == "float64" else [{}, {"master_weights": True}]):
+        params = _params_8bit(rng, dtype)[:1]
+        start = params[0].copy()
+        twin = params[0].copy()
+        opt = fastadam.AdamW(params, lr=1e-2, state_dtype="8bit", **extra)
+        state = _state(twin.size)
+        comp = ({"master_params": twin.astype(F32)} if extra else
+                {} if kind == "float64" else {"kahan_comp": np.zeros(twin.size, dtype)})
+        for step in range(1, 4):
+            g = rng.standard_normal(twin.size).astype(dtype)
+            opt.step([g])
+            _step(twin, g, *state, step, "cpu", lr=1e-2, weight_decay=1e-2,
+                  decoupled_weight_decay=True, **comp)
+        np.testing.assert_array_equal(params[0].view(np.uint8), twin.view(np.uint8))
+        assert not np.array_equal(params[0].view(np.uint8), start.view(np.uint8))
+
+
+def test_optimizer_8bit_save_load_continues_exactly(rng, tmp_path):
+    params = _params_8bit(rng)
+    opt = fastadam.AdamW(params, lr=1e-2, state_dtype="8bit", amsgrad=True)
+    grads = [[rng.standard_normal(p.shape).astype(F32) for p in params] for _ in range(6)]
+    for g in grads[:3]:
+        opt.step(g)
+    opt.save(tmp_path / "opt.npz")
+    copies = [p.copy() for p in params]
+    other = fastadam.AdamW(copies, lr=1e-2, state_dtype="8bit", amsgrad=True)
+    other.load(tmp_path / "opt.npz")
+    for g in grads[3:]:
+        opt.step(g)
+        other.step(g)
+    for a, b in zip(params, copies):
+        np.testing.assert_array_equal(a, b)
+    assert other.step_count == 6
+
+
+def test_optimizer_moments_convert_between_32_and_8_bits(rng):
+    """A 32-bit state_dict loads into an 8-bit optimizer quantized, and back decoded."""
+    params = _params_8bit(rng)
+    opt32 = fastadam.Adam([p.copy() for p in params], lr=1e-2)
+    for _ in range(3):
+        opt32.step([rng.standard_normal(p.shape).astype(F32) for p in params])
+    sd32 = opt32.state_dict()
+    opt8 = fastadam.Adam([p.copy() for p in params], lr=1e-2, state_dtype="8bit")
+    opt8.load_state_dict(sd32)
+    sd8 = opt8.state_dict()
+    for i in (0, 1):
+        m = sd32["state"][i]["exp_avg"].reshape(-1)
+        codes, absmax = quant8.quantize(m, True)
+        np.testing.assert_array_equal(sd8["state"][i]["state1"].reshape(-1), codes)
+        np.testing.assert_array_equal(sd8["state"][i]["absmax1"], absmax)
+    back = fastadam.Adam([p.copy() for p in params], lr=1e-2)
+    back.load_state_dict(sd8)
+    for i in (0, 1):
+        v = back.state_dict()["state"][i]["exp_avg_sq"]
+        want = quant8.dequantize(sd8["state"][i]["state2"], sd8["state"][i]["absmax2"], False)
+        np.testing.assert_array_equal(v.reshape(-1), want)
+        exact = sd32["state"][i]["exp_avg_sq"]
+        assert np.abs(v - exact).max() <= 0.1 * exact.max()  # within the 8-bit error
+    np.testing.assert_array_equal(back.state_dict()["state"][2]["exp_avg"],
+                                  sd32["state"][2]["exp_avg"])
+
+
+@pytest.mark.parametrize("entry,change,match", [
+    ("qmap1", lambda q: q[::-1].copy(), "qmap1"),
+    ("qmap2", lambda q: quant8.dynamic_map(True).copy(), "qmap2"),
+    ("state1", lambda c: c.astype(np.int16), "state1"),
+    ("state2", lambda c: c[:-1], "state2"),
+    ("absmax1", lambda a: a.astype(np.float64), "absmax1"),
+    ("absmax2", lambda a: -a, "absmax2"),
+    ("absmax2", lambda a: a[:-1], "absmax2"),
+    ("state1", None, "exp_avg_sq"),  # 32-bit moments, but not all of them
+])
+def test_optimizer_refuses_a_bad_8bit_state_dict_unchanged(rng, entry, change, match):
+    params = _params_8bit(rng)
+    opt = fastadam.Adam(params, lr=1e-2, state_dtype="8bit")
+    opt.step([rng.standard_normal(p.shape).astype(F32) for p in params])
+    sd = opt.state_dict()
+    bad = opt.state_dict()
+    if change is None:
+        del bad["state"][1][entry]
+        bad["state"][1]["exp_avg"] = np.zeros(params[1].shape, F32)  # the other layout, half
+    else:
+        bad["state"][1][entry] = change(bad["state"][1][entry])
+    bad["state"][0]["step"] = 7
+    with pytest.raises((ValueError, TypeError), match=match):
+        opt.load_state_dict(bad)
+    now = opt.state_dict()
+    assert now["state"][0]["step"] == 1
+    for i in range(3):
+        for k, v in sd["state"][i].items():
+            np.testing.assert_array_equal(now["state"][i][k], v)
+
+
+def test_optimizer_8bit_skips_nonfinite_and_refuses_overlap(rng):
+    params = _params_8bit(rng)
+    opt = fastadam.Adam(params, lr=1e-2, state_dtype="8bit", skip_nonfinite=True)
+    opt.step([rng.standard_normal(p.shape).astype(F32) for p in params])
+    before = [p.copy() for p in params]
+    sd = opt.state_dict()
+    grads = [rng.standard_normal(p.shape).astype(F32) for p in params]
+    grads[0][4097] = np.inf
+    assert opt.step(grads) is False
+    with pytest.raises(ValueError, match="grads"):
+        opt.step([params[0], *grads[1:]])  # a gradient that is the params
+    for a, b in zip(params, before):
+        np.testing.assert_array_equal(a, b)
+    assert opt.step_count == 1
+    for k, v in sd["state"][0].items():
+        np.testing.assert_array_equal(opt.state_dict()["state"][0][k], v)
+
+
+def test_state_dtype_8bit_is_a_cpu_state():
+    with pytest.raises(TypeError, match="state_dtype"):
+        fastadam.Adam(np.zeros(8, F32), state_dtype="4bit")

@@ -62,6 +62,24 @@ def test_traffic_is_what_the_configuration_moves(dtype, config, per_element):
     assert bench.traffic_bytes(opt, grad) == 10 * per_element
 
 
+@pytest.mark.parametrize("dtype,per_element", [("float32", 16), ("bfloat16", 14)])
+def test_traffic_of_8bit_states(dtype, per_element):
+    """Codes of m and v read and written (4), params (bf16: and the Kahan buffer) and grad,
+    and each moment's absmax per block of 256, read and written."""
+    optional("ml_dtypes")
+    n = 5000
+    _, opt, grad = bench.fastadam_contenders(n, dtype, "8bit", np.random.default_rng(0), [1])
+    assert bench.traffic_bytes(opt, grad) == n * per_element + 2 * 2 * 20 * 4
+
+
+def test_8bit_peers(capsys):
+    optional("torch")
+    optional("bitsandbytes")
+    out = run(capsys, "--sizes", "5000", "--dtypes", "float32", "--configs", "8bit", "--peers")
+    assert "torch-fused-fp32" in out and "bitsandbytes-8bit" in out
+    assert "8bit" in out and "roofline" in out
+
+
 def test_sixteen_bit_sweep(capsys, tmp_path):
     path = tmp_path / "rows.json"
     optional("ml_dtypes")
