@@ -27,7 +27,7 @@ def gpu(session: nox.Session) -> None:
                 "'no CUDA GPU: nox -s tests runs the CUDA tests on the simulator'")
     session.run("pytest", "tests/cuda", "tests/test_cuda_codegen.py", *session.posargs)
     session.run("python", "-m", "fastadam", "bench", "--peers", "--dtypes", "float32,float16",
-                "--configs", "adam", "--sizes", "1024,1048576,67108864,268435456")
+                "--configs", "adam,8bit", "--sizes", "1024,1048576,67108864,268435456")
 
 
 @nox.session

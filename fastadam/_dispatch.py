@@ -96,10 +96,11 @@ def apply(backend: str, arrays: tuple, h: Hyper, flags: Flags, step: int, *,
 
 def apply_8bit(backend: str, arrays: tuple, codes: tuple, absmax: tuple, h: Hyper,
                flags: Flags, step: int, *, grad_scale: float | None = None,
-               num_threads: int | None = None) -> None:
+               num_threads: int | None = None, stream=None, steps=None) -> None:
     """One update with 8-bit moments: ``arrays`` is ``(param, grad, comp, master)`` and
     ``codes``/``absmax`` are (m, v, v_max), all validated and 1-D; ``flags`` is
-    ``step_flags`` with the moments' compute kind as the state kind."""
+    ``step_flags`` with the moments' compute kind as the state kind. ``steps``: on the
+    GPU, the step count and skip flag on the device (``_cuda.StepCount``)."""
     if arrays[0].size == 0:
         return
     param, grad, comp, master = arrays
@@ -109,15 +110,25 @@ def apply_8bit(backend: str, arrays: tuple, codes: tuple, absmax: tuple, h: Hype
         adam_step_8bit_numpy(param, grad, list(codes), list(absmax), comp, master, h, step,
                              grad_scale)
         return
-    from ._cpu8bit import adam_step_8bit_cpu
-
-    coef = np.array(coefficients(h, step, grad_scale), dtype=compute_dtype(flags.param))
     views = kernel_views((param, grad, param, param, None, comp, master))
     m, v = codes[0], codes[1]
     v_max = v if codes[2] is None else codes[2]
     v_max_absmax = absmax[1] if absmax[2] is None else absmax[2]
-    adam_step_8bit_cpu((views[0], views[1], m, v, v_max, absmax[0], absmax[1], v_max_absmax,
-                        views[5], views[6]), flags, coef, num_threads)
+    arrays = (views[0], views[1], m, v, v_max, absmax[0], absmax[1], v_max_absmax, views[5],
+              views[6])
+    if backend == "cuda":
+        from . import _cuda8bit
+
+        if steps is not None:
+            _cuda8bit.adam_step_8bit_cuda_counted(arrays, flags, h, grad_scale, steps, stream)
+        else:
+            _cuda8bit.adam_step_8bit_cuda(arrays, flags, coefficients(h, step, grad_scale),
+                                          stream)
+        return
+    from ._cpu8bit import adam_step_8bit_cpu
+
+    coef = np.array(coefficients(h, step, grad_scale), dtype=compute_dtype(flags.param))
+    adam_step_8bit_cpu(arrays, flags, coef, num_threads)
 
 
 def flags_8bit(h: Hyper, param, grad, kahan: bool, master: bool) -> Flags:

@@ -160,8 +160,10 @@ class Plans:
             if slot.absmax is not None:
                 apply_8bit(self.backend, (slot.flat, flat, *slot.state[3:]),
                            tuple(slot.state[:3]), tuple(slot.absmax), h, slot.flags,
-                           slot.step + 1, grad_scale=scale, num_threads=self.num_threads)
-                slot.step += 1
+                           slot.step + 1, grad_scale=scale, num_threads=self.num_threads,
+                           stream=stream, steps=steps)
+                if steps is None:  # else the device counts
+                    slot.step += 1
                 continue
             arrays = (slot.flat, flat, *slot.state)
             if steps is not None:

@@ -80,11 +80,8 @@ class Slot:
         n = slot.flat.size
         slot.absmax = None
         if state_kind == EIGHT_BIT:
-            if backend == "cuda":
-                raise ValueError("state_dtype='8bit' steps on the CPU; the CUDA kernel for "
-                                 "8-bit states is not available yet")
             if n >= quant8.MIN_8BIT_SIZE:
-                return slot._eight_bit(h, kahan, options.master)
+                return slot._eight_bit(h, kahan, options.master, backend)
             state_kind = compute_dtype(param_kind)  # small arrays: 32-bit moments
         if state_kind is None:
             state_kind = "float32" if sixteen else param_kind
@@ -101,15 +98,15 @@ class Slot:
         slot.flags = slot._flags(h, slot.state)
         return slot
 
-    def _eight_bit(self, h, kahan: bool, master: bool) -> Slot:
+    def _eight_bit(self, h, kahan: bool, master: bool, backend: str) -> Slot:
         n, blocks = self.flat.size, quant8.blocks(self.flat.size)
         self.state_dtype = np.dtype(np.uint8)
-        self.state = [np.zeros(n, np.uint8), np.zeros(n, np.uint8),
-                      np.zeros(n, np.uint8) if h.amsgrad else None,
-                      np.zeros(n, self.array.dtype) if kahan else None,
-                      self.flat.astype(np.float32) if master else None]
-        self.absmax = [np.zeros(blocks, np.float32), np.zeros(blocks, np.float32),
-                       np.zeros(blocks, np.float32) if h.amsgrad else None]
+        self.state = [zeros(backend, n, np.uint8), zeros(backend, n, np.uint8),
+                      zeros(backend, n, np.uint8) if h.amsgrad else None,
+                      zeros(backend, n, self.array.dtype) if kahan else None,
+                      as_float32(backend, self.flat) if master else None]
+        self.absmax = [zeros(backend, blocks, np.float32), zeros(backend, blocks, np.float32),
+                       zeros(backend, blocks, np.float32) if h.amsgrad else None]
         self.flags = self._flags(h, self.state)
         return self
 
@@ -133,8 +130,9 @@ class Slot:
             for i, (a, top) in enumerate(zip(self.state, self.absmax)):
                 if a is not None:
                     del entry[STATE_KEYS[i]]
-                    entry[CODE_KEYS[i]] = a.reshape(self.array.shape).copy()
-                    entry[ABSMAX_KEYS[i]] = top.copy()
+                    entry[CODE_KEYS[i]] = to_host(backend, a, np.uint8).reshape(
+                        self.array.shape)
+                    entry[ABSMAX_KEYS[i]] = to_host(backend, top, np.float32)
             for name, signed in zip(MAP_KEYS, (True, False)):
                 entry[name] = quant8.dynamic_map(signed).copy()
         return entry
@@ -163,9 +161,10 @@ class Slot:
             if not saved_8bit:
                 moments = [None if a is None else quant8.quantize(a, signed)
                            for a, signed in zip(moments, (True, False, False))]
-            codes = [None if c is None else c[0] for c in moments]
-            absmax = [None if c is None else c[1] for c in moments]
-            return int(step), codes + extras, absmax
+            codes = [None if c is None else from_host(backend, c[0]) for c in moments]
+            absmax = [None if c is None else from_host(backend, c[1]) for c in moments]
+            return int(step), codes + [None if a is None else from_host(backend, a)
+                                       for a in extras], absmax
         if saved_8bit:
             moments = [None if c is None else quant8.dequantize(*c, signed).astype(
                 self.state_dtype) for c, signed in zip(moments, (True, False, False))]

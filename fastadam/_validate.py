@@ -302,12 +302,10 @@ def step_arrays_8bit(backend: str, param, grad, codes: tuple, absmax: tuple, com
     256. Returns (param, grad, comp, master) flattened, then the codes and absmax."""
     from .quant8 import blocks
 
-    if backend not in ("cpu", "numpy"):
-        raise ValueError("8-bit states step on the CPU (backend 'cpu' or 'numpy'); the "
-                         "CUDA kernel for them is not available yet")
-    param = host_array("param", param, writable=True)
-    grad = like("grad", grad, param, writable=False)
-    comp, master = _param_extras(param, comp, master, False)
+    device = backend == "cuda"
+    param = (device_array if device else host_array)("param", param, writable=True)
+    grad = like("grad", grad, param, writable=False, device=device)
+    comp, master = _param_extras(param, comp, master, device)
     names = ("m_codes", "v_codes", "v_max_codes"), ("m_absmax", "v_absmax", "v_max_absmax")
     wanted = (True, True, amsgrad)
     n = param.size
@@ -320,7 +318,7 @@ def step_arrays_8bit(backend: str, param, grad, codes: tuple, absmax: tuple, com
             if a is None:
                 raise ValueError(f"amsgrad=True needs {name}")
             dtype, size = (np.uint8, n) if group == 0 else (np.float32, blocks(n))
-            out[group].append(_state_array(name, a, dtype, size))
+            out[group].append(_state_array(name, a, dtype, size, device))
     named = {"param": param, "grad": grad, "kahan_comp": comp, "master_params": master}
     for labels, arrays in zip(names, out):
         named.update(zip(labels, arrays))
@@ -329,14 +327,25 @@ def step_arrays_8bit(backend: str, param, grad, codes: tuple, absmax: tuple, com
     return (*flat, tuple(out[0]), tuple(out[1]))
 
 
-def _state_array(name: str, a, dtype, size: int) -> np.ndarray:
-    """A writable, C-contiguous host array of ``dtype`` and ``size`` elements, 1-D view."""
-    if not isinstance(a, np.ndarray):
+def _state_array(name: str, a, dtype, size: int, device: bool) -> np.ndarray:
+    """A writable, C-contiguous array of ``dtype`` and ``size`` elements (on the GPU when
+    ``device``), as a 1-D view."""
+    if device:
+        if not is_device(a):
+            raise TypeError(f"{name} must be a GPU array, like param; got {type(a).__name__}")
+        from . import _cuda
+
+        a = _cuda.as_device_array(a)
+        if not a.is_c_contiguous():
+            raise ValueError(f"{name} must be C-contiguous")
+    elif not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
     if a.dtype != dtype:
         raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
     if a.size != size:
         raise ValueError(f"{name} must have {size} elements, got {a.size}")
+    if device:
+        return a.reshape(-1)
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous")
     if not a.flags.writeable:

@@ -272,8 +272,6 @@ def cuda_contenders(n, dtype, config, rng, peers):
     from ._cuda import memory_only_kernel
     from .optimizer import Adam
 
-    if config == "8bit":  # 8-bit states step on the CPU only
-        return None
     kw = adam_options(dtype, config)
     np_dtype = numpy_dtype(dtype)
 

@@ -152,6 +152,7 @@ def adam_step_8bit(
     master_params: np.ndarray | None = None,
     backend: str = "auto",
     num_threads: int | None = None,
+    stream=None,
 ) -> None:
     """``adam_step`` with m and v (and v_max) held in 8 bits, in place, in one pass.
 
@@ -168,8 +169,9 @@ def adam_step_8bit(
         m_codes, v_codes, v_max_codes: uint8 arrays of param's size (any shape,
             C-contiguous); zeros with zero absmax to start.
         m_absmax, v_absmax, v_max_absmax: float32 arrays of ``ceil(param.size / 256)``.
-        backend: "auto" or "cpu" (the fused kernel), or "numpy" (decode, the
-            multi-pass NumPy step, encode). 8-bit states step on the CPU.
+        backend: "auto", "cpu" (the fused kernel), "cuda" (GPU arrays throughout: one
+            thread block per block of 256, one launch) or "numpy" (decode, the
+            multi-pass NumPy step, encode).
         Everything else: as ``adam_step``.
 
     Raises:
@@ -181,9 +183,10 @@ def adam_step_8bit(
     scale = check.grad_scale(grad_scale)
     threads = check.num_threads(num_threads)
     kind = resolve(check.backend(backend), param)
+    cuda_stream = check.stream(stream, kind)
     *arrays, codes, absmax = check.step_arrays_8bit(
         kind, param, grad, (m_codes, v_codes, v_max_codes), (m_absmax, v_absmax, v_max_absmax),
         kahan_comp, master_params, h.amsgrad)
     flags = flags_8bit(h, arrays[0], arrays[1], arrays[2] is not None, arrays[3] is not None)
     apply_8bit(kind, tuple(arrays), codes, absmax, h, flags, step, grad_scale=scale,
-               num_threads=threads)
+               num_threads=threads, stream=cuda_stream)

@@ -47,7 +47,7 @@ class Adam:
     - ``state_dtype="8bit"`` (any params dtype): m and v (and amsgrad's v_max) in
       bitsandbytes' blockwise 8-bit format, about 2 bytes per param instead of 8,
       for arrays of ``fastadam.quant8.MIN_8BIT_SIZE`` (4096) elements or more;
-      smaller ones keep 32-bit moments. CPU only. ``state_dict()`` then holds,
+      smaller ones keep 32-bit moments. ``state_dict()`` then holds,
       per array, the codes (``state1``, ``state2``, ``state3``), the absmax per
       block (``absmax1`` ...) and the maps (``qmap1``, ``qmap2``), bitsandbytes'
       names; 32-bit moments load into it quantized, and its state into a 32-bit

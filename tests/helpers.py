@@ -77,10 +77,11 @@ def assert_close(got, want, dtype):
     np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
 
 
-def counting(monkeypatch, name):
-    """Record the launch configurations of ``fastadam._cuda.<name>`` kernels."""
-    from fastadam import _cuda
+def counting(monkeypatch, name, module="_cuda"):
+    """Record the launch configurations of ``fastadam.<module>.<name>`` kernels."""
+    import importlib
 
+    _cuda = importlib.import_module(f"fastadam.{module}")
     launches = []
     real = getattr(_cuda, name)
 

@@ -129,3 +129,29 @@ def test_fill_zero_kernel_compiles(compile_ptx, width):
 def test_widen_kernel_compiles(compile_ptx, kind):
     ptx = compile_ptx(_cuda.widen_kernel(kind).py_func, (ARRAY[kind][::1], types.float32[::1]))
     assert "st.global" in ptx and (kind == "float64" or ".f64" not in ptx)
+
+
+EIGHT_BIT_CASES = [(k, o) for k, o in CASES if k[2] in ("float32", "float64")
+                   and k[1] == k[0] or k == ("bfloat16", "bfloat16", "float32")]
+
+
+@pytest.mark.parametrize("counted", [False, True])
+@pytest.mark.parametrize("kinds,options", EIGHT_BIT_CASES)
+def test_8bit_kernel_compiles(compile_ptx, kinds, options, counted):
+    """The 8-bit kernel: shared-memory moments, an atomic max for absmax, the encoder's
+    table read; float32 arithmetic only for float32 and 16-bit params."""
+    from fastadam import _cuda8bit
+
+    param, grad, state = kinds
+    flags = make_flags(kinds, options)
+    compute = types.float64 if param == "float64" else types.float32
+    codes, absmax = types.uint8[::1], types.float32[::1]
+    sig = ((ARRAY[param][::1], ARRAY[grad][::1]) + (codes,) * 3 + (absmax,) * 3
+           + (ARRAY[param][::1], types.float32[::1], absmax, absmax, types.uint32[::1],
+              types.uint32[::1]))
+    sig += COUNTED + (compute,) * 7 + (types.float64,) * 6 if counted else (compute,) * 11
+    ptx = compile_ptx(_cuda8bit.fused_kernel(flags, counted).py_func, sig)
+    assert "sqrt.rn" in ptx and "bar.sync" in ptx and "atom.shared.max.u32" in ptx
+    assert "st.global.u8" in ptx
+    if param != "float64" and not counted:
+        assert ".f64" not in ptx

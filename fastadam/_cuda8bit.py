@@ -1,0 +1,192 @@
+"""The fused 8-bit Adam step on NVIDIA GPUs: one thread block per quantization block.
+
+A block of 256 elements is one CUDA thread block. Its threads decode their
+elements' m and v (and v_max) into shared memory, run the element update of
+``_element.py``, find each moment's new absmax with a shared-memory atomic max
+on the magnitude bits, and encode against it through the same ``quant8.Encoder``
+table as the CPU kernel, so both give the same codes. One launch per array.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+from numba import cuda
+
+from . import _element, quant8
+from ._cuda import (
+    MAX_BLOCKS,
+    SIMULATOR,
+    _bits_from_f32,
+    _counted_coefficients,
+    _device,
+    _f32_from_bits,
+    converters,
+)
+from ._scalars import Flags, compute_dtype
+
+BLOCK = quant8.BLOCK
+# Each thread takes BLOCK // THREADS elements of its block (the simulator runs a Python
+# thread per CUDA thread: few of them).
+THREADS = 32 if SIMULATOR else BLOCK
+_MAGNITUDE = np.uint32(0x7FFFFFFF)
+_FINITE_BELOW = np.uint32(0x7F800000)
+_KEY_LOW, _KEY_HIGH = np.uint32(quant8.KEY_LOW), np.uint32(quant8.KEY_HIGH)
+_KEY_SHIFT, _KEYS = np.uint32(quant8.KEY_SHIFT), quant8.KEYS
+_OFFSET = np.uint32((1 << quant8.KEY_SHIFT) - 1)
+
+
+@_device
+def _magnitude_bits(x):
+    # The float32 magnitude bits of a finite value, else 0 (left out of absmax).
+    bits = _bits_from_f32(np.float32(x)) & _MAGNITUDE
+    return bits if bits < _FINITE_BELOW else np.uint32(0)
+
+
+@_device
+def _code(x, inverse, entries, zero, signed):
+    value = np.float32(x)
+    if value - value != 0:  # NaN or inf: stored as 0
+        value = np.float32(0.0)
+    bits = _bits_from_f32(value * inverse)
+    sign = bits >> np.uint32(31)
+    clamped = min(max(bits & _MAGNITUDE, _KEY_LOW), _KEY_HIGH) - _KEY_LOW
+    entry = entries[np.int64(sign) * _KEYS + np.int64(clamped >> _KEY_SHIFT)]
+    position = np.int32(entry & np.uint32(0xFF)) + np.int32(
+        (clamped & _OFFSET) > (entry >> np.uint32(8)))
+    if sign == 0:
+        return np.uint8(zero + position)
+    if signed:
+        return np.uint8(zero - max(position, np.int32(1)))
+    return np.uint8(zero)
+
+
+@cache
+def fused_kernel(flags: Flags, counted: bool = False):
+    """The kernel ``(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax,
+    v_max_absmax, comp, master, m_map, v_map, m_entries, v_entries, *coefficients)``,
+    launched with ``THREADS`` threads per block (see ``_cpu8bit.fused_kernel``).
+
+    ``counted``: as ``_cuda.fused_kernel(flags, True)``, the step count lives on the
+    device: ``(..., v_entries, count, found, c0, c1, c2, c3, c8, c9, c10, lr, beta1,
+    beta2, eps, eps_root, bias_correction)``, and nothing changes when ``found[0]`` is set.
+    """
+    update = _element.make(_device, flags, converters(compute_dtype(flags.param)))
+    compute = np.dtype(compute_dtype(flags.param)).type
+    amsgrad = flags.amsgrad
+    m_zero = np.int32(quant8.encoder(True).zero)
+    v_zero = np.int32(quant8.encoder(False).zero)
+
+    @cuda.jit(device=True, inline="always")
+    def run(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax, v_max_absmax,
+            comp, master, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3, c4, c5, c6, c7,
+            c8, c9, c10):
+        m = cuda.shared.array(BLOCK, compute)
+        v = cuda.shared.array(BLOCK, compute)
+        v_max = cuda.shared.array(BLOCK, compute)
+        tops = cuda.shared.array(3, np.uint32)
+        t = cuda.threadIdx.x
+        n = param.size
+        b = cuda.blockIdx.x
+        while b < (n + BLOCK - 1) // BLOCK:
+            s = b * BLOCK
+            e = min(s + BLOCK, n)
+            if t < 3:
+                tops[t] = 0
+            p, g, k, w = param[s:e], grad[s:e], comp[s:e], master[s:e]
+            top_m, top_v, top_v_max = np.uint32(0), np.uint32(0), np.uint32(0)
+            j = t
+            while j < e - s:
+                m[j] = compute(m_map[m_codes[s + j]] * m_absmax[b])
+                v[j] = compute(v_map[v_codes[s + j]] * v_absmax[b])
+                if amsgrad:
+                    v_max[j] = compute(v_map[v_max_codes[s + j]] * v_max_absmax[b])
+                update(j, p, g, m, v, v_max, k, w, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
+                       c10)
+                top_m = max(top_m, _magnitude_bits(m[j]))
+                top_v = max(top_v, _magnitude_bits(v[j]))
+                if amsgrad:
+                    top_v_max = max(top_v_max, _magnitude_bits(v_max[j]))
+                j += THREADS
+            cuda.syncthreads()  # tops are zeroed, every old absmax is read
+            cuda.atomic.max(tops, 0, top_m)
+            cuda.atomic.max(tops, 1, top_v)
+            if amsgrad:
+                cuda.atomic.max(tops, 2, top_v_max)
+            cuda.syncthreads()
+            new_m, new_v = _f32_from_bits(tops[0]), _f32_from_bits(tops[1])
+            new_v_max = _f32_from_bits(tops[2])
+            if t == 0:
+                m_absmax[b] = new_m
+                v_absmax[b] = new_v
+                if amsgrad:
+                    v_max_absmax[b] = new_v_max
+            inv_m = np.float32(1.0) / new_m if new_m > 0 else np.float32(0.0)
+            inv_v = np.float32(1.0) / new_v if new_v > 0 else np.float32(0.0)
+            inv_v_max = np.float32(1.0) / new_v_max if new_v_max > 0 else np.float32(0.0)
+            j = t
+            while j < e - s:
+                m_codes[s + j] = _code(m[j], inv_m, m_entries, m_zero, True)
+                v_codes[s + j] = _code(v[j], inv_v, v_entries, v_zero, False)
+                if amsgrad:
+                    v_max_codes[s + j] = _code(v_max[j], inv_v_max, v_entries, v_zero, False)
+                j += THREADS
+            cuda.syncthreads()  # the shared arrays are free for the next block
+            b += cuda.gridDim.x
+
+    if not counted:
+        @cuda.jit
+        def kernel(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax,
+                   v_max_absmax, comp, master, m_map, v_map, m_entries, v_entries, c0, c1, c2,
+                   c3, c4, c5, c6, c7, c8, c9, c10):
+            run(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax, v_max_absmax,
+                comp, master, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3, c4, c5, c6,
+                c7, c8, c9, c10)
+
+        return kernel
+
+    coefficients = _counted_coefficients(flags)
+
+    @cuda.jit
+    def counted_kernel(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax,
+                       v_max_absmax, comp, master, m_map, v_map, m_entries, v_entries, count,
+                       found, c0, c1, c2, c3, c8, c9, c10, lr, beta1, beta2, eps, eps_root,
+                       bias_correction):
+        if found[0] != 0:
+            return
+        c4, c5, c6, c7 = coefficients(count, lr, beta1, beta2, eps, eps_root, bias_correction)
+        run(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax, v_max_absmax, comp,
+            master, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
+            c10)
+
+    return counted_kernel
+
+
+@cache
+def tables() -> tuple:
+    """The maps and encoder tables on the device, in the kernel's argument order."""
+    return tuple(cuda.to_device(np.array(a)) for a in (
+        quant8.dynamic_map(True), quant8.dynamic_map(False), quant8.encoder(True).entries,
+        quant8.encoder(False).entries))
+
+
+def _grid(n: int) -> int:
+    return max(1, min(quant8.blocks(n), MAX_BLOCKS))
+
+
+def adam_step_8bit_cuda(arrays: tuple, flags: Flags, coefficients: tuple, stream) -> None:
+    """Launch the kernel once on checked kernel views ``(param, grad, m_codes, v_codes,
+    v_max_codes, m_absmax, v_absmax, v_max_absmax, comp, master)``."""
+    scalar = np.dtype(compute_dtype(flags.param)).type
+    fused_kernel(flags)[_grid(arrays[0].size), THREADS, stream](
+        *arrays, *tables(), *(scalar(c) for c in coefficients))
+
+
+def adam_step_8bit_cuda_counted(arrays: tuple, flags: Flags, h, grad_scale, steps,
+                                stream) -> None:
+    """``adam_step_8bit_cuda`` with the step count and skip flag of ``steps`` on the device."""
+    from ._cuda import counted_scalars
+
+    fused_kernel(flags, True)[_grid(arrays[0].size), THREADS, stream](
+        *arrays, *tables(), steps.count, steps.found, *counted_scalars(flags, h, grad_scale))

@@ -1,0 +1,134 @@
+"""8-bit states on the CUDA kernel: the same params, codes and absmax as the CPU kernel."""
+
+import numpy as np
+import pytest
+from helpers import counting
+
+import fastadam
+from fastadam import quant8
+
+cuda = pytest.importorskip("numba.cuda")
+pytest.importorskip("fastadam._cuda")
+ml_dtypes = pytest.importorskip("ml_dtypes")
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+F32 = np.float32
+N = 4099  # 17 blocks, the last one of 3 elements
+
+OPTIONS = {
+    "plain": {},
+    "adamw": {"weight_decay": 0.1, "decoupled_weight_decay": True},
+    "amsgrad_maximize": {"amsgrad": True, "maximize": True},
+    "nesterov_scale": {"nesterov": True, "grad_scale": 256.0, "weight_decay": 0.01},
+}
+
+
+def _state(n, amsgrad):
+    codes = [np.zeros(n, np.uint8) for _ in range(3 if amsgrad else 2)]
+    absmax = [np.zeros(quant8.blocks(n), F32) for _ in range(3 if amsgrad else 2)]
+    return codes, absmax
+
+
+def _step(param, grad, codes, absmax, step, backend, **options):
+    extra = {}
+    if len(codes) == 3:
+        extra = dict(v_max_codes=codes[2], v_max_absmax=absmax[2])
+    fastadam.adam_step_8bit(param, grad, codes[0], codes[1], absmax[0], absmax[1], step=step,
+                            backend=backend, **extra, **options)
+
+
+def _on_device(a):
+    if a.dtype == BF16:
+        return fastadam.as_bfloat16(cuda.to_device(a.view(np.uint16)))
+    return cuda.to_device(a)
+
+
+def _host(d, dtype):
+    return d.copy_to_host().view(dtype)
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_device_step_equals_cpu_step(rng, option):
+    options = dict(OPTIONS[option])
+    amsgrad = options.get("amsgrad", False)
+    param = rng.standard_normal(N).astype(F32)
+    host_state = _state(N, amsgrad)
+    dev_param = cuda.to_device(param)
+    dev_codes = [cuda.to_device(c) for c in host_state[0]]
+    dev_absmax = [cuda.to_device(a) for a in host_state[1]]
+    for step in range(1, 4):
+        grad = rng.standard_normal(N).astype(F32)
+        grad[5] = np.nan if step == 3 else grad[5]  # stays in its element, on both
+        _step(param, grad, *host_state, step, "cpu", lr=1e-2, **options)
+        _step(dev_param, cuda.to_device(grad), dev_codes, dev_absmax, step, "cuda", lr=1e-2,
+              **options)
+    np.testing.assert_array_equal(dev_param.copy_to_host(), param)
+    for d, h in zip(dev_codes + dev_absmax, host_state[0] + host_state[1]):
+        np.testing.assert_array_equal(d.copy_to_host(), h)
+
+
+@pytest.mark.parametrize("dtype,extra", [(np.float16, "kahan_comp"), (BF16, "master_params"),
+                                         (np.float64, None)])
+def test_device_step_for_every_param_dtype(rng, dtype, extra):
+    dtype = np.dtype(dtype)
+    param = rng.standard_normal(N).astype(dtype)
+    dev_param = _on_device(param)
+    buffers = {}
+    if extra == "kahan_comp":
+        buffers = {extra: np.zeros(N, dtype)}
+    elif extra:
+        buffers = {extra: param.astype(F32)}
+    dev_buffers = {k: _on_device(v) for k, v in buffers.items()}
+    host_state = _state(N, False)
+    dev_state = ([cuda.to_device(c) for c in host_state[0]],
+                 [cuda.to_device(a) for a in host_state[1]])
+    for step in range(1, 3):
+        grad = rng.standard_normal(N).astype(dtype)
+        _step(param, grad, *host_state, step, "cpu", lr=1e-2, **buffers)
+        _step(dev_param, _on_device(grad), *dev_state, step, "cuda", lr=1e-2, **dev_buffers)
+    np.testing.assert_array_equal(_host(dev_param, dtype), param)
+    for d, h in zip(dev_state[0] + dev_state[1], host_state[0] + host_state[1]):
+        np.testing.assert_array_equal(d.copy_to_host(), h)
+
+
+def test_device_optimizer_equals_cpu_optimizer(rng, monkeypatch):
+    """A list on the GPU: one launch per 8-bit array, the small one batched as 32-bit;
+    state_dicts equal to the CPU optimizer's, and skip_nonfinite decided on the device."""
+    host = [rng.standard_normal(N).astype(F32), rng.standard_normal(300).astype(F32),
+            rng.standard_normal((2, 2100)).astype(F32)]
+    device = [cuda.to_device(a) for a in host]
+    kw = dict(lr=1e-2, state_dtype="8bit", amsgrad=True, skip_nonfinite=True)
+    cpu_opt, gpu_opt = fastadam.AdamW(host, **kw), fastadam.AdamW(device, **kw)
+    launches = counting(monkeypatch, "fused_kernel", "_cuda8bit")
+    for step in range(3):
+        grads = [rng.standard_normal(a.shape).astype(F32) for a in host]
+        if step == 1:
+            grads[2][0, 7] = np.inf
+        assert cpu_opt.step(grads) is (step != 1)
+        gpu_opt.step([cuda.to_device(g) for g in grads])
+    assert len(launches) == 2 * 3  # every step launches; the skipped one changes nothing
+    assert gpu_opt.step_count == cpu_opt.step_count == 2
+    for d, h in zip(device, host):
+        np.testing.assert_array_equal(d.copy_to_host(), h)
+    a, b = gpu_opt.state_dict(), cpu_opt.state_dict()
+    for i in range(3):
+        assert a["state"][i].keys() == b["state"][i].keys()
+        for k, v in b["state"][i].items():
+            np.testing.assert_array_equal(a["state"][i][k], v)
+    restored = fastadam.AdamW([cuda.to_device(h) for h in host], **kw)
+    restored.load_state_dict(b)
+    np.testing.assert_array_equal(restored.state_dict()["state"][0]["state2"],
+                                  b["state"][0]["state2"])
+
+
+def test_device_8bit_refuses_host_state(rng):
+    param = cuda.to_device(rng.standard_normal(N).astype(F32))
+    grad = cuda.to_device(rng.standard_normal(N).astype(F32))
+    codes, absmax = _state(N, False)
+    dev_absmax = [cuda.to_device(a) for a in absmax]
+    with pytest.raises(TypeError, match="m_codes"):
+        fastadam.adam_step_8bit(param, grad, codes[0], cuda.to_device(codes[1]), *dev_absmax,
+                                step=1)
+    with pytest.raises(ValueError, match="v_absmax"):
+        fastadam.adam_step_8bit(param, grad, cuda.to_device(codes[0]), cuda.to_device(codes[1]),
+                                dev_absmax[0], cuda.to_device(absmax[1][:-1]), step=1)
