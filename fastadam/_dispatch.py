@@ -131,6 +131,29 @@ def apply_8bit(backend: str, arrays: tuple, codes: tuple, absmax: tuple, h: Hype
     adam_step_8bit_cpu(arrays, flags, coef, num_threads)
 
 
+def apply_sparse(backend: str, param, indices, values, m, v, h: Hyper, step: int, *,
+                 num_threads: int | None = None) -> None:
+    """One row-sparse update (``torch.optim.SparseAdam``'s) on validated arrays."""
+    if indices.size == 0:
+        return
+    if backend == "numpy":
+        from ._reference import sparse_adam_step_numpy
+
+        sparse_adam_step_numpy(param, indices, values, m, v, h.lr, h.beta1, h.beta2, h.eps,
+                               h.maximize, step)
+        return
+    import math
+
+    from ._cpu import with_threads
+    from ._cpusparse import runs, sparse_kernel
+
+    step_size = h.lr * math.sqrt(1 - h.beta2**step) / (1 - h.beta1**step)
+    coef = np.array([1 - h.beta1, 1 - h.beta2, h.eps, -step_size], dtype=param.dtype)
+    order, starts = runs(indices)
+    with_threads(num_threads, sparse_kernel(h.maximize), param, m, v, indices, order, starts,
+                 values, coef)
+
+
 def flags_8bit(h: Hyper, param, grad, kahan: bool, master: bool) -> Flags:
     """The kernel flags of an 8-bit step: the moments decode to the compute kind."""
     param_kind = kind(param.dtype)

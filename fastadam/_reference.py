@@ -73,3 +73,24 @@ def adam_step_8bit_numpy(param, grad, codes: list, absmax: list, comp, master, h
     for c, a, s, x in zip(codes, absmax, signed, moments):
         if c is not None:
             c[...], a[...] = quant8.quantize(x, s)
+
+
+def sparse_adam_step_numpy(param, indices, values, m, v, lr: float, beta1: float,
+                           beta2: float, eps: float, maximize: bool, step: int) -> None:
+    """``torch.optim.SparseAdam``'s update, as torch writes it: coalesce (sum duplicate
+    rows), then the rows present move, with eps on the uncorrected sqrt(v)."""
+    rows, inverse = np.unique(indices, return_inverse=True)
+    g = np.zeros((rows.size, param.shape[1]), param.dtype)
+    np.add.at(g, inverse, values)
+    if maximize:
+        g = -g
+    dtype = param.dtype.type
+    old_m, old_v = m[rows], v[rows]
+    m_update = (g - old_m) * dtype(1 - beta1)
+    v_update = (g * g - old_v) * dtype(1 - beta2)
+    m[rows] = old_m + m_update
+    v[rows] = old_v + v_update
+    step_size = lr * np.sqrt(1 - beta2**step) / (1 - beta1**step)
+    numer = m_update + old_m
+    denom = np.sqrt(v_update + old_v) + dtype(eps)
+    param[rows] += dtype(-step_size) * (numer / denom)

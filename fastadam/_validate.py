@@ -362,3 +362,37 @@ def stream(value, kind: str):
     from . import _cuda
 
     return _cuda.to_stream(value)
+
+
+def sparse_arrays(backend: str, param, indices, values, m, v) -> tuple:
+    """Every check on a row-sparse step: ``param``, ``m``, ``v`` (rows, dim) float32 or
+    float64 of one dtype; ``indices`` (nnz,) integers in [0, rows); ``values`` (nnz, dim)
+    of param's dtype. Returns ``(param, indices as int64, values, m, v)``."""
+    if backend not in ("cpu", "numpy"):
+        raise ValueError("the row-sparse step runs on the CPU (backend 'cpu' or 'numpy')")
+    param = host_array("param", param, writable=True)
+    if param.ndim != 2:
+        raise ValueError(f"param must be a (rows, dim) table, got shape {param.shape}")
+    if param.dtype not in (np.float32, np.float64):
+        raise TypeError(f"the row-sparse step takes float32 or float64 tables; param is "
+                        f"{param.dtype}")
+    m = like("m", m, param, writable=True, dtype=param.dtype)
+    v = like("v", v, param, writable=True, dtype=param.dtype)
+    if not isinstance(indices, np.ndarray):
+        raise TypeError(f"indices must be a NumPy integer array, got {type(indices).__name__}")
+    if indices.dtype == np.bool_ or not np.issubdtype(indices.dtype, np.integer):
+        raise TypeError(f"indices must hold integers, got {indices.dtype}")
+    if indices.ndim != 1:
+        raise ValueError(f"indices must be 1-D (nnz,), got shape {indices.shape}")
+    values = host_array("values", values, writable=False)
+    if values.shape != (indices.size, param.shape[1]):
+        raise ValueError(f"values must have shape (nnz, dim) = {(indices.size, param.shape[1])}, "
+                         f"got {values.shape}")
+    if values.dtype != param.dtype:
+        raise TypeError(f"values must have param's dtype {param.dtype}, got {values.dtype}")
+    if indices.size and (indices.min() < 0 or indices.max() >= param.shape[0]):
+        bad = indices[(indices < 0) | (indices >= param.shape[0])][0]
+        raise ValueError(f"indices must be in [0, {param.shape[0]}) (param's rows); "
+                         f"found {bad}")
+    disjoint({"param": param, "m": m, "v": v, "values": values, "indices": indices})
+    return param, indices.astype(np.int64, copy=False), values, m, v

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validate as check
-from ._dispatch import apply, apply_8bit, flags_8bit, resolve, step_flags
+from ._dispatch import apply, apply_8bit, apply_sparse, flags_8bit, resolve, step_flags
 from ._scalars import Hyper
 
 
@@ -190,3 +190,45 @@ def adam_step_8bit(
     flags = flags_8bit(h, arrays[0], arrays[1], arrays[2] is not None, arrays[3] is not None)
     apply_8bit(kind, tuple(arrays), codes, absmax, h, flags, step, grad_scale=scale,
                num_threads=threads, stream=cuda_stream)
+
+
+def sparse_adam_step(
+    param: np.ndarray,
+    indices: np.ndarray,
+    values: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    *,
+    step: int,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    maximize: bool = False,
+    backend: str = "auto",
+    num_threads: int | None = None,
+) -> None:
+    """One row-sparse Adam update in place: ``torch.optim.SparseAdam``'s, fused.
+
+    The gradient is ``values[k]`` for row ``indices[k]``; duplicate indices are
+    summed first (in their order, so the result is deterministic for any thread
+    count), and only the rows present change: their m, v and params, with
+    ``lr * sqrt(1 - beta2**step) / (1 - beta1**step) * m / (sqrt(v) + eps)``, eps on
+    the uncorrected sqrt(v) as torch has it. Absent rows do not decay. ``step``
+    counts every step of the table, empty ones included.
+
+    Args:
+        param, m, v: (rows, dim) C-contiguous float32 or float64 arrays of one dtype.
+        indices: (nnz,) integers in [0, rows).
+        values: (nnz, dim), param's dtype.
+        backend: "auto" or "cpu" (the fused kernel), or "numpy" (torch's formulas as
+            NumPy array expressions).
+
+    Raises:
+        TypeError, ValueError: on bad input, naming the argument; nothing is modified.
+    """
+    h = hyper(lr, betas, eps, 0.0, False, False, maximize)
+    step = check.step(step)
+    threads = check.num_threads(num_threads)
+    kind = resolve(check.backend(backend), param)
+    param, indices, values, m, v = check.sparse_arrays(kind, param, indices, values, m, v)
+    apply_sparse(kind, param, indices, values, m, v, h, step, num_threads=threads)
