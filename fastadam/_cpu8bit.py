@@ -21,11 +21,6 @@ from ._scalars import Flags, compute_dtype
 
 OVERLAP = 1
 BLOCKS_PER_TASK = 64  # 16K elements per parallel task: its scratch is allocated once
-_KEY_LOW, _KEY_HIGH = np.uint32(quant8.KEY_LOW), np.uint32(quant8.KEY_HIGH)
-_KEY_SHIFT, _KEYS = np.uint32(quant8.KEY_SHIFT), quant8.KEYS
-_FINITE_BELOW = np.uint32(0x7F800000)  # magnitude bits of inf
-_MAGNITUDE = np.uint32(0x7FFFFFFF)
-_OFFSET = np.uint32((1 << quant8.KEY_SHIFT) - 1)
 BLOCK = quant8.BLOCK
 
 
@@ -35,15 +30,15 @@ def _decode(codes, table, absmax, out, n):
         out[j] = table[codes[j]] * absmax
 
 
+_magnitude_bits, _code = quant8.element_functions(numba.njit(inline="always"), _bits_from_f32)
+
+
 @numba.njit(inline="always")
 def _absmax(x, n):
     # The largest finite magnitude, on the bits: an integer max vectorizes.
     top = np.uint32(0)
     for j in range(n):
-        bits = np.uint32(_bits_from_f32(np.float32(x[j])) & _MAGNITUDE)
-        if bits >= _FINITE_BELOW:
-            bits = np.uint32(0)
-        top = max(top, bits)
+        top = max(top, _magnitude_bits(x[j]))
     return _f32_from_bits(top)
 
 
@@ -52,21 +47,7 @@ def _encode(x, n, absmax, codes, entries, zero, signed):
     # ``entries`` is a compile-time constant: LLVM then reads it with a gather.
     inverse = np.float32(1.0) / absmax if absmax > 0 else np.float32(0.0)
     for j in range(n):
-        value = np.float32(x[j])
-        if value - value != 0:  # NaN or inf: stored as 0
-            value = np.float32(0.0)
-        bits = np.uint32(_bits_from_f32(value * inverse))
-        sign = bits >> np.uint32(31)
-        clamped = min(max(np.uint32(bits & _MAGNITUDE), _KEY_LOW), _KEY_HIGH) - _KEY_LOW
-        entry = entries[np.int64(sign) * _KEYS + np.int64(clamped >> _KEY_SHIFT)]
-        position = np.int32(entry & np.uint32(0xFF)) + np.int32(
-            (clamped & _OFFSET) > (entry >> np.uint32(8)))
-        if sign == 0:
-            codes[j] = np.uint8(zero + position)
-        elif signed:
-            codes[j] = np.uint8(zero - max(position, np.int32(1)))
-        else:
-            codes[j] = np.uint8(zero)
+        codes[j] = _code(x[j], inverse, entries, zero, signed)
 
 
 @cache

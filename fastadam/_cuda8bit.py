@@ -30,36 +30,7 @@ BLOCK = quant8.BLOCK
 # Each thread takes BLOCK // THREADS elements of its block (the simulator runs a Python
 # thread per CUDA thread: few of them).
 THREADS = 32 if SIMULATOR else BLOCK
-_MAGNITUDE = np.uint32(0x7FFFFFFF)
-_FINITE_BELOW = np.uint32(0x7F800000)
-_KEY_LOW, _KEY_HIGH = np.uint32(quant8.KEY_LOW), np.uint32(quant8.KEY_HIGH)
-_KEY_SHIFT, _KEYS = np.uint32(quant8.KEY_SHIFT), quant8.KEYS
-_OFFSET = np.uint32((1 << quant8.KEY_SHIFT) - 1)
-
-
-@_device
-def _magnitude_bits(x):
-    # The float32 magnitude bits of a finite value, else 0 (left out of absmax).
-    bits = _bits_from_f32(np.float32(x)) & _MAGNITUDE
-    return bits if bits < _FINITE_BELOW else np.uint32(0)
-
-
-@_device
-def _code(x, inverse, entries, zero, signed):
-    value = np.float32(x)
-    if value - value != 0:  # NaN or inf: stored as 0
-        value = np.float32(0.0)
-    bits = _bits_from_f32(value * inverse)
-    sign = bits >> np.uint32(31)
-    clamped = min(max(bits & _MAGNITUDE, _KEY_LOW), _KEY_HIGH) - _KEY_LOW
-    entry = entries[np.int64(sign) * _KEYS + np.int64(clamped >> _KEY_SHIFT)]
-    position = np.int32(entry & np.uint32(0xFF)) + np.int32(
-        (clamped & _OFFSET) > (entry >> np.uint32(8)))
-    if sign == 0:
-        return np.uint8(zero + position)
-    if signed:
-        return np.uint8(zero - max(position, np.int32(1)))
-    return np.uint8(zero)
+_magnitude_bits, _code = quant8.element_functions(_device, _bits_from_f32)
 
 
 @cache

@@ -7,6 +7,8 @@ numba.cuda.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._reference import adam_step_numpy
@@ -142,8 +144,6 @@ def apply_sparse(backend: str, param, indices, values, m, v, h: Hyper, step: int
         sparse_adam_step_numpy(param, indices, values, m, v, h.lr, h.beta1, h.beta2, h.eps,
                                h.maximize, step)
         return
-    import math
-
     from ._cpu import with_threads
     from ._cpusparse import runs, sparse_kernel
 

@@ -148,16 +148,16 @@ class Slot:
         if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
             raise ValueError(f"{label}['step'] must be an int >= 0, got {step!r}")
         wanted = (True, True, h.amsgrad, self.flags.kahan, self.flags.master)
-        other = STATE_KEYS[0] if self.absmax is not None else CODE_KEYS[0]
-        own = CODE_KEYS[0] if self.absmax is not None else STATE_KEYS[0]
-        saved_8bit = (self.absmax is not None) != (other in entry and own not in entry)
-        moment_dtype = np.float32 if self.absmax is not None else self.state_dtype
+        eight = self.absmax is not None
+        own, other = (CODE_KEYS[0], STATE_KEYS[0]) if eight else (STATE_KEYS[0], CODE_KEYS[0])
+        saved_8bit = eight != (other in entry and own not in entry)  # the other layout?
+        moment_dtype = np.float32 if eight else self.state_dtype
         moments = (self._codes(label, entry, wanted[:3]) if saved_8bit
                    else [self._floats(label, entry, name, moment_dtype) if want else None
                          for name, want in zip(STATE_KEYS, wanted[:3])])
         extras = [self._floats(label, entry, name, dtype) if want else None
                   for name, want, dtype in zip(STATE_KEYS[3:], wanted[3:], self.dtypes()[3:])]
-        if self.absmax is not None:
+        if eight:
             if not saved_8bit:
                 moments = [None if a is None else quant8.quantize(a, signed)
                            for a, signed in zip(moments, (True, False, False))]

@@ -38,6 +38,14 @@ def hyper(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximiz
     )
 
 
+def _call(step, grad_scale, num_threads, backend, stream, param) -> tuple:
+    """The checked per-call arguments of a dense step: (step, grad_scale, num_threads,
+    the concrete backend, the CUDA stream)."""
+    kind = resolve(check.backend(backend), param)
+    return (check.step(step), check.grad_scale(grad_scale), check.num_threads(num_threads),
+            kind, check.stream(stream, kind))
+
+
 def adam_step(
     param: np.ndarray,
     grad: np.ndarray,
@@ -113,11 +121,8 @@ def adam_step(
     """
     h = hyper(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
               bias_correction, eps_root, nesterov, decouple_lr, max_lr)
-    step = check.step(step)
-    scale = check.grad_scale(grad_scale)
-    threads = check.num_threads(num_threads)
-    kind = resolve(check.backend(backend), param)
-    cuda_stream = check.stream(stream, kind)
+    step, scale, threads, kind, cuda_stream = _call(step, grad_scale, num_threads, backend,
+                                                    stream, param)
     arrays = check.step_arrays(kind, param, grad, m, v, v_max, kahan_comp, master_params,
                                h.amsgrad)
     apply(kind, arrays, h, step_flags(h, arrays), step, grad_scale=scale,
@@ -179,11 +184,8 @@ def adam_step_8bit(
     """
     h = hyper(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
               bias_correction, eps_root, nesterov, decouple_lr, max_lr)
-    step = check.step(step)
-    scale = check.grad_scale(grad_scale)
-    threads = check.num_threads(num_threads)
-    kind = resolve(check.backend(backend), param)
-    cuda_stream = check.stream(stream, kind)
+    step, scale, threads, kind, cuda_stream = _call(step, grad_scale, num_threads, backend,
+                                                    stream, param)
     *arrays, codes, absmax = check.step_arrays_8bit(
         kind, param, grad, (m_codes, v_codes, v_max_codes), (m_absmax, v_absmax, v_max_absmax),
         kahan_comp, master_params, h.amsgrad)
