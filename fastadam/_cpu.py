@@ -14,6 +14,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import _convert, _element, _pointers
@@ -52,6 +53,32 @@ def _half_bits_from_f32(typingctx, x):
         return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
 
     return types.uint16(types.float32), codegen
+
+
+@intrinsic
+def _prefetch(typingctx, address):
+    """Hint the cache line at ``address`` into cache for writing: ``llvm.prefetch``."""
+    if not isinstance(address, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = builder.inttoptr(args[0], ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [pointer.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # write, high locality, data cache
+        builder.call(fn, [pointer, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(address), codegen
+
+
+@numba.njit(inline="always")
+def prefetch_row(table, row):
+    """Prefetch each cache line of ``table[row]`` (a C-contiguous 2-D array)."""
+    start = table.ctypes.data + row * table.strides[0]
+    for offset in range(0, table.shape[1] * table.itemsize, 64):
+        _prefetch(start + offset)
 
 
 def hardware_float16() -> bool:

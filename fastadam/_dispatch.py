@@ -133,25 +133,45 @@ def apply_8bit(backend: str, arrays: tuple, codes: tuple, absmax: tuple, h: Hype
     adam_step_8bit_cpu(arrays, flags, coef, num_threads)
 
 
-def apply_sparse(backend: str, param, indices, values, m, v, h: Hyper, step: int, *,
-                 num_threads: int | None = None) -> None:
-    """One row-sparse update (``torch.optim.SparseAdam``'s) on validated arrays."""
+def sparse_flags(h: Hyper, arrays: tuple) -> Flags:
+    """The kernel flags of a row-sparse step on validated
+    ``(param, indices, values, m, v, comp, master)``."""
+    param, _, values, m = arrays[:4]
+    return flags(h, kind(param.dtype), kind(values.dtype), kind(m.dtype),
+                 kahan=arrays[5] is not None, master=arrays[6] is not None)
+
+
+def apply_sparse(backend: str, arrays: tuple, h: Hyper, step: int, *,
+                 num_threads: int | None = None, stream=None) -> None:
+    """One row-sparse update (``torch.optim.SparseAdam``'s) on validated
+    ``(param, indices, values, m, v, comp, master)``."""
+    param, indices, values, m, v, comp, master = arrays
     if indices.size == 0:
         return
+    step_size = h.lr * math.sqrt(1 - h.beta2**step) / (1 - h.beta1**step)
     if backend == "numpy":
         from ._reference import sparse_adam_step_numpy
 
-        sparse_adam_step_numpy(param, indices, values, m, v, h.lr, h.beta1, h.beta2, h.eps,
-                               h.maximize, step)
+        sparse_adam_step_numpy(param, indices, values, m, v, comp, master, h, step_size)
+        return
+    compute = compute_dtype(kind(param.dtype))
+    coef = (1 - h.beta1, 1 - h.beta2, h.eps, -step_size)
+    views = [as_kernel_array(a) for a in (param, values, m, v)]
+    extras = [views[0] if a is None else as_kernel_array(a) for a in (comp, master)]
+    tables = (views[0], views[2], views[3], *extras)  # param, m, v, comp, master
+    f = sparse_flags(h, arrays)
+    if backend == "cuda":
+        from . import _cudasparse
+
+        _cudasparse.sparse_step(tables, indices, views[1], f,
+                                tuple(np.dtype(compute).type(c) for c in coef), stream)
         return
     from ._cpu import with_threads
-    from ._cpusparse import runs, sparse_kernel
+    from ._cpusparse import group_rows, sparse_kernel
 
-    step_size = h.lr * math.sqrt(1 - h.beta2**step) / (1 - h.beta1**step)
-    coef = np.array([1 - h.beta1, 1 - h.beta2, h.eps, -step_size], dtype=param.dtype)
-    order, starts = runs(indices)
-    with_threads(num_threads, sparse_kernel(h.maximize), param, m, v, indices, order, starts,
-                 values, coef)
+    order, starts = group_rows(indices)
+    with_threads(num_threads, sparse_kernel(f), *tables, indices, order, starts, views[1],
+                 np.array(coef, dtype=compute))
 
 
 def flags_8bit(h: Hyper, param, grad, kahan: bool, master: bool) -> Flags:

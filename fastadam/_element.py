@@ -67,3 +67,47 @@ def make(jit, flags: Flags, converters: dict):
             param[i] = store_p(p)
 
     return update
+
+
+def make_sparse(jit, flags: Flags, converters: dict):
+    """``update(j, g, param, m, v, comp, master, one_minus_beta1, one_minus_beta2, eps,
+    neg_step_size)``: element ``j`` of one row of a row-sparse step, in place, with its
+    summed gradient ``g`` (compute dtype); torch.optim.SparseAdam's order of operations.
+
+    The arrays are one row each (1-D, 16-bit ones as uint16 views); ``comp`` and
+    ``master`` are touched only with their option on.
+    """
+    maximize, kahan, master = flags.maximize, flags.kahan, flags.master
+    load_p, store_p = converters[flags.param]
+    load_s, store_s = converters[flags.state]
+    compute = np.dtype(compute_dtype(flags.param)).type
+
+    @jit
+    def update(j, g, param, m, v, comp, master_param, one_minus_beta1, one_minus_beta2, eps,
+               neg_step_size):
+        if maximize:
+            g = -g
+        old_m = load_s(m[j])
+        old_v = load_s(v[j])
+        m_j = old_m + (g - old_m) * one_minus_beta1  # old + (new - old) * (1 - beta)
+        v_j = old_v + (g * g - old_v) * one_minus_beta2
+        m[j] = store_s(m_j)
+        v[j] = store_s(v_j)
+        if master:
+            p = compute(master_param[j])
+        elif kahan:
+            p = load_p(param[j]) + load_p(comp[j])
+        else:
+            p = load_p(param[j])
+        p = p + neg_step_size * (m_j / (math.sqrt(v_j) + eps))
+        if master:
+            master_param[j] = p
+            param[j] = store_p(p)
+        elif kahan:
+            rounded = store_p(p)
+            param[j] = rounded
+            comp[j] = store_p(p - load_p(rounded))
+        else:
+            param[j] = store_p(p)
+
+    return update

@@ -75,22 +75,33 @@ def adam_step_8bit_numpy(param, grad, codes: list, absmax: list, comp, master, h
             c[...], a[...] = quant8.quantize(x, s)
 
 
-def sparse_adam_step_numpy(param, indices, values, m, v, lr: float, beta1: float,
-                           beta2: float, eps: float, maximize: bool, step: int) -> None:
+def sparse_adam_step_numpy(param, indices, values, m, v, comp, master, h: Hyper,
+                           step_size: float) -> None:
     """``torch.optim.SparseAdam``'s update, as torch writes it: coalesce (sum duplicate
-    rows), then the rows present move, with eps on the uncorrected sqrt(v)."""
+    rows, in their order), then the rows present move, with eps on the uncorrected
+    sqrt(v). Arithmetic in the compute dtype, as ``adam_step_numpy``."""
+    compute = np.float64 if param.dtype == np.float64 else np.float32
     rows, inverse = np.unique(indices, return_inverse=True)
-    g = np.zeros((rows.size, param.shape[1]), param.dtype)
-    np.add.at(g, inverse, values)
-    if maximize:
+    g = np.zeros((rows.size, param.shape[1]), compute)
+    np.add.at(g, inverse, values.astype(compute))
+    if h.maximize:
         g = -g
-    dtype = param.dtype.type
-    old_m, old_v = m[rows], v[rows]
-    m_update = (g - old_m) * dtype(1 - beta1)
-    v_update = (g * g - old_v) * dtype(1 - beta2)
+    old_m, old_v = m[rows].astype(compute), v[rows].astype(compute)
+    m_update = (g - old_m) * compute(1 - h.beta1)
+    v_update = (g * g - old_v) * compute(1 - h.beta2)
     m[rows] = old_m + m_update
     v[rows] = old_v + v_update
-    step_size = lr * np.sqrt(1 - beta2**step) / (1 - beta1**step)
     numer = m_update + old_m
-    denom = np.sqrt(v_update + old_v) + dtype(eps)
-    param[rows] += dtype(-step_size) * (numer / denom)
+    denom = np.sqrt(v_update + old_v) + compute(h.eps)
+    if master is not None:
+        p = master[rows]
+    elif comp is not None:
+        p = param[rows].astype(compute) + comp[rows].astype(compute)
+    else:
+        p = param[rows].astype(compute)
+    p = p + compute(-step_size) * (numer / denom)
+    if master is not None:
+        master[rows] = p
+    param[rows] = p
+    if comp is not None:
+        comp[rows] = p - param[rows].astype(compute)

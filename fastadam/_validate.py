@@ -364,35 +364,55 @@ def stream(value, kind: str):
     return _cuda.to_stream(value)
 
 
-def sparse_arrays(backend: str, param, indices, values, m, v) -> tuple:
-    """Every check on a row-sparse step: ``param``, ``m``, ``v`` (rows, dim) float32 or
-    float64 of one dtype; ``indices`` (nnz,) integers in [0, rows); ``values`` (nnz, dim)
-    of param's dtype. Returns ``(param, indices as int64, values, m, v)``."""
-    if backend not in ("cpu", "numpy"):
-        raise ValueError("the row-sparse step runs on the CPU (backend 'cpu' or 'numpy')")
-    param = host_array("param", param, writable=True)
+def sparse_arrays(backend: str, param, indices, values, m, v, comp, master,
+                  stream=None) -> tuple:
+    """Every check on a row-sparse step: ``param``, ``m``, ``v`` (rows, dim), m and v of one
+    float dtype; ``indices`` (nnz,) integers in [0, rows) (on the GPU checked by a launch
+    on ``stream`` and a wait for its answer); ``values`` (nnz, dim) of any float dtype;
+    ``comp`` and ``master`` as in ``step_arrays``. Returns them in that order (host
+    indices as int64)."""
+    device = backend == "cuda"
+    param = (device_array if device else host_array)("param", param, writable=True)
     if param.ndim != 2:
         raise ValueError(f"param must be a (rows, dim) table, got shape {param.shape}")
-    if param.dtype not in (np.float32, np.float64):
-        raise TypeError(f"the row-sparse step takes float32 or float64 tables; param is "
-                        f"{param.dtype}")
-    m = like("m", m, param, writable=True, dtype=param.dtype)
-    v = like("v", v, param, writable=True, dtype=param.dtype)
-    if not isinstance(indices, np.ndarray):
+    m = like("m", m, param, writable=True, device=device)
+    v = like("v", v, param, writable=True, device=device, dtype=m.dtype)
+    indices = _indices(indices, device)
+    values = (device_array if device else host_array)("values", values, writable=False)
+    if values.shape != (indices.size, param.shape[1]):
+        raise ValueError(f"values must have shape (nnz, dim) = {(indices.size, param.shape[1])}, "
+                         f"got {values.shape}")
+    comp, master = _param_extras(param, comp, master, device)
+    if not device and indices.size and (indices.min() < 0 or indices.max() >= param.shape[0]):
+        bad = indices[(indices < 0) | (indices >= param.shape[0])][0]
+        raise ValueError(f"indices must be in [0, {param.shape[0]}) (param's rows); "
+                         f"found {bad}")
+    disjoint({"param": param, "m": m, "v": v, "values": values, "indices": indices,
+              "kahan_comp": comp, "master_params": master})
+    if device:
+        from ._cudasparse import check_indices
+
+        check_indices(indices, param.shape[0], stream)
+    else:
+        indices = np.ascontiguousarray(indices, dtype=np.int64)
+    return param, indices, values, m, v, comp, master
+
+
+def _indices(indices, device: bool):
+    """Row indices: a 1-D integer array where the step runs (a NumPy one on the CPU)."""
+    if device:
+        if isinstance(indices, np.ndarray) or not is_device(indices):
+            raise TypeError(f"indices must be a GPU integer array, like param, got "
+                            f"{type(indices).__name__}")
+        from . import _cuda
+
+        indices = _cuda.as_device_array(indices)
+    elif not isinstance(indices, np.ndarray):
         raise TypeError(f"indices must be a NumPy integer array, got {type(indices).__name__}")
     if indices.dtype == np.bool_ or not np.issubdtype(indices.dtype, np.integer):
         raise TypeError(f"indices must hold integers, got {indices.dtype}")
     if indices.ndim != 1:
         raise ValueError(f"indices must be 1-D (nnz,), got shape {indices.shape}")
-    values = host_array("values", values, writable=False)
-    if values.shape != (indices.size, param.shape[1]):
-        raise ValueError(f"values must have shape (nnz, dim) = {(indices.size, param.shape[1])}, "
-                         f"got {values.shape}")
-    if values.dtype != param.dtype:
-        raise TypeError(f"values must have param's dtype {param.dtype}, got {values.dtype}")
-    if indices.size and (indices.min() < 0 or indices.max() >= param.shape[0]):
-        bad = indices[(indices < 0) | (indices >= param.shape[0])][0]
-        raise ValueError(f"indices must be in [0, {param.shape[0]}) (param's rows); "
-                         f"found {bad}")
-    disjoint({"param": param, "m": m, "v": v, "values": values, "indices": indices})
-    return param, indices.astype(np.int64, copy=False), values, m, v
+    if device and not indices.is_c_contiguous():
+        raise ValueError("indices must be contiguous")
+    return indices

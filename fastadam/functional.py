@@ -206,8 +206,11 @@ def sparse_adam_step(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     maximize: bool = False,
+    kahan_comp: np.ndarray | None = None,
+    master_params: np.ndarray | None = None,
     backend: str = "auto",
     num_threads: int | None = None,
+    stream=None,
 ) -> None:
     """One row-sparse Adam update in place: ``torch.optim.SparseAdam``'s, fused.
 
@@ -219,11 +222,19 @@ def sparse_adam_step(
     counts every step of the table, empty ones included.
 
     Args:
-        param, m, v: (rows, dim) C-contiguous float32 or float64 arrays of one dtype.
+        param, m, v: (rows, dim) C-contiguous arrays; param float16, bfloat16
+            (ml_dtypes), float32 or float64, m and v of one float dtype (for
+            16-bit params float32, or bfloat16 to halve them). Arithmetic is
+            float32 (float64 for float64 params), duplicates summed in it.
         indices: (nnz,) integers in [0, rows).
-        values: (nnz, dim), param's dtype.
-        backend: "auto" or "cpu" (the fused kernel), or "numpy" (torch's formulas as
+        values: (nnz, dim), any float dtype.
+        kahan_comp, master_params: for 16-bit params, as in :func:`adam_step`
+            (tables of param's shape; only the rows present change).
+        backend: "auto" (cuda for GPU arrays, else cpu), "cpu", "cuda" (every
+            array, indices too, on the GPU), or "numpy" (torch's formulas as
             NumPy array expressions).
+        stream: cuda only, as in :func:`adam_step`. On the GPU the indices are
+            range-checked on the device and the answer read back: one wait.
 
     Raises:
         TypeError, ValueError: on bad input, naming the argument; nothing is modified.
@@ -232,5 +243,7 @@ def sparse_adam_step(
     step = check.step(step)
     threads = check.num_threads(num_threads)
     kind = resolve(check.backend(backend), param)
-    param, indices, values, m, v = check.sparse_arrays(kind, param, indices, values, m, v)
-    apply_sparse(kind, param, indices, values, m, v, h, step, num_threads=threads)
+    cuda_stream = check.stream(stream, kind)
+    arrays = check.sparse_arrays(kind, param, indices, values, m, v, kahan_comp, master_params,
+                                 cuda_stream)
+    apply_sparse(kind, arrays, h, step, num_threads=threads, stream=cuda_stream)

@@ -33,7 +33,7 @@ from ._slots import PARAM_DTYPE
 from .functional import hyper
 from .optimizer import Adam as _ArrayAdam
 
-__all__ = ["Adam", "AdamW", "Adam8bit", "AdamW8bit"]
+__all__ = ["Adam", "AdamW", "Adam8bit", "AdamW8bit", "SparseAdam"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64,
            torch.complex64, torch.complex128)
@@ -382,3 +382,4 @@ class AdamW(_FusedStep, torch.optim.AdamW):
 
 
 from ._torch8bit import Adam8bit, AdamW8bit  # noqa: E402  (it reads _array from here)
+from ._torchsparse import SparseAdam  # noqa: E402

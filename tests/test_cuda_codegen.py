@@ -155,3 +155,37 @@ def test_8bit_kernel_compiles(compile_ptx, kinds, options, counted):
     assert "st.global.u8" in ptx
     if param != "float64" and not counted:
         assert ".f64" not in ptx
+
+
+SPARSE_CASES = [(k, o) for k, o in CASES if not (o.get("amsgrad") or o.get("decoupled"))] + [
+    (("float32", "float32", "float32"), dict(maximize=True)),
+    (("bfloat16", "bfloat16", "float32"), dict(kahan=True)),
+    (("float16", "float16", "float32"), dict(master=True))]
+
+
+@pytest.mark.parametrize("kinds,options", SPARSE_CASES)
+def test_sparse_kernel_compiles(compile_ptx, kinds, options):
+    """The row-sparse update: float32 arithmetic only for float32 and 16-bit tables."""
+    from fastadam import _cudasparse
+
+    param, grad, state = kinds
+    compute = types.float64 if param == "float64" else types.float32
+    table = lambda kind: ARRAY[kind][:, ::1]  # noqa: E731
+    sig = (table(param), table(state), table(state), table(param), types.float32[:, ::1],
+           types.uint64[::1], table(grad)) + (compute,) * 4
+    ptx = compile_ptx(_cudasparse.sparse_kernel(make_flags(kinds, options)).py_func, sig)
+    assert "sqrt.rn" in ptx and "st.global" in ptx
+    if param != "float64" and "float64" not in kinds:
+        assert ".f64" not in ptx
+
+
+@pytest.mark.parametrize("index", [types.int32, types.int64])
+def test_sparse_grouping_kernels_compile(compile_ptx, index):
+    """The device sort of the lookups (keys, merge passes) and the index range check."""
+    from fastadam import _cudasparse
+
+    keys = types.uint64[::1]
+    assert "shl.b64" in compile_ptx(_cudasparse._keys.py_func, (index[::1], keys))
+    assert "st.global.u64" in compile_ptx(_cudasparse._merge.py_func, (keys, keys, types.int64))
+    assert "atom.global.add" in compile_ptx(_cudasparse._bad_indices.py_func,
+                                            (index[::1], types.int64, types.int64[::1]))

@@ -1,0 +1,83 @@
+"""``fastadam.torch.SparseAdam``: ``torch.optim.SparseAdam`` with the fused row-sparse step.
+
+It subclasses torch's SparseAdam and replaces only ``step``: construction, its
+errors, param groups, hooks and ``state_dict`` are torch's, and so is the state
+(``step``, an int, and dense ``exp_avg``/``exp_avg_sq`` tensors), so state_dicts
+load into torch's SparseAdam and back. Gradients are sparse COO tensors as
+``nn.Embedding(sparse=True)`` and ``nn.EmbeddingBag(sparse=True)`` make them,
+coalesced or not: the kernel sums duplicate rows itself, without coalescing.
+A gradient sparse in more than its first dimension, or a non-contiguous param,
+steps with torch's own function.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _validate as check
+from ._dispatch import apply_sparse
+from .functional import hyper
+
+__all__ = ["SparseAdam"]
+
+
+class SparseAdam(torch.optim.SparseAdam):
+    """``torch.optim.SparseAdam`` with fastadam's fused row-sparse step (same arguments,
+    defaults, checks and state). A dense gradient raises TypeError naming its param."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one step; every gradient is checked before any param changes."""
+        from .torch import _array, _current_stream
+
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        fused, by_torch, fresh = [], [], {}
+        for g_index, group in enumerate(self.param_groups):
+            h = hyper(float(group["lr"]), tuple(float(b) for b in group["betas"]),
+                      group["eps"], 0.0, False, False, group.get("maximize", False))
+            for p_index, p in enumerate(group["params"]):
+                grad = p.grad
+                if grad is None:
+                    continue
+                name = f"param_groups[{g_index}]['params'][{p_index}].grad"
+                if not grad.is_sparse:
+                    raise TypeError(f"{name} is dense: SparseAdam takes sparse gradients "
+                                    "(nn.Embedding(sparse=True)); use fastadam.torch.Adam")
+                state = self.state[p] if p in self.state else fresh.setdefault(p, {
+                    "step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)})
+                if grad.sparse_dim() != 1 or p.dim() == 0 or not all(
+                        t.is_contiguous() for t in (p, state["exp_avg"], state["exp_avg_sq"])):
+                    by_torch.append((group, h, p, grad, state))
+                    continue
+                rows, dim = p.shape[0], p[0].numel() if p.shape[0] else 0
+                table = lambda t: _array(t.view(rows, dim))  # noqa: E731
+                values = grad._values().contiguous().view(grad._nnz(), dim)
+                backend = "cuda" if p.is_cuda else "cpu"
+                stream = _current_stream(p) if p.is_cuda else None
+                try:
+                    arrays = check.sparse_arrays(
+                        backend, table(p), _indices(grad, p.is_cuda), _array(values),
+                        table(state["exp_avg"]), table(state["exp_avg_sq"]), None, None, stream)
+                except (TypeError, ValueError) as e:
+                    raise type(e)(f"{name}: {e}") from e
+                fused.append((h, state, arrays, backend, stream))
+        for p, state in fresh.items():  # everything is checked: commit
+            self.state[p] = state
+        for h, state, arrays, backend, stream in fused:
+            state["step"] += 1
+            apply_sparse(backend, arrays, h, state["step"], stream=stream)
+        for group, h, p, grad, state in by_torch:
+            state["step"] += 1
+            torch.optim._functional.sparse_adam(
+                [p], [grad], [state["exp_avg"]], [state["exp_avg_sq"]], [state["step"]],
+                eps=h.eps, beta1=h.beta1, beta2=h.beta2, lr=h.lr, maximize=h.maximize)
+        return loss
+
+
+def _indices(grad: torch.Tensor, cuda: bool):
+    """The row of each gradient value: a NumPy view on the CPU, the tensor on the GPU."""
+    indices = grad._indices()[0]
+    return indices if cuda else indices.numpy()
