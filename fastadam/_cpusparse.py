@@ -1,10 +1,10 @@
 """The fused row-sparse Adam step on the CPU (``torch.optim.SparseAdam``'s update).
 
-``group_rows`` groups the lookups by row with a hash table over the nnz indices
-(never a pass over the table): each distinct row once, in order of first
-appearance, its lookups in their order. One parallel loop over the distinct
-rows then sums each row's gradient values in that order and updates the row's
-m, v and params in one pass. Each row is one task's alone, so the result does
+``group_rows`` sorts the nnz lookups by row (a radix sort of the indices, never
+a pass over the table): each distinct row once, in ascending order (neighbouring
+rows share pages), its lookups in their order. One parallel loop over the
+distinct rows then sums each row's gradient values in that order and updates
+the row's m, v and params in one pass. Each row is one task's alone, so the result does
 not depend on the thread count.
 """
 
@@ -22,44 +22,44 @@ from ._scalars import Flags, compute_dtype
 
 ROWS_PER_TASK = 64  # distinct rows per parallel task: its scratch row is allocated once
 AHEAD = 8  # rows prefetched ahead: rows are scattered, so each one is a cache (and TLB) miss
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: 2^64 / golden ratio
+RADIX_BITS = 11  # a 2048-entry histogram: in L1
+RADIX = 1 << RADIX_BITS
 
 
 @numba.njit(nogil=True)
-def group_rows(indices):
-    """(order, starts): ``indices[order]`` runs through each distinct row in order of first
-    appearance, a row's lookups in their order; ``starts[u]`` is where the u-th distinct
-    row's run begins, ``starts[-1]`` the end. O(nnz): open addressing, linear probing."""
+def group_rows(indices, rows):
+    """(order, starts): ``indices[order]`` ascending, a row's lookups in their order (a
+    stable LSD radix sort of the nnz indices, 11 bits a pass: two passes below 4M rows);
+    ``starts[u]`` is where the u-th distinct row's run begins, ``starts[-1]`` the end."""
     n = indices.size
-    bits = 4
-    while (1 << bits) < 2 * n:
-        bits += 1
-    mask = (1 << bits) - 1
-    shift = np.uint64(64 - bits)
-    keys = np.full(1 << bits, -1, np.int64)
-    ids = np.empty(1 << bits, np.int64)
-    unique_of = np.empty(n, np.int64)
-    counts = np.zeros(n + 1, np.int64)
-    distinct = 0
+    order, keys = np.arange(n), indices.copy()
+    spare_order, spare_keys = np.empty(n, np.int64), np.empty(n, np.int64)
+    counts = np.empty(RADIX + 1, np.int64)
+    shift = 0
+    while (np.int64(1) << shift) < rows:
+        counts[:] = 0
+        for k in range(n):
+            counts[((keys[k] >> shift) & (RADIX - 1)) + 1] += 1
+        for d in range(RADIX):
+            counts[d + 1] += counts[d]
+        for k in range(n):
+            d = (keys[k] >> shift) & (RADIX - 1)
+            at = counts[d]
+            spare_keys[at], spare_order[at] = keys[k], order[k]
+            counts[d] = at + 1
+        keys, spare_keys = spare_keys, keys
+        order, spare_order = spare_order, order
+        shift += RADIX_BITS
+    distinct = min(n, 1)
+    for k in range(1, n):
+        distinct += keys[k] != keys[k - 1]
+    starts = np.empty(distinct + 1, np.int64)
+    u = 0
     for k in range(n):
-        row = indices[k]
-        h = np.int64((np.uint64(row) * _GOLDEN) >> shift)
-        while keys[h] != -1 and keys[h] != row:
-            h = (h + 1) & mask
-        if keys[h] == -1:
-            keys[h] = row
-            ids[h] = distinct
-            distinct += 1
-        u = ids[h]
-        unique_of[k] = u
-        counts[u + 1] += 1
-    starts = np.cumsum(counts[: distinct + 1])
-    filled = starts[:distinct].copy()
-    order = np.empty(n, np.int64)
-    for k in range(n):
-        u = unique_of[k]
-        order[filled[u]] = k
-        filled[u] += 1
+        if k == 0 or keys[k] != keys[k - 1]:
+            starts[u] = k
+            u += 1
+    starts[distinct] = n
     return order, starts
 
 

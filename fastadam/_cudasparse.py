@@ -146,3 +146,24 @@ def sparse_step(tables: tuple, indices, values, flags: Flags, coef: tuple, strea
     blocks = min(MAX_BLOCKS, (keys.size + POSITIONS - 1) // POSITIONS)
     sparse_kernel(flags)[blocks, (ROW_THREADS, POSITIONS), stream](*tables, keys, values,
                                                                     *coef)
+
+
+@cuda.jit
+def _touch_rows(param, m, v, values, rows):
+    u = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
+    while u < rows.size:
+        r = rows[u]
+        j = cuda.threadIdx.x
+        while j < param.shape[1]:
+            g = values[u, j]
+            param[r, j] += g
+            m[r, j] += g
+            v[r, j] += g
+            j += cuda.blockDim.x
+        u += cuda.gridDim.x * cuda.blockDim.y
+
+
+def touch_rows_cuda(param, m, v, values, rows) -> None:
+    """The memory-only pass of ``_cpusparse.touch_rows`` on the device, for benchmarks."""
+    blocks = min(MAX_BLOCKS, (rows.size + POSITIONS - 1) // POSITIONS)
+    _touch_rows[blocks, (ROW_THREADS, POSITIONS)](param, m, v, values, rows)

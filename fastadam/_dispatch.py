@@ -169,7 +169,7 @@ def apply_sparse(backend: str, arrays: tuple, h: Hyper, step: int, *,
     from ._cpu import with_threads
     from ._cpusparse import group_rows, sparse_kernel
 
-    order, starts = group_rows(indices)
+    order, starts = group_rows(indices, param.shape[0])
     with_threads(num_threads, sparse_kernel(f), *tables, indices, order, starts, views[1],
                  np.array(coef, dtype=compute))
 

@@ -476,6 +476,136 @@ def transformer_rows(dtypes: list[str], *, repeats: int) -> list[Row]:
     return rows
 
 
+SPARSE_CASES = ((1_000_000, 64, 1024), (1_000_000, 64, 16_384), (1_000_000, 64, 262_144),
+                (10_000_000, 64, 16_384))  # (rows, dim, lookups per step)
+
+
+def sparse_lookups(rng, rows: int, nnz: int) -> np.ndarray:
+    """Row indices as an embedding sees them: a quarter from 256 hot rows, the rest uniform."""
+    indices = rng.integers(0, rows, nnz)
+    hot = rng.integers(0, rows, 256)
+    indices[: nnz // 4] = hot[rng.integers(0, 256, nnz // 4)]
+    return rng.permutation(indices)
+
+
+ROTATION = 8  # lookup sets each contender cycles through: its rows are not cache-warm
+
+
+class _Cycle:
+    """Calls ``fn(*items[i])`` for i = 0, 1, ... round robin: each step new rows."""
+
+    def __init__(self, fn, items: list) -> None:
+        self.fn, self.items, self.i = fn, items, 0
+
+    def __call__(self):
+        self.i = (self.i + 1) % len(self.items)
+        return self.fn(*self.items[self.i])
+
+
+def sparse_rows(rows: int, dim: int, nnz: int, *, repeats: int, rng, gpu: bool = False
+                ) -> list[Row]:
+    """The row-sparse step on a (rows, dim) float32 table with ``nnz`` lookups per step:
+    fastadam against torch's formulas in NumPy, ``torch.optim.SparseAdam`` (where torch is
+    installed) and the memory-only pass over the rows touched. Each contender cycles
+    through ``ROTATION`` lookup sets, so the rows a step touches are rarely in cache.
+    Traffic: the values once, each distinct row of param, m and v read and written once."""
+    from ._cpusparse import touch_rows
+    from .sparse import SparseAdam
+
+    def table():
+        return rng.standard_normal((rows, dim), dtype=np.float32)
+
+    lookups = [(sparse_lookups(rng, rows, nnz), rng.standard_normal((nnz, dim),
+                                                                    dtype=np.float32))
+               for _ in range(ROTATION)]
+    distinct = [rng.permutation(np.unique(indices)) for indices, _ in lookups]
+    opt = SparseAdam(table())
+    m, v = opt._tables()[:2]
+    m[...], v[...] = 0.0, 0.0  # touched now: no page faults while timing
+    zeros = np.zeros((nnz, dim), np.float32)  # the memory-only pass adds zeros
+    threads = all_threads()
+    contenders = [Contender("cpu", threads, _Cycle(opt.step, lookups)),
+                  Contender("roofline", threads, _Cycle(
+                      partial(touch_rows, opt.table, m, v, zeros), [(d,) for d in distinct]))]
+    if rows * dim <= 1 << 26:  # the NumPy formulas' temporaries stay small
+        naive = SparseAdam(opt.table.copy(), backend="numpy")
+        contenders.append(Contender("numpy", 1, _Cycle(naive.step, lookups)))
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        torch.set_num_threads(threads)
+        weight = torch.nn.Parameter(torch.from_numpy(table()))
+        theirs = torch.optim.SparseAdam([weight])
+        grads = [(torch.sparse_coo_tensor(torch.from_numpy(i)[None], torch.from_numpy(g),
+                                          (rows, dim), check_invariants=False),)
+                 for i, g in lookups]
+
+        def torch_step(grad):
+            weight.grad = grad
+            theirs.step()
+
+        contenders.append(Contender("torch-sparse-adam", threads, _Cycle(torch_step, grads)))
+    if gpu:
+        contenders += _sparse_gpu_contenders(rows, dim, lookups, distinct, torch)
+    medians, _ = measure(contenders, repeats)
+    by_name = {c.backend: medians[id(c)] for c in contenders}
+    touched = statistics.mean(d.size for d in distinct)
+    moved = (touched * 6 + nnz) * dim * 4 + nnz * 8
+    out = []
+    for c in contenders:
+        s = medians[id(c)]
+        on_gpu = c.backend.startswith(("cuda", "torch-cuda"))
+        limit = by_name.get("cuda-roofline" if on_gpu else "roofline")
+        out.append(Row(
+            backend=c.backend, threads=c.threads, n=nnz, dtype="float32",
+            config=f"sparse {rows:,}x{dim}", median_s=s, gb_per_s=moved / s / 1e9,
+            speedup_vs_numpy=by_name["numpy"] / s if "numpy" in by_name else None,
+            roofline_fraction=None if c.backend.endswith("roofline") or limit is None
+            else limit / s,
+            compile_s=None, repeats=repeats, bytes_per_element=moved / max(nnz, 1)))
+    return out
+
+
+def _sparse_gpu_contenders(rows, dim, lookups, distinct, torch) -> list[Contender]:
+    """The sparse step on the GPU (fastadam; torch's SparseAdam on CUDA where it is there),
+    each run ending in a synchronize."""
+    from numba import cuda
+
+    from ._cudasparse import touch_rows_cuda
+    from .sparse import SparseAdam
+
+    table = np.random.default_rng(1).standard_normal((rows, dim), dtype=np.float32)
+    opt = SparseAdam(cuda.to_device(table))
+    m, v = opt._tables()[:2]
+    on_device = [(cuda.to_device(i), cuda.to_device(g)) for i, g in lookups]
+    zeros = cuda.to_device(np.zeros(lookups[0][1].shape, np.float32))
+
+    def synced(fn):
+        return lambda *args: (fn(*args), cuda.synchronize())
+
+    out = [Contender("cuda", 1, _Cycle(synced(opt.step), on_device)),
+           Contender("cuda-roofline", 1, _Cycle(
+               synced(partial(touch_rows_cuda, opt.table, m, v, zeros)),
+               [(cuda.to_device(d),) for d in distinct]))]
+    if torch is not None and torch.cuda.is_available():
+        weight = torch.nn.Parameter(torch.from_numpy(table).cuda())
+        theirs = torch.optim.SparseAdam([weight])
+        grads = [(torch.sparse_coo_tensor(torch.from_numpy(i)[None].cuda(),
+                                          torch.from_numpy(g).cuda(), (rows, dim),
+                                          check_invariants=False),)
+                 for i, g in lookups]
+
+        def torch_step(grad):
+            weight.grad = grad
+            theirs.step()
+            torch.cuda.synchronize()
+
+        out.append(Contender("torch-cuda-sparse-adam", 1, _Cycle(torch_step, grads)))
+    return out
+
+
 def available_memory() -> int:
     """Bytes of memory available to this process (MemAvailable), or physical memory."""
     try:
@@ -643,6 +773,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--transformer", action="store_true",
                    help="also time fastadam.torch.AdamW against torch's fused AdamW on a "
                         "6-layer TransformerEncoder (float32 and bfloat16; needs torch)")
+    p.add_argument("--sparse", action="store_true",
+                   help="the row-sparse step instead of the dense sweep: float32 tables of "
+                        "1M x 64 (1K, 16K, 256K lookups per step) and 10M x 64 (16K), against "
+                        "torch.optim.SparseAdam where torch is installed")
     p.add_argument("--no-cuda", action="store_true", help="leave the GPU out even if one is there")
     p.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
     p.add_argument("--seed", type=int, default=0)
@@ -699,11 +833,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _header(info: dict, repeats: int) -> str:
+    return (f"fastadam {info['fastadam']}, numba {info['numba']}, numpy {info['numpy']}"
+            + (f", torch {info['torch']}" if "torch" in info else "")
+            + f"; {info['cpu']}, {info['cores']} cores; median of {repeats} interleaved repeats")
+
+
+def sparse_main(args) -> int:
+    """``bench --sparse``: the row-sparse table, printed and written as the dense one."""
+    rng = np.random.default_rng(args.seed)
+    gpu = not args.no_cuda and gpu_available()
+    cases = SPARSE_CASES
+    if args.sizes:  # lookups per step, on the 1M x 64 table
+        cases = tuple((1_000_000, 64, n) for n in args.sizes)
+    rows: list[Row] = []
+    for i, (table_rows, dim, nnz) in enumerate(cases, 1):
+        if not args.no_progress:
+            print(f"[{i}/{len(cases)}] {table_rows:,} x {dim}, {nnz:,} lookups", file=sys.stderr,
+                  flush=True)
+        rows += sparse_rows(table_rows, dim, nnz, repeats=args.repeats, rng=rng, gpu=gpu)
+    info = machine()
+    print(_header(info, args.repeats))
+    print("Row-sparse Adam (n: lookups per step, a quarter on 256 hot rows; GB/s: the values "
+          "and the distinct rows of param, m, v read and written once)")
+    print(format_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "rows": [asdict(r) for r in rows]}, f, indent=1)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``python -m fastadam bench`` command."""
     args = parse_args(argv)
     threads = args.threads or all_threads()
     threads_list = sorted({1, threads})
+    if args.sparse:
+        return sparse_main(args)
     cases = [
         (n, dtype, config)
         for dtype in args.dtypes
@@ -740,11 +906,7 @@ def main(argv: list[str] | None = None) -> int:
     if progress and tty:
         print(file=sys.stderr)
     info = machine()
-    print(
-        f"fastadam {info['fastadam']}, numba {info['numba']}, numpy {info['numpy']}"
-        + (f", torch {info['torch']}" if "torch" in info else "")
-        + f"; {info['cpu']}, {info['cores']} cores; median of {args.repeats} interleaved repeats"
-    )
+    print(_header(info, args.repeats))
     print(format_table(rows))
     many = []
     if args.many is not None:

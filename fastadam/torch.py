@@ -1,4 +1,5 @@
-"""``torch.optim.Adam`` / ``AdamW`` replacements that step with fastadam's fused kernels.
+"""``torch.optim.Adam`` / ``AdamW`` replacements that step with fastadam's fused kernels
+(and ``Adam8bit``/``AdamW8bit``, ``SparseAdam``: see ``_torch8bit``, ``_torchsparse``).
 
     import fastadam.torch
     opt = fastadam.torch.AdamW(model.parameters(), lr=1e-3)

@@ -163,3 +163,29 @@ def test_transformer_rows():
     rows = bench.transformer_rows(["bfloat16"], repeats=1)
     assert [r.backend for r in rows] == ["torch-fused", "fastadam.torch"]
     assert {r.config for r in rows} == {"transformer-72"} and rows[0].n == rows[1].n > 4_000_000
+
+
+def test_sparse_table(capsys, tmp_path, monkeypatch):
+    """--sparse: fastadam, the NumPy formulas, the memory-only pass and (torch installed)
+    torch's SparseAdam, per case; the step really moves the table."""
+    monkeypatch.setattr(bench, "SPARSE_CASES", ((3001, 16, 300), (2000, 7, 0)))
+    path = tmp_path / "sparse.json"
+    out = run(capsys, "--sparse", "--json", str(path))
+    assert "Row-sparse Adam" in out and "sparse 3,001x16" in out
+    rows = json.loads(path.read_text())["rows"]
+    backends = {r["backend"] for r in rows}
+    assert {"cpu", "roofline", "numpy"} <= backends
+    optional("torch")
+    assert "torch-sparse-adam" in backends
+    for r in rows:
+        assert r["median_s"] > 0 and (r["n"] == 0 or r["gb_per_s"] > 0)
+    cpu = next(r for r in rows if r["backend"] == "cpu" and r["n"] == 300)
+    assert cpu["roofline_fraction"] > 0 and cpu["speedup_vs_numpy"] > 0
+    # traffic: the values once, each distinct row of param, m, v read and written
+    assert 16 * 4 < cpu["bytes_per_element"] <= 7 * 16 * 4 + 8
+
+
+def test_sparse_lookups_have_hot_rows():
+    indices = bench.sparse_lookups(np.random.default_rng(0), 1_000_000, 16_384)
+    assert indices.min() >= 0 and indices.max() < 1_000_000
+    assert np.unique(indices).size < 0.9 * indices.size  # duplicates, as embeddings see them
