@@ -18,7 +18,7 @@ import numpy as np
 from numba import cuda
 
 from . import _element
-from ._cuda import SIMULATOR, MAX_BLOCKS, _device, converters, launch_shape
+from ._cuda import MAX_BLOCKS, SIMULATOR, _device, converters, launch_shape
 from ._scalars import Flags, compute_dtype
 
 # Threads per block: across a row's elements (x) and over sorted positions (y).

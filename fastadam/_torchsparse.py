@@ -50,17 +50,17 @@ class SparseAdam(torch.optim.SparseAdam):
                     "step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)})
                 if grad.sparse_dim() != 1 or p.dim() == 0 or not all(
                         t.is_contiguous() for t in (p, state["exp_avg"], state["exp_avg_sq"])):
-                    by_torch.append((group, h, p, grad, state))
+                    by_torch.append((h, p, grad, state))
                     continue
-                rows, dim = p.shape[0], p[0].numel() if p.shape[0] else 0
-                table = lambda t: _array(t.view(rows, dim))  # noqa: E731
-                values = grad._values().contiguous().view(grad._nnz(), dim)
+                shape = (p.shape[0], p[0].numel() if p.shape[0] else 0)
+                values = grad._values().contiguous().view(grad._nnz(), shape[1])
                 backend = "cuda" if p.is_cuda else "cpu"
                 stream = _current_stream(p) if p.is_cuda else None
                 try:
+                    m, v = (_array(state[k].view(shape)) for k in ("exp_avg", "exp_avg_sq"))
                     arrays = check.sparse_arrays(
-                        backend, table(p), _indices(grad, p.is_cuda), _array(values),
-                        table(state["exp_avg"]), table(state["exp_avg_sq"]), None, None, stream)
+                        backend, _array(p.view(shape)), _indices(grad, p.is_cuda),
+                        _array(values), m, v, None, None, stream)
                 except (TypeError, ValueError) as e:
                     raise type(e)(f"{name}: {e}") from e
                 fused.append((h, state, arrays, backend, stream))
@@ -69,7 +69,7 @@ class SparseAdam(torch.optim.SparseAdam):
         for h, state, arrays, backend, stream in fused:
             state["step"] += 1
             apply_sparse(backend, arrays, h, state["step"], stream=stream)
-        for group, h, p, grad, state in by_torch:
+        for h, p, grad, state in by_torch:
             state["step"] += 1
             torch.optim._functional.sparse_adam(
                 [p], [grad], [state["exp_avg"]], [state["exp_avg_sq"]], [state["step"]],

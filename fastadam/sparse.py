@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import _checkpoint
 from . import _validate as check
 from ._dispatch import apply_sparse, resolve
