@@ -9,9 +9,10 @@ nox.options.default_venv_backend = "venv"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite: torch (CPU build) as a reference, then the CUDA tests on the simulator."""
+    """The test suite: torch (CPU build) as a reference, MPI from wheels for the sharded
+    optimizer's multi-process tests, then the CUDA tests on the simulator."""
     # numba-cuda's cu13 extra brings NVRTC, so the CUDA kernels compile to PTX here too.
-    session.install("-e", ".[test,plot,cuda]", "numba-cuda[cu13]")
+    session.install("-e", ".[test,plot,cuda,mpi]", "numba-cuda[cu13]")
     env = {"CI": "true"}  # a missing reference fails instead of skipping
     session.run("pytest", "tests", "--ignore=tests/cuda", *session.posargs, env=env)
     # The simulator must be switched on before numba loads: its own process.
