@@ -245,7 +245,7 @@ class ShardedAdam:
                 raise error
             raise ValueError("the step was refused on another rank (its gradients); nothing "
                              "changed on any rank")
-        self._comm.reduce_scatter_sum(self._grad_flat, self._grad_shard, self._counts)
+        self._comm.reduce_scatter_sum(self._send, self._grad_shard, self._counts)
         if self._skip_nonfinite:
             found = not all_finite("cpu", [self._grad_shard], num_threads=self._num_threads)
             if self._comm.any(found):
@@ -276,8 +276,12 @@ class ShardedAdam:
         names = ["grad"] if self._single else [f"grads[{i}]" for i in range(len(grads))]
         checked = [check.like(name, g, a, writable=False)
                    for name, g, a in zip(names, grads, self._arrays)]
+        if self._single and checked[0].dtype == self._grad_flat.dtype:
+            self._send = checked[0].reshape(-1)  # reduced from where it is: no copy
+            return
         for g, start, stop in zip(checked, self._starts[:-1], self._starts[1:]):
             self._grad_flat[start:stop] = g.reshape(-1)
+        self._send = self._grad_flat
 
     # --- state --------------------------------------------------------------
 
