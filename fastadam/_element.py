@@ -14,6 +14,38 @@ import numpy as np
 from ._scalars import Flags, compute_dtype
 
 
+def _param_access(jit, flags: Flags, converters: dict):
+    """``(load(i, param, comp, master), store(i, p, param, comp, master))``: the params in
+    the compute dtype, from the master params, params plus Kahan compensation, or params;
+    and back (the master params exact, the params rounded, the compensation what rounding
+    lost)."""
+    kahan, master = flags.kahan, flags.master
+    load_p, store_p = converters[flags.param]
+    compute = np.dtype(compute_dtype(flags.param)).type
+
+    @jit
+    def load(i, param, comp, master_param):
+        if master:
+            return compute(master_param[i])
+        if kahan:
+            return load_p(param[i]) + load_p(comp[i])
+        return load_p(param[i])
+
+    @jit
+    def store(i, p, param, comp, master_param):
+        if master:
+            master_param[i] = p
+            param[i] = store_p(p)
+        elif kahan:
+            rounded = store_p(p)
+            param[i] = rounded
+            comp[i] = store_p(p - load_p(rounded))  # what rounding lost
+        else:
+            param[i] = store_p(p)
+
+    return load, store
+
+
 def make(jit, flags: Flags, converters: dict):
     """``update(i, param, grad, m, v, v_max, comp, master, *coefficients)``, in place.
 
@@ -21,11 +53,10 @@ def make(jit, flags: Flags, converters: dict):
     when their option is off) are never touched. The coefficients are
     ``_scalars.COEFFICIENTS``, rounded once to the compute dtype.
     """
-    maximize, amsgrad, l2_decay, decoupled_decay, nesterov, kahan, master = flags[:7]
-    load_p, store_p = converters[flags.param]
+    maximize, amsgrad, l2_decay, decoupled_decay, nesterov = flags[:5]
+    load_param, store_param = _param_access(jit, flags, converters)
     load_g = converters[flags.grad][0]
     load_s, store_s = converters[flags.state]
-    compute = np.dtype(compute_dtype(flags.param)).type
 
     @jit
     def update(i, param, grad, m, v, v_max, comp, master_param, beta1, one_minus_beta1, beta2,
@@ -34,12 +65,7 @@ def make(jit, flags: Flags, converters: dict):
         g = load_g(grad[i]) * inv_grad_scale
         if maximize:
             g = -g
-        if master:
-            p = compute(master_param[i])
-        elif kahan:
-            p = load_p(param[i]) + load_p(comp[i])
-        else:
-            p = load_p(param[i])
+        p = load_param(i, param, comp, master_param)
         if l2_decay:
             g = g + weight_decay * p
         if decoupled_decay:
@@ -56,15 +82,7 @@ def make(jit, flags: Flags, converters: dict):
             p = p - (m_coef * m_i + g_coef * g) / denom
         else:
             p = p - m_coef * (m_i / denom)
-        if master:
-            master_param[i] = p
-            param[i] = store_p(p)
-        elif kahan:
-            rounded = store_p(p)
-            param[i] = rounded
-            comp[i] = store_p(p - load_p(rounded))  # what rounding lost
-        else:
-            param[i] = store_p(p)
+        store_param(i, p, param, comp, master_param)
 
     return update
 
@@ -77,10 +95,9 @@ def make_sparse(jit, flags: Flags, converters: dict):
     The arrays are one row each (1-D, 16-bit ones as uint16 views); ``comp`` and
     ``master`` are touched only with their option on.
     """
-    maximize, kahan, master = flags.maximize, flags.kahan, flags.master
-    load_p, store_p = converters[flags.param]
+    maximize = flags.maximize
+    load_param, store_param = _param_access(jit, flags, converters)
     load_s, store_s = converters[flags.state]
-    compute = np.dtype(compute_dtype(flags.param)).type
 
     @jit
     def update(j, g, param, m, v, comp, master_param, one_minus_beta1, one_minus_beta2, eps,
@@ -93,21 +110,8 @@ def make_sparse(jit, flags: Flags, converters: dict):
         v_j = old_v + (g * g - old_v) * one_minus_beta2
         m[j] = store_s(m_j)
         v[j] = store_s(v_j)
-        if master:
-            p = compute(master_param[j])
-        elif kahan:
-            p = load_p(param[j]) + load_p(comp[j])
-        else:
-            p = load_p(param[j])
-        p = p + neg_step_size * (m_j / (math.sqrt(v_j) + eps))
-        if master:
-            master_param[j] = p
-            param[j] = store_p(p)
-        elif kahan:
-            rounded = store_p(p)
-            param[j] = rounded
-            comp[j] = store_p(p - load_p(rounded))
-        else:
-            param[j] = store_p(p)
+        p = load_param(j, param, comp, master_param)
+        store_param(j, p + neg_step_size * (m_j / (math.sqrt(v_j) + eps)), param, comp,
+                    master_param)
 
     return update

@@ -95,3 +95,19 @@ def counting(monkeypatch, name, module="_cuda"):
 
     monkeypatch.setattr(_cuda, name, lambda *args, **kwargs: Counting(real(*args, **kwargs)))
     return launches
+
+
+def on_device(a):
+    """A device copy of host array ``a`` (bfloat16 copied as its bits, then declared)."""
+    from numba import cuda
+
+    import fastadam
+
+    if a.dtype.itemsize == 2 and a.dtype.kind == "V":  # ml_dtypes' bfloat16
+        return fastadam.as_bfloat16(cuda.to_device(a.view(np.uint16)))
+    return cuda.to_device(a)
+
+
+def to_host(d, dtype):
+    """A host copy of device array ``d``, as ``dtype``."""
+    return d.copy_to_host().view(dtype)

@@ -359,6 +359,7 @@ def test_torch_drop_in_16bit_tables_follow_float64(rng):
     import fastadam.torch as fat
 
     rows, dim = 200, 10
+    torch.manual_seed(3)
     for dtype in (torch.bfloat16, torch.float16):
         module, exact_module = _module_pair(torch, "embedding", rows, dim, dtype)
         start = module.weight.detach().double().numpy().copy()
@@ -375,7 +376,10 @@ def test_torch_drop_in_16bit_tables_follow_float64(rng):
             fastadam.sparse_adam_step(exact, indices, rounded, em, ev, step=step, lr=1e-2)
         assert opt.state[module.weight]["exp_avg"].dtype == dtype
         error = np.abs(module.weight.detach().double().numpy() - exact).max()
-        assert error < 2 ** -7 * np.abs(exact).max()  # a bfloat16 rounding
+        # rounded to the table dtype at each of 8 steps (no Kahan in torch's state layout)
+        ulp = 2.0 ** (np.floor(np.log2(np.abs(exact).max())) - (7 if dtype == torch.bfloat16
+                                                                 else 10))
+        assert error <= 8 * ulp / 2
 
 
 def test_torch_drop_in_refuses_bad_gradients_and_changes_nothing(rng):

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import counting
+from helpers import counting, on_device, to_host
 
 import fastadam
 from fastadam import quant8
@@ -37,16 +37,6 @@ def _step(param, grad, codes, absmax, step, backend, **options):
                             backend=backend, **extra, **options)
 
 
-def _on_device(a):
-    if a.dtype == BF16:
-        return fastadam.as_bfloat16(cuda.to_device(a.view(np.uint16)))
-    return cuda.to_device(a)
-
-
-def _host(d, dtype):
-    return d.copy_to_host().view(dtype)
-
-
 @pytest.mark.parametrize("option", OPTIONS)
 def test_device_step_equals_cpu_step(rng, option):
     options = dict(OPTIONS[option])
@@ -72,21 +62,21 @@ def test_device_step_equals_cpu_step(rng, option):
 def test_device_step_for_every_param_dtype(rng, dtype, extra):
     dtype = np.dtype(dtype)
     param = rng.standard_normal(N).astype(dtype)
-    dev_param = _on_device(param)
+    dev_param = on_device(param)
     buffers = {}
     if extra == "kahan_comp":
         buffers = {extra: np.zeros(N, dtype)}
     elif extra:
         buffers = {extra: param.astype(F32)}
-    dev_buffers = {k: _on_device(v) for k, v in buffers.items()}
+    dev_buffers = {k: on_device(v) for k, v in buffers.items()}
     host_state = _state(N, False)
     dev_state = ([cuda.to_device(c) for c in host_state[0]],
                  [cuda.to_device(a) for a in host_state[1]])
     for step in range(1, 3):
         grad = rng.standard_normal(N).astype(dtype)
         _step(param, grad, *host_state, step, "cpu", lr=1e-2, **buffers)
-        _step(dev_param, _on_device(grad), *dev_state, step, "cuda", lr=1e-2, **dev_buffers)
-    np.testing.assert_array_equal(_host(dev_param, dtype), param)
+        _step(dev_param, on_device(grad), *dev_state, step, "cuda", lr=1e-2, **dev_buffers)
+    np.testing.assert_array_equal(to_host(dev_param, dtype), param)
     for d, h in zip(dev_state[0] + dev_state[1], host_state[0] + host_state[1]):
         np.testing.assert_array_equal(d.copy_to_host(), h)
 

@@ -3,6 +3,7 @@
 
 import numpy as np
 import pytest
+from helpers import on_device, to_host
 
 import fastadam
 
@@ -13,16 +14,6 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F32 = np.float32
 ROWS, DIM = 53, 11  # odd: ragged against every launch shape
-
-
-def _on_device(a):
-    if a.dtype == BF16:
-        return fastadam.as_bfloat16(cuda.to_device(a.view(np.uint16)))
-    return cuda.to_device(a)
-
-
-def _host(d, dtype):
-    return d.copy_to_host().view(dtype)
 
 
 def _lookups(rng, nnz, dtype):
@@ -38,14 +29,14 @@ def test_sparse_adam_on_the_gpu_equals_the_cpu_bit_for_bit(rng, dtype, options):
     dtype = np.dtype(dtype)
     start = rng.standard_normal((ROWS, DIM)).astype(dtype)
     on_cpu = fastadam.SparseAdam(start.copy(), lr=1e-2, **options)
-    on_gpu = fastadam.SparseAdam(_on_device(start), lr=1e-2, **options)
+    on_gpu = fastadam.SparseAdam(on_device(start), lr=1e-2, **options)
     for step in range(4):
         indices, values = _lookups(rng, 0 if step == 2 else 40, dtype)
         on_cpu.step(indices, values)
         index_dtype = np.int32 if step == 3 else np.int64
-        on_gpu.step(cuda.to_device(indices.astype(index_dtype)), _on_device(values))
+        on_gpu.step(cuda.to_device(indices.astype(index_dtype)), on_device(values))
     assert on_gpu.step_count == 4
-    table = _host(on_gpu.table, dtype)
+    table = to_host(on_gpu.table, dtype)
     np.testing.assert_array_equal(table.view(np.uint8), on_cpu.table.view(np.uint8))
     np.testing.assert_array_equal(table[-5:], start[-5:])
     ours, theirs = on_gpu.state_dict()["state"][0], on_cpu.state_dict()["state"][0]
