@@ -54,7 +54,7 @@ def test_sharded_adam_over_mpi(ranks):
     assert out.count("all checks passed") == ranks
 
 
-@pytest.mark.parametrize("ranks", [2, 3])
+@pytest.mark.parametrize("ranks", [2, 3, 4])
 def test_sharded_adam_and_zero_redundancy_optimizer_over_torch_distributed(ranks):
     optional("torch")
     out = _launch([sys.executable, str(CHECKS), "torch", str(ranks)])

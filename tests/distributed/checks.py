@@ -213,10 +213,12 @@ def comm_allgather(comm, obj):
     return comm.allgather(obj)
 
 
-def run_all(comm, rank, size, folder):
+def run_all(comm, rank, size, folder, other_comm):
+    """Every check; ``other_comm``: another way to name the ranks (comm=None, the default,
+    under MPI; an explicit process group under torch)."""
     check_matches_single_process(comm, rank, size)
     check_mixed_precision_and_8bit(comm, rank, size)
-    check_skip_nonfinite_and_refusal(comm, rank, size)
+    check_skip_nonfinite_and_refusal(other_comm, rank, size)
     check_disagreement_fails_on_every_rank(comm, rank, size)
     check_state_roundtrip_and_few_elements(comm, rank, size, folder)
     print(f"rank {rank}/{size}: all checks passed", flush=True)
@@ -228,7 +230,8 @@ def torch_worker(rank, size, folder):
     dist.init_process_group("gloo", init_method=f"file://{folder}/init", rank=rank,
                             world_size=size)
     try:
-        run_all(None, rank, size, folder)  # comm=None: torch's default group
+        group = dist.new_group(list(range(size)))
+        run_all(None, rank, size, folder, group)  # comm=None: torch's default group
         check_zero_redundancy_optimizer(rank, size)
     finally:
         dist.destroy_process_group()
@@ -270,7 +273,7 @@ def main():
 
         comm = MPI.COMM_WORLD
         folder = comm.bcast(tempfile.mkdtemp() if comm.rank == 0 else None)
-        run_all(comm, comm.rank, comm.size, folder)
+        run_all(comm, comm.rank, comm.size, folder, None)  # None: MPI.COMM_WORLD
     else:
         import torch.multiprocessing as mp
 
