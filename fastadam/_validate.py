@@ -390,6 +390,9 @@ def sparse_arrays(backend: str, param, indices, values, m, v, comp, master,
     disjoint({"param": param, "m": m, "v": v, "values": values, "indices": indices,
               "kahan_comp": comp, "master_params": master})
     if device:
+        if param.shape[0] >= 1 << 32 or indices.size >= 1 << 32:
+            raise ValueError("on the GPU the row-sparse step takes fewer than 2**32 rows and "
+                             "2**32 lookups (it sorts keys row << 32 | lookup)")
         from ._cudasparse import check_indices
 
         check_indices(indices, param.shape[0], stream)

@@ -311,7 +311,8 @@ class ShardedAdam:
         everyone = self._comm.allgather_object((described, self._inner.options
                                                 if self._inner is not None else None))
         dtypes = {k: d for described, _ in everyone for k, d in described.items()}
-        options = next(o for _, o in everyone if o)
+        options = next((o for _, o in everyone if o), {"kahan_summation": False,
+                                                        "master_weights": False})
         out = {k: self._comm.gather(
             np.concatenate([p.get(k, np.zeros(p["exp_avg"].size)).astype(np.float64)
                             for p in pieces]) if pieces else np.zeros(0),
