@@ -10,6 +10,7 @@ not depend on the thread count.
 
 from __future__ import annotations
 
+import threading
 from functools import cache
 
 import numba
@@ -27,13 +28,17 @@ RADIX = 1 << RADIX_BITS
 
 
 @numba.njit(nogil=True)
-def group_rows(indices, rows):
+def group_rows(indices, rows, scratch):
     """(order, starts): ``indices[order]`` ascending, a row's lookups in their order (a
     stable LSD radix sort of the nnz indices, 11 bits a pass: two passes below 4M rows);
-    ``starts[u]`` is where the u-th distinct row's run begins, ``starts[-1]`` the end."""
+    ``starts[u]`` is where the u-th distinct row's run begins, ``starts[-1]`` the end.
+    ``scratch``: (5, > nnz) int64, reused across calls (fresh pages would fault: at 256K
+    lookups that took the sort from 1.9 to 7.8 ms); ``order`` and ``starts`` view it."""
     n = indices.size
-    order, keys = np.arange(n), indices.copy()
-    spare_order, spare_keys = np.empty(n, np.int64), np.empty(n, np.int64)
+    order, keys = scratch[0, :n], scratch[1, :n]
+    spare_order, spare_keys = scratch[2, :n], scratch[3, :n]
+    for k in range(n):
+        order[k], keys[k] = k, indices[k]
     counts = np.empty(RADIX + 1, np.int64)
     shift = 0
     while (np.int64(1) << shift) < rows:
@@ -53,7 +58,7 @@ def group_rows(indices, rows):
     distinct = min(n, 1)
     for k in range(1, n):
         distinct += keys[k] != keys[k - 1]
-    starts = np.empty(distinct + 1, np.int64)
+    starts = scratch[4, : distinct + 1]
     u = 0
     for k in range(n):
         if k == 0 or keys[k] != keys[k - 1]:
@@ -61,6 +66,17 @@ def group_rows(indices, rows):
             u += 1
     starts[distinct] = n
     return order, starts
+
+
+_local = threading.local()
+
+
+def scratch(n: int) -> np.ndarray:
+    """This thread's sort scratch for ``n`` lookups, grown as needed and kept."""
+    held = getattr(_local, "scratch", None)
+    if held is None or held.shape[1] <= n:
+        held = _local.scratch = np.empty((5, max(n + 1, 1024)), np.int64)
+    return held
 
 
 @cache

@@ -167,9 +167,9 @@ def apply_sparse(backend: str, arrays: tuple, h: Hyper, step: int, *,
                                 tuple(np.dtype(compute).type(c) for c in coef), stream)
         return
     from ._cpu import with_threads
-    from ._cpusparse import group_rows, sparse_kernel
+    from ._cpusparse import group_rows, scratch, sparse_kernel
 
-    order, starts = group_rows(indices, param.shape[0])
+    order, starts = group_rows(indices, param.shape[0], scratch(indices.size))
     with_threads(num_threads, sparse_kernel(f), *tables, indices, order, starts, views[1],
                  np.array(coef, dtype=compute))
 
