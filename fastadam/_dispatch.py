@@ -133,14 +133,6 @@ def apply_8bit(backend: str, arrays: tuple, codes: tuple, absmax: tuple, h: Hype
     adam_step_8bit_cpu(arrays, flags, coef, num_threads)
 
 
-def sparse_flags(h: Hyper, arrays: tuple) -> Flags:
-    """The kernel flags of a row-sparse step on validated
-    ``(param, indices, values, m, v, comp, master)``."""
-    param, _, values, m = arrays[:4]
-    return flags(h, kind(param.dtype), kind(values.dtype), kind(m.dtype),
-                 kahan=arrays[5] is not None, master=arrays[6] is not None)
-
-
 def apply_sparse(backend: str, arrays: tuple, h: Hyper, step: int, *,
                  num_threads: int | None = None, stream=None) -> None:
     """One row-sparse update (``torch.optim.SparseAdam``'s) on validated
@@ -156,21 +148,21 @@ def apply_sparse(backend: str, arrays: tuple, h: Hyper, step: int, *,
         return
     compute = compute_dtype(kind(param.dtype))
     coef = (1 - h.beta1, 1 - h.beta2, h.eps, -step_size)
-    views = [as_kernel_array(a) for a in (param, values, m, v)]
-    extras = [views[0] if a is None else as_kernel_array(a) for a in (comp, master)]
-    tables = (views[0], views[2], views[3], *extras)  # param, m, v, comp, master
-    f = sparse_flags(h, arrays)
+    dense_layout = (param, values, m, v, None, comp, master)  # values in grad's place
+    f = step_flags(h, dense_layout)
+    p, g, m, v, _, comp, master = kernel_views(dense_layout)
+    tables = (p, m, v, comp, master)
     if backend == "cuda":
         from . import _cudasparse
 
-        _cudasparse.sparse_step(tables, indices, views[1], f,
+        _cudasparse.sparse_step(tables, indices, g, f,
                                 tuple(np.dtype(compute).type(c) for c in coef), stream)
         return
     from ._cpu import with_threads
     from ._cpusparse import group_rows, scratch, sparse_kernel
 
     order, starts = group_rows(indices, param.shape[0], scratch(indices.size))
-    with_threads(num_threads, sparse_kernel(f), *tables, indices, order, starts, views[1],
+    with_threads(num_threads, sparse_kernel(f), *tables, indices, order, starts, g,
                  np.array(coef, dtype=compute))
 
 
