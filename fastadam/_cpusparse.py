@@ -125,19 +125,22 @@ def sparse_kernel(flags: Flags):
 
 @numba.njit(parallel=True, nogil=True)
 def touch_rows(param, m, v, values, rows):
-    """A memory-only pass with the sparse step's traffic, for benchmarks: for each of the
-    distinct ``rows``, reads a row of ``values`` and reads and writes the row of
-    ``param``, ``m`` and ``v`` (values' other rows are duplicates: a few percent)."""
-    dim = param.shape[1]
+    """A memory-only pass with the sparse step's traffic, for benchmarks: reads every
+    row of ``values`` (nnz, dim) once, in order, and reads and writes the row of
+    ``param``, ``m`` and ``v`` of each of the distinct ``rows`` once, adding to it the
+    values rows that fall to it (nnz / rows.size each, duplicates' stand-ins)."""
+    dim, nnz = param.shape[1], values.shape[0]
     for u in prange(rows.size):
         if u + AHEAD < rows.size:  # as the step does
             prefetch_row(param, rows[u + AHEAD])
             prefetch_row(m, rows[u + AHEAD])
             prefetch_row(v, rows[u + AHEAD])
-        row, g = rows[u], values[u]
+        row = rows[u]
         p, m_row, v_row = param[row], m[row], v[row]
-        for j in range(dim):
-            p[j] += g[j]
-            m_row[j] += g[j]
-            v_row[j] += g[j]
+        for k in range(u * nnz // rows.size, (u + 1) * nnz // rows.size):
+            g = values[k]
+            for j in range(dim):
+                p[j] += g[j]
+                m_row[j] += g[j]
+                v_row[j] += g[j]
     return 0

@@ -151,11 +151,15 @@ def sparse_step(tables: tuple, indices, values, flags: Flags, coef: tuple, strea
 @cuda.jit
 def _touch_rows(param, m, v, values, rows):
     u = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
+    nnz = values.shape[0]
     while u < rows.size:
         r = rows[u]
+        first, end = u * nnz // rows.size, (u + 1) * nnz // rows.size  # first < end
         j = cuda.threadIdx.x
         while j < param.shape[1]:
-            g = values[u, j]
+            g = values[first, j]
+            for k in range(first + 1, end):
+                g += values[k, j]
             param[r, j] += g
             m[r, j] += g
             v[r, j] += g

@@ -2,7 +2,8 @@
 
 ``python -m fastadam bench --help`` for the command line. Every contender is
 timed through the public API, interleaved with the others in each repeat, with
-warm-ups outside the timing; rows report medians. Bandwidth is the traffic the
+warm-ups outside the timing; rows report medians, and ratios as medians of the
+ratios within one repeat (robust to load bursts on a shared machine). Bandwidth is the traffic the
 configuration needs (each array read once, each state written once) over the
 time, so rows are comparable and the memory-only kernel moving exactly that
 traffic is the physical limit ("roofline").
@@ -119,6 +120,7 @@ class Row:
     compile_s: float | None
     repeats: int
     bytes_per_element: float
+    speedup_vs_torch: float | None = None  # the row-sparse table: vs torch's SparseAdam
 
 
 def all_threads() -> int:
@@ -311,8 +313,27 @@ def cuda_contenders(n, dtype, config, rng, peers):
     return out, nbytes
 
 
-def measure(contenders: list[Contender], repeats: int) -> tuple[dict, dict]:
-    """Median seconds per contender over interleaved repeats, and first-call seconds."""
+@dataclass
+class Timings:
+    """Seconds of each contender's repeats (interleaved) and of its first call."""
+
+    samples: dict
+    first: dict
+
+    def median(self, c: Contender) -> float:
+        """``c``'s median seconds per run."""
+        return statistics.median(self.samples[id(c)])
+
+    def speedup(self, baseline: Contender, c: Contender) -> float:
+        """How many times faster ``c`` runs than ``baseline``: the median of the ratios
+        of their runs in the same repeat (a burst of load on a shared machine slows both,
+        and leaves the ratio)."""
+        return statistics.median(b / s for b, s in zip(self.samples[id(baseline)],
+                                                        self.samples[id(c)]))
+
+
+def measure(contenders: list[Contender], repeats: int) -> Timings:
+    """Every contender's run, timed ``repeats`` times, interleaved, after two warm runs."""
     first = {}
     for c in contenders:
         t0 = time.perf_counter()
@@ -327,8 +348,7 @@ def measure(contenders: list[Contender], repeats: int) -> tuple[dict, dict]:
             t0 = time.perf_counter()
             c.run()
             times[id(c)].append(time.perf_counter() - t0)
-    medians = {k: statistics.median(v) for k, v in times.items()}
-    return medians, first
+    return Timings(times, first)
 
 
 def run_case(n, dtype, config, *, repeats, threads_list, peers, rng, gpu=False) -> list[Row]:
@@ -343,12 +363,12 @@ def run_case(n, dtype, config, *, repeats, threads_list, peers, rng, gpu=False) 
     if gpu:
         on_gpu, nbytes["gpu"] = cuda_contenders(n, dtype, config, rng, peers) or ([], 0)
         contenders += on_gpu
-    medians, first = measure(contenders, repeats)
-    by_key = {(c.backend, c.threads): medians[id(c)] for c in contenders}
-    numpy_s = by_key[("numpy", 1)]
+    t = measure(contenders, repeats)
+    by_key = {(c.backend, c.threads): c for c in contenders}
+    numpy = by_key[("numpy", 1)]
     rows = []
     for c in contenders:
-        s = medians[id(c)]
+        s = t.median(c)
         on_gpu = c.backend.startswith(("cuda", "torch-cuda"))
         limit = by_key.get(("cuda-roofline", 1) if on_gpu else ("roofline", c.threads))
         compiled = c.backend in ("cpu", "roofline", "cuda", "cuda-roofline") and (
@@ -356,9 +376,9 @@ def run_case(n, dtype, config, *, repeats, threads_list, peers, rng, gpu=False) 
         moved = nbytes["gpu" if on_gpu else "cpu"]
         rows.append(Row(
             backend=c.backend, threads=c.threads, n=n, dtype=dtype, config=config,
-            median_s=s, gb_per_s=moved / s / 1e9, speedup_vs_numpy=numpy_s / s,
-            roofline_fraction=None if c.backend.endswith("roofline") else limit / s,
-            compile_s=max(first[id(c)] - s, 0.0) if compiled else None,
+            median_s=s, gb_per_s=moved / s / 1e9, speedup_vs_numpy=t.speedup(numpy, c),
+            roofline_fraction=None if c.backend.endswith("roofline") else t.speedup(limit, c),
+            compile_s=max(t.first[id(c)] - s, 0.0) if compiled else None,
             repeats=repeats, bytes_per_element=moved / n,
         ))
     return rows
@@ -390,12 +410,11 @@ def many_tensor_rows(count: int, size: int, *, repeats: int, peers: bool, rng) -
             for t, g in zip(tensors, grads):
                 t.grad = torch.from_numpy(g)
             contenders.append(Contender(name, all_threads(), cls(tensors, **kw).step))
-    medians, first = measure(contenders, repeats)
-    flat_s = medians[id(contenders[1])]
+    t = measure(contenders, repeats)
     return [Row(backend=c.backend, threads=c.threads, n=n, dtype="float32",
-                config=f"{count}x{size}", median_s=medians[id(c)],
-                gb_per_s=28 * n / medians[id(c)] / 1e9, speedup_vs_numpy=None,
-                roofline_fraction=flat_s / medians[id(c)], compile_s=None, repeats=repeats,
+                config=f"{count}x{size}", median_s=t.median(c),
+                gb_per_s=28 * n / t.median(c) / 1e9, speedup_vs_numpy=None,
+                roofline_fraction=t.speedup(contenders[1], c), compile_s=None, repeats=repeats,
                 bytes_per_element=28.0)
             for c in contenders]
 
@@ -433,11 +452,11 @@ def call_rows(*, repeats: int, peers: bool, n: int = 1024, calls: int = 2000) ->
         return run
 
     contenders = [Contender(name, all_threads(), batch(fn)) for name, fn in steps]
-    medians, _ = measure(contenders, repeats)
-    bare = medians[id(contenders[0])]
+    t = measure(contenders, repeats)
     return [Row(backend=c.backend, threads=c.threads, n=n, dtype="float32", config="call",
-                median_s=medians[id(c)] / calls, gb_per_s=28 * n * calls / medians[id(c)] / 1e9,
-                speedup_vs_numpy=None, roofline_fraction=bare / medians[id(c)], compile_s=None,
+                median_s=t.median(c) / calls, gb_per_s=28 * n * calls / t.median(c) / 1e9,
+                speedup_vs_numpy=None, roofline_fraction=t.speedup(contenders[0], c),
+                compile_s=None,
                 repeats=repeats, bytes_per_element=28.0)
             for c in contenders]
 
@@ -464,13 +483,12 @@ def transformer_rows(dtypes: list[str], *, repeats: int) -> list[Row]:
                 p.grad = torch.randn_like(p)
             contenders.append(Contender(name, all_threads(), cls(params, **kw).step))
         n = sum(p.numel() for p in params)
-        medians, _ = measure(contenders, repeats)
-        torch_s = medians[id(contenders[0])]
+        t = measure(contenders, repeats)
         per_element = 14 if dtype == "float32" else 7  # param, grad, m, v: read; p, m, v: write
         rows += [Row(backend=c.backend, threads=c.threads, n=n, dtype=dtype,
-                     config=f"transformer-{len(params)}", median_s=medians[id(c)],
-                     gb_per_s=2 * per_element * n / medians[id(c)] / 1e9,
-                     speedup_vs_numpy=None, roofline_fraction=torch_s / medians[id(c)],
+                     config=f"transformer-{len(params)}", median_s=t.median(c),
+                     gb_per_s=2 * per_element * n / t.median(c) / 1e9,
+                     speedup_vs_numpy=None, roofline_fraction=t.speedup(contenders[0], c),
                      compile_s=None, repeats=repeats, bytes_per_element=2.0 * per_element)
                  for c in contenders]
     return rows
@@ -549,21 +567,24 @@ def sparse_rows(rows: int, dim: int, nnz: int, *, repeats: int, rng, gpu: bool =
         contenders.append(Contender("torch-sparse-adam", threads, _Cycle(torch_step, grads)))
     if gpu:
         contenders += _sparse_gpu_contenders(rows, dim, lookups, distinct, torch)
-    medians, _ = measure(contenders, repeats)
-    by_name = {c.backend: medians[id(c)] for c in contenders}
+    t = measure(contenders, repeats)
+    by_name = {c.backend: c for c in contenders}
     touched = statistics.mean(d.size for d in distinct)
     moved = (touched * 6 + nnz) * dim * 4 + nnz * 8
     out = []
     for c in contenders:
-        s = medians[id(c)]
+        s = t.median(c)
         on_gpu = c.backend.startswith(("cuda", "torch-cuda"))
         limit = by_name.get("cuda-roofline" if on_gpu else "roofline")
+        torch_step = by_name.get("torch-cuda-sparse-adam" if on_gpu else "torch-sparse-adam")
         out.append(Row(
             backend=c.backend, threads=c.threads, n=nnz, dtype="float32",
             config=f"sparse {rows:,}x{dim}", median_s=s, gb_per_s=moved / s / 1e9,
-            speedup_vs_numpy=by_name["numpy"] / s if "numpy" in by_name else None,
+            speedup_vs_numpy=t.speedup(by_name["numpy"], c) if "numpy" in by_name else None,
             roofline_fraction=None if c.backend.endswith("roofline") or limit is None
-            else limit / s,
+            else t.speedup(limit, c),
+            speedup_vs_torch=None if torch_step is None or c.backend.startswith("torch")
+            else t.speedup(torch_step, c),
             compile_s=None, repeats=repeats, bytes_per_element=moved / max(nnz, 1)))
     return out
 
@@ -681,6 +702,9 @@ def format_table(rows: list[Row]) -> str:
         "% roofline",
         "compile s",
     )
+    vs_torch = any(r.speedup_vs_torch is not None for r in rows)
+    if vs_torch:
+        head = (*head[:8], "x torch", *head[8:])
     lines = [head]
     for r in rows:
         lines.append(
@@ -693,6 +717,8 @@ def format_table(rows: list[Row]) -> str:
                 f"{r.median_s * 1e3:.{3 if r.median_s >= 1e-4 else 5}f}",
                 f"{r.gb_per_s:.2f}",
                 "" if r.speedup_vs_numpy is None else f"{r.speedup_vs_numpy:.1f}",
+                *(("" if r.speedup_vs_torch is None else f"{r.speedup_vs_torch:.1f}",)
+                  if vs_torch else ()),
                 "" if r.roofline_fraction is None else f"{100 * r.roofline_fraction:.0f}",
                 "" if r.compile_s is None else f"{r.compile_s:.2f}",
             )

@@ -181,8 +181,18 @@ def test_sparse_table(capsys, tmp_path, monkeypatch):
         assert r["median_s"] > 0 and (r["n"] == 0 or r["gb_per_s"] > 0)
     cpu = next(r for r in rows if r["backend"] == "cpu" and r["n"] == 300)
     assert cpu["roofline_fraction"] > 0 and cpu["speedup_vs_numpy"] > 0
+    assert cpu["speedup_vs_torch"] > 0 and "x torch" in out
     # traffic: the values once, each distinct row of param, m, v read and written
     assert 16 * 4 < cpu["bytes_per_element"] <= 7 * 16 * 4 + 8
+
+
+def test_ratios_pair_the_runs_of_one_repeat():
+    """A ratio is the median of per-repeat ratios, not a ratio of medians: a load burst
+    that slows both contenders in one repeat leaves it alone."""
+    a, b = bench.Contender("a", 1, None), bench.Contender("b", 1, None)
+    t = bench.Timings({id(a): [2.0, 2.0, 9.0], id(b): [1.0, 9.0, 9.0]}, {})
+    assert t.median(a) == 2.0 and t.median(b) == 9.0
+    assert t.speedup(a, b) == 1.0  # per repeat: 2, 2/9, 1
 
 
 def test_sparse_lookups_have_hot_rows():

@@ -415,3 +415,29 @@ def test_torch_drop_in_element_sparse_gradient_steps_as_torch(rng):
         p.grad = grad.clone()
         opt.step()
     assert torch.equal(a, b)
+
+
+def _touched(param, m, v, values, rows):
+    """What the memory-only pass should leave: each of ``rows`` plus the sum of the
+    values rows that fall to it (nnz / rows.size each, in order)."""
+    nnz, n = values.shape[0], rows.size
+    sums = np.stack([values[u * nnz // n:(u + 1) * nnz // n].sum(axis=0, dtype=np.float64)
+                     for u in range(n)])
+    out = [a.astype(np.float64) for a in (param, m, v)]
+    for a in out:
+        a[rows] += sums
+    return out
+
+
+def test_memory_only_pass_reads_every_values_row_and_writes_only_the_rows(rng):
+    """The benchmark's limit has the step's traffic: all nnz values rows read (not only
+    one per distinct row) and each distinct row of param, m, v written, no other."""
+    from fastadam._cpusparse import touch_rows
+
+    param, m, v = (rng.standard_normal((301, 13)).astype(F32) for _ in range(3))
+    values = rng.standard_normal((157, 13)).astype(F32)
+    rows = rng.permutation(301)[:41]
+    expected = _touched(param, m, v, values, rows)
+    touch_rows(param, m, v, values, rows)
+    for got, want in zip((param, m, v), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

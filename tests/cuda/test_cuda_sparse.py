@@ -92,3 +92,18 @@ def test_device_sort_groups_rows_in_lookup_order(rng):
         expected = np.sort((indices.astype(np.uint64) << np.uint64(32)) | np.arange(
             n, dtype=np.uint64))
         np.testing.assert_array_equal(keys, expected)
+
+
+def test_device_memory_only_pass_matches_the_cpu_one(rng):
+    """The benchmark's limit on the device: every values row read, each distinct row of
+    param, m, v written once, as the CPU pass."""
+    from fastadam import _cpusparse, _cudasparse
+
+    host = [rng.standard_normal((97, 10)).astype(np.float32) for _ in range(3)]
+    values = rng.standard_normal((53, 10)).astype(np.float32)
+    rows = rng.permutation(97)[:17]
+    device = [cuda.to_device(a) for a in host]
+    _cudasparse.touch_rows_cuda(*device, cuda.to_device(values), cuda.to_device(rows))
+    _cpusparse.touch_rows(*host, values, rows)
+    for d, h in zip(device, host):
+        np.testing.assert_allclose(d.copy_to_host(), h, rtol=1e-5, atol=1e-5)
