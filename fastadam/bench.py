@@ -523,9 +523,10 @@ class _Cycle:
 def sparse_rows(rows: int, dim: int, nnz: int, *, repeats: int, rng, gpu: bool = False
                 ) -> list[Row]:
     """The row-sparse step on a (rows, dim) float32 table with ``nnz`` lookups per step:
-    fastadam against torch's formulas in NumPy, ``torch.optim.SparseAdam`` (where torch is
-    installed) and the memory-only pass over the rows touched. Each contender cycles
-    through ``ROTATION`` lookup sets, so the rows a step touches are rarely in cache.
+    fastadam against torch's formulas in NumPy, ``torch.optim.SparseAdam`` and the drop-in
+    ``fastadam.torch.SparseAdam`` (where torch is installed), and the memory-only pass
+    over the rows touched. Each contender cycles through ``ROTATION`` lookup sets, so the
+    rows a step touches are rarely in cache.
     Traffic: the values once, each distinct row of param, m and v read and written once."""
     from ._cpusparse import touch_rows
     from .sparse import SparseAdam
@@ -553,18 +554,17 @@ def sparse_rows(rows: int, dim: int, nnz: int, *, repeats: int, rng, gpu: bool =
     except ImportError:
         torch = None
     if torch is not None:
+        from . import torch as fastadam_torch
+
         torch.set_num_threads(threads)
-        weight = torch.nn.Parameter(torch.from_numpy(table()))
-        theirs = torch.optim.SparseAdam([weight])
         grads = [(torch.sparse_coo_tensor(torch.from_numpy(i)[None], torch.from_numpy(g),
                                           (rows, dim), check_invariants=False),)
                  for i, g in lookups]
-
-        def torch_step(grad):
-            weight.grad = grad
-            theirs.step()
-
-        contenders.append(Contender("torch-sparse-adam", threads, _Cycle(torch_step, grads)))
+        for name, cls in (("torch-sparse-adam", torch.optim.SparseAdam),
+                          ("fastadam.torch-sparse-adam", fastadam_torch.SparseAdam)):
+            weight = torch.nn.Parameter(torch.from_numpy(table()))
+            contenders.append(Contender(name, threads, _Cycle(
+                partial(_torch_sparse_step, weight, cls([weight])), grads)))
     if gpu:
         contenders += _sparse_gpu_contenders(rows, dim, lookups, distinct, torch)
     t = measure(contenders, repeats)
@@ -583,10 +583,15 @@ def sparse_rows(rows: int, dim: int, nnz: int, *, repeats: int, rng, gpu: bool =
             speedup_vs_numpy=t.speedup(by_name["numpy"], c) if "numpy" in by_name else None,
             roofline_fraction=None if c.backend.endswith("roofline") or limit is None
             else t.speedup(limit, c),
-            speedup_vs_torch=None if torch_step is None or c.backend.startswith("torch")
+            speedup_vs_torch=None if torch_step is None or c is torch_step
             else t.speedup(torch_step, c),
             compile_s=None, repeats=repeats, bytes_per_element=moved / max(nnz, 1)))
     return out
+
+
+def _torch_sparse_step(weight, optimizer, grad) -> None:
+    weight.grad = grad
+    optimizer.step()
 
 
 def _sparse_gpu_contenders(rows, dim, lookups, distinct, torch) -> list[Contender]:

@@ -176,7 +176,7 @@ def test_sparse_table(capsys, tmp_path, monkeypatch):
     backends = {r["backend"] for r in rows}
     assert {"cpu", "roofline", "numpy"} <= backends
     optional("torch")
-    assert "torch-sparse-adam" in backends
+    assert {"torch-sparse-adam", "fastadam.torch-sparse-adam"} <= backends
     for r in rows:
         assert r["median_s"] > 0 and (r["n"] == 0 or r["gb_per_s"] > 0)
     cpu = next(r for r in rows if r["backend"] == "cpu" and r["n"] == 300)
