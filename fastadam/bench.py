@@ -3,10 +3,10 @@
 ``python -m fastadam bench --help`` for the command line. Every contender is
 timed through the public API, interleaved with the others in each repeat, with
 warm-ups outside the timing; rows report medians, and ratios as medians of the
-ratios within one repeat (robust to load bursts on a shared machine). Bandwidth is the traffic the
-configuration needs (each array read once, each state written once) over the
-time, so rows are comparable and the memory-only kernel moving exactly that
-traffic is the physical limit ("roofline").
+ratios within one repeat (robust to load bursts on a shared machine). Bandwidth
+is the traffic the configuration needs (each array read once, each state written
+once) over the time, so rows are comparable and the memory-only kernel moving
+exactly that traffic is the physical limit ("roofline").
 """
 
 from __future__ import annotations
@@ -456,8 +456,7 @@ def call_rows(*, repeats: int, peers: bool, n: int = 1024, calls: int = 2000) ->
     return [Row(backend=c.backend, threads=c.threads, n=n, dtype="float32", config="call",
                 median_s=t.median(c) / calls, gb_per_s=28 * n * calls / t.median(c) / 1e9,
                 speedup_vs_numpy=None, roofline_fraction=t.speedup(contenders[0], c),
-                compile_s=None,
-                repeats=repeats, bytes_per_element=28.0)
+                compile_s=None, repeats=repeats, bytes_per_element=28.0)
             for c in contenders]
 
 
