@@ -12,6 +12,7 @@ steps with torch's own function.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from . import _validate as check
@@ -47,7 +48,7 @@ class SparseAdam(torch.optim.SparseAdam):
                     raise TypeError(f"{name} is dense: SparseAdam takes sparse gradients "
                                     "(nn.Embedding(sparse=True)); use fastadam.torch.Adam")
                 state = self.state[p] if p in self.state else fresh.setdefault(p, {
-                    "step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)})
+                    "step": 0, "exp_avg": _zeros_like(p), "exp_avg_sq": _zeros_like(p)})
                 if grad.sparse_dim() != 1 or p.dim() == 0 or not all(
                         t.is_contiguous() for t in (p, state["exp_avg"], state["exp_avg_sq"])):
                     by_torch.append((h, p, grad, state))
@@ -81,3 +82,17 @@ def _indices(grad: torch.Tensor, cuda: bool):
     """The row of each gradient value: a NumPy view on the CPU, the tensor on the GPU."""
     indices = grad._indices()[0]
     return indices if cuda else indices.numpy()
+
+
+def _zeros_like(p: torch.Tensor) -> torch.Tensor:
+    """Zeroed state shaped like ``p``. On the CPU it is NumPy's memory, which NumPy
+    backs with huge pages (it advises them for large arrays; torch does not unless
+    ``THP_MEM_ALLOC_ENABLE=1``): a step touches scattered rows, and on 4 KiB pages
+    each one is a TLB miss."""
+    if p.is_cuda or not p.is_contiguous() or p.dtype not in _SAME_BITS:
+        return torch.zeros_like(p)
+    return torch.from_numpy(np.zeros(p.shape, _SAME_BITS[p.dtype])).view(p.dtype)
+
+
+_SAME_BITS = {torch.float32: np.float32, torch.float64: np.float64,
+              torch.float16: np.float16, torch.bfloat16: np.uint16}

@@ -2,6 +2,7 @@
 torch.optim.SparseAdam and torch's formulas in float64."""
 
 import copy
+import io
 
 import numpy as np
 import pytest
@@ -380,6 +381,35 @@ def test_torch_drop_in_16bit_tables_follow_float64(rng):
         ulp = 2.0 ** (np.floor(np.log2(np.abs(exact).max())) - (7 if dtype == torch.bfloat16
                                                                  else 10))
         assert error <= 8 * ulp / 2
+
+
+def test_torch_drop_in_fresh_state_is_zeros_like_the_param(rng):
+    """The drop-in makes its state in NumPy's memory (huge pages): torch tensors of the
+    param's dtype and shape all the same, zero in the rows no step touched."""
+    torch = optional("torch")
+    import fastadam.torch as fat
+
+    rows, dim = 90, 5
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        module = torch.nn.Embedding(rows, dim, sparse=True, dtype=dtype)
+        opt = fat.SparseAdam(module.parameters(), lr=1e-2)
+        indices = rng.integers(0, 60, 40)
+        touched = torch.from_numpy(np.unique(indices))
+        module.weight.grad = torch.sparse_coo_tensor(
+            torch.from_numpy(indices)[None], torch.randn(40, dim, dtype=dtype), (rows, dim),
+            check_invariants=True)
+        opt.step()
+        state = opt.state[module.weight]
+        for key in ("exp_avg", "exp_avg_sq"):
+            t = state[key]
+            assert (t.dtype, t.shape, t.device) == (dtype, module.weight.shape, torch.device("cpu"))
+            assert t.is_contiguous() and not t.requires_grad
+            assert not t[60:].any() and t[touched].abs().sum(dim=1).all()
+        saved = io.BytesIO()
+        torch.save(opt.state_dict(), saved)
+        saved.seek(0)
+        loaded = torch.load(saved)["state"][0]
+        assert torch.equal(loaded["exp_avg_sq"], state["exp_avg_sq"])
 
 
 def test_torch_drop_in_refuses_bad_gradients_and_changes_nothing(rng):
