@@ -39,7 +39,7 @@ def hyper(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximiz
 
 
 def _call(step, grad_scale, num_threads, backend, stream, param) -> tuple:
-    """The checked per-call arguments of a dense step: (step, grad_scale, num_threads,
+    """The checked per-call arguments of a step: (step, grad_scale, num_threads,
     the concrete backend, the CUDA stream)."""
     kind = resolve(check.backend(backend), param)
     return (check.step(step), check.grad_scale(grad_scale), check.num_threads(num_threads),
@@ -240,10 +240,7 @@ def sparse_adam_step(
         TypeError, ValueError: on bad input, naming the argument; nothing is modified.
     """
     h = hyper(lr, betas, eps, 0.0, False, False, maximize)
-    step = check.step(step)
-    threads = check.num_threads(num_threads)
-    kind = resolve(check.backend(backend), param)
-    cuda_stream = check.stream(stream, kind)
+    step, _, threads, kind, cuda_stream = _call(step, None, num_threads, backend, stream, param)
     arrays = check.sparse_arrays(kind, param, indices, values, m, v, kahan_comp, master_params,
                                  cuda_stream)
     apply_sparse(kind, arrays, h, step, num_threads=threads, stream=cuda_stream)
