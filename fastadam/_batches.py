@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from numba.typed import List
 
-from . import _cpu
+from . import _cpu, quant8
 from ._dispatch import as_kernel_array, kernel_views
 from ._headers import Table
 from ._scalars import coefficients, compute_dtype
@@ -32,18 +32,22 @@ class HostBatch:
         self.chunks = _cpu.chunk_table([s.flat.size for s in slots])
 
 
-def batched(groups: list, make, smallest: int = 2) -> list:
+def batched(groups: list, make, smallest: int = 2, make_8bit=None) -> list:
     """Per group, ``make(indices, slots)`` for each set of ``smallest`` or more arrays whose
-    options and dtypes match (indices count over all groups)."""
+    options and dtypes match (indices count over all groups); 8-bit ones by ``make_8bit``,
+    or, without it, none (they step one by one)."""
     out, index = [], 0
     for _, slots in groups:
         by_key: dict = {}
         for slot in slots:
-            if slot.absmax is None:  # 8-bit slots step one by one, each in parallel blocks
-                by_key.setdefault(slot.flags._replace(grad=""), []).append((index, slot))
+            eight = slot.absmax is not None
+            if not eight or make_8bit is not None:
+                by_key.setdefault((eight, slot.flags._replace(grad="")), []).append(
+                    (index, slot))
             index += 1
-        out.append([make([i for i, _ in members], [s for _, s in members])
-                    for members in by_key.values() if len(members) >= smallest])
+        out.append([(make_8bit if eight else make)([i for i, _ in members],
+                                                   [s for _, s in members])
+                    for (eight, _), members in by_key.items() if len(members) >= smallest])
     return out
 
 
@@ -166,13 +170,52 @@ class DeviceBatch:
                                                        _cuda.CHUNK))
         self.grads = _cuda.Addresses(len(slots))
 
+    def launch(self, flags, h, step: int, grad_addresses, grad_scale, stream, steps) -> None:
+        from . import _cuda
+
+        _cuda.adam_step_cuda_many(self.tables, self.chunks, self.grads, grad_addresses, flags,
+                                  coefficients(h, step, grad_scale), stream, steps, h,
+                                  grad_scale)
+
+
+class DeviceBatch8bit:
+    """8-bit arrays (by index) of one group that one launch steps together: a thread block
+    per quantization block of any of them."""
+
+    def __init__(self, indices: list[int], slots: list) -> None:
+        from . import _cuda
+
+        self.indices = np.array(indices, dtype=np.int64)
+        self.slots = slots
+        rows = []
+        for s in slots:
+            codes, extras = s.state[:3], s.state[3:]
+            codes = [codes[0], codes[1], codes[2] if codes[2] is not None else codes[1]]
+            absmax = [*s.absmax[:2], s.absmax[2] if s.absmax[2] is not None else s.absmax[1]]
+            extras = [as_kernel_array(a if a is not None else s.flat) for a in extras]
+            rows.append([_cuda.address(a) for a in
+                         (as_kernel_array(s.flat), *codes, *absmax, *extras)])
+        self.tables = _cuda.to_device(np.array(rows, dtype=np.uint64).T.copy())
+        counts = [quant8.blocks(s.flat.size) for s in slots]
+        self.blocks = sum(counts)
+        self.firsts = _cuda.to_device(np.cumsum([0, *counts], dtype=np.int64))
+        self.sizes = _cuda.to_device(np.array([s.flat.size for s in slots], dtype=np.int64))
+        self.grads = _cuda.Addresses(len(slots))
+
+    def launch(self, flags, h, step: int, grad_addresses, grad_scale, stream, steps) -> None:
+        from ._cuda8bit import adam_step_8bit_cuda_many
+
+        adam_step_8bit_cuda_many(self, grad_addresses, flags,
+                                 coefficients(h, step, grad_scale), stream, steps, h,
+                                 grad_scale)
+
 
 class DeviceBatches:
     """The batches of an optimizer's groups on the GPU: one launch per batch and step. A
     lone array is a batch too, so that a list steps without a Python call per array."""
 
     def __init__(self, groups: list) -> None:
-        self.batches = batched(groups, DeviceBatch, smallest=1)
+        self.batches = batched(groups, DeviceBatch, smallest=1, make_8bit=DeviceBatch8bit)
 
     def ready(self, kinds: list) -> bool:
         """Whether every batch can step as one with gradients of ``kinds`` (per array)."""
@@ -185,18 +228,13 @@ class DeviceBatches:
         every checked gradient of the optimizer; returns the indices of the arrays it
         stepped. ``steps``: the step count on the device (``_cuda.StepCount``), which
         then does the counting."""
-        from . import _cuda
-
         done = set()
         for batch in self.batches[group]:
             ready = _ready(batch, _one({kinds[i] for i in batch.indices}))
             if ready is None:
                 continue  # stepped one by one
             flags, step = ready
-            _cuda.adam_step_cuda_many(batch.tables, batch.chunks, batch.grads,
-                                      addresses[batch.indices], flags,
-                                      coefficients(h, step, grad_scale), stream, steps, h,
-                                      grad_scale)
+            batch.launch(flags, h, step, addresses[batch.indices], grad_scale, stream, steps)
             _advance(batch, done, counted=steps is None)
         return done
 

@@ -54,16 +54,26 @@ _inlined = cuda.jit(device=True, inline="always")
 if SIMULATOR:
     # Simulated device memory has no addresses a kernel could follow: a table of
     # pointers holds keys into this registry, filled just before each launch.
+    # ``_at_from(address, start, itemsize, pointee)``: the array at ``address`` from
+    # its element ``start`` on (``itemsize`` bytes each), on either target.
     _SIMULATED: dict = {}
 
     @_device
     def _at(address, pointee):
         return _SIMULATED[int(address)]
+
+    @_device
+    def _at_from(address, start, itemsize, pointee):
+        return _SIMULATED[int(address)][start:]
 else:
     from numba.cuda import types as _types
     from numba.cuda.extending import intrinsic
 
     _at = _pointers.make(intrinsic, _types, address_space=1)  # global memory
+
+    @_device
+    def _at_from(address, start, itemsize, pointee):
+        return _at(address + np.uint64(start) * np.uint64(itemsize), pointee)
 
 
 @cache
@@ -274,10 +284,12 @@ CHUNK = 64 if SIMULATOR else 64 * THREADS_PER_BLOCK
 
 
 def address(a) -> int:
-    """The device address of a device array (simulated: a key into the registry)."""
+    """The device address of a device array (simulated: a key into the registry, which
+    holds 16-bit arrays as the uint16 bits kernels read)."""
     if SIMULATOR:
-        key = a._ary.__array_interface__["data"][0]
-        _SIMULATED[key] = a._ary
+        ary = a._ary.view(np.uint16) if a._ary.dtype.itemsize == 2 else a._ary
+        key = ary.__array_interface__["data"][0]
+        _SIMULATED[key] = ary
         return key
     return a.__cuda_array_interface__["data"][0]
 
@@ -318,8 +330,14 @@ def adam_step_cuda_many(tables, chunks, grads: Addresses, grad_addresses: np.nda
     else:
         multi_kernel(flags, True)[launch](tables, table, chunks, steps.count, steps.found,
                                           *counted_scalars(flags, h, grad_scale))
-    if SIMULATOR:  # the gradients are the caller's: let them go
-        for key in grad_addresses.tolist():
+    forget(grad_addresses)
+
+
+def forget(addresses: np.ndarray) -> None:
+    """After a launch: simulated, drop the registry's hold on arrays that are the caller's
+    (the gradients); on a GPU nothing to do."""
+    if SIMULATOR:
+        for key in addresses.tolist():
             _SIMULATED.pop(key, None)
 
 

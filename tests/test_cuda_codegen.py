@@ -157,6 +157,25 @@ def test_8bit_kernel_compiles(compile_ptx, kinds, options, counted):
         assert ".f64" not in ptx
 
 
+@pytest.mark.parametrize("counted", [False, True])
+@pytest.mark.parametrize("kinds,options", EIGHT_BIT_CASES)
+def test_8bit_list_kernel_compiles(compile_ptx, kinds, options, counted):
+    """The one-launch 8-bit kernel: arrays found through the address table (global
+    loads and byte stores through it), the array of each block by a search."""
+    from fastadam import _cuda8bit
+
+    flags = make_flags(kinds, options)
+    compute = types.float64 if kinds[0] == "float64" else types.float32
+    sig = (types.uint64[:, ::1], types.uint64[::1], types.int64[::1], types.int64[::1],
+           types.float32[::1], types.float32[::1], types.uint32[::1], types.uint32[::1])
+    sig += COUNTED + (compute,) * 7 + (types.float64,) * 6 if counted else (compute,) * 11
+    ptx = compile_ptx(_cuda8bit.multi_kernel(flags, counted).py_func, sig)
+    assert "sqrt.rn" in ptx and "atom.shared.max.u32" in ptx
+    assert "st.global.u8" in ptx and "ld.global" in ptx
+    if kinds[0] != "float64" and not counted:
+        assert ".f64" not in ptx
+
+
 SPARSE_CASES = [(k, o) for k, o in CASES if not (o.get("amsgrad") or o.get("decoupled"))] + [
     (("float32", "float32", "float32"), dict(maximize=True)),
     (("bfloat16", "bfloat16", "float32"), dict(kahan=True)),

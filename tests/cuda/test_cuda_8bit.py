@@ -82,21 +82,22 @@ def test_device_step_for_every_param_dtype(rng, dtype, extra):
 
 
 def test_device_optimizer_equals_cpu_optimizer(rng, monkeypatch):
-    """A list on the GPU: one launch per 8-bit array, the small one batched as 32-bit;
+    """A list on the GPU: its 8-bit arrays in one launch, the small one batched as 32-bit;
     state_dicts equal to the CPU optimizer's, and skip_nonfinite decided on the device."""
     host = [rng.standard_normal(N).astype(F32), rng.standard_normal(300).astype(F32),
             rng.standard_normal((2, 2100)).astype(F32)]
     device = [cuda.to_device(a) for a in host]
     kw = dict(lr=1e-2, state_dtype="8bit", amsgrad=True, skip_nonfinite=True)
     cpu_opt, gpu_opt = fastadam.AdamW(host, **kw), fastadam.AdamW(device, **kw)
-    launches = counting(monkeypatch, "fused_kernel", "_cuda8bit")
+    launches = counting(monkeypatch, "multi_kernel", "_cuda8bit")
+    alone = counting(monkeypatch, "fused_kernel", "_cuda8bit")
     for step in range(3):
         grads = [rng.standard_normal(a.shape).astype(F32) for a in host]
         if step == 1:
             grads[2][0, 7] = np.inf
         assert cpu_opt.step(grads) is (step != 1)
         gpu_opt.step([cuda.to_device(g) for g in grads])
-    assert len(launches) == 2 * 3  # every step launches; the skipped one changes nothing
+    assert len(launches) == 3 and not alone  # every step launches; the skipped one changes nothing
     assert gpu_opt.step_count == cpu_opt.step_count == 2
     for d, h in zip(device, host):
         np.testing.assert_array_equal(d.copy_to_host(), h)
@@ -109,6 +110,38 @@ def test_device_optimizer_equals_cpu_optimizer(rng, monkeypatch):
     restored.load_state_dict(b)
     np.testing.assert_array_equal(restored.state_dict()["state"][0]["state2"],
                                   b["state"][0]["state2"])
+
+
+@pytest.mark.parametrize("dtype,options", [
+    (F32, {"nesterov": True, "grad_scale": 8.0}),
+    (BF16, {"master_weights": True, "amsgrad": True, "maximize": True}),
+    (np.float16, {"weight_decay": 0.1, "decoupled_weight_decay": True}),
+])
+def test_device_8bit_batches_step_in_one_launch_each(rng, monkeypatch, dtype, options):
+    """Two groups of 8-bit arrays with ragged last blocks (and a small 32-bit one): one
+    launch per group and step, the params, codes and absmax of the CPU optimizer."""
+    dtype = np.dtype(dtype)
+    grad_scale = options.pop("grad_scale", None)
+    shapes = [(N,), (3, 1500), (300,), (2 * 4096 + 1,)]
+    host = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    groups = lambda params: [{"params": params[:3]},  # noqa: E731
+                             {"params": params[3:], "lr": 3e-2, "betas": (0.8, 0.99)}]
+    kw = dict(lr=1e-2, state_dtype="8bit", **options)
+    cpu_opt = fastadam.Adam(groups(host), **kw)
+    device = [on_device(a) for a in host]
+    gpu_opt = fastadam.Adam(groups(device), **kw)
+    launches = counting(monkeypatch, "multi_kernel", "_cuda8bit")
+    for _ in range(2):
+        grads = [rng.standard_normal(a.shape).astype(dtype) for a in host]
+        cpu_opt.step(grads, grad_scale=grad_scale)
+        gpu_opt.step([on_device(g) for g in grads], grad_scale=grad_scale)
+    assert len(launches) == 2 * 2
+    for d, h in zip(device, host):
+        np.testing.assert_array_equal(to_host(d, dtype), h)
+    a, b = gpu_opt.state_dict(), cpu_opt.state_dict()
+    for i in range(len(shapes)):
+        for k, v in b["state"][i].items():
+            np.testing.assert_array_equal(a["state"][i][k], v)
 
 
 def test_device_8bit_refuses_host_state(rng):

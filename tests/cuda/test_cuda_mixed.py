@@ -145,6 +145,28 @@ def test_bfloat16_optimizer_on_device(rng, options, storage):
     assert again.state_dict()["state"][0]["exp_avg"].tobytes() == a["exp_avg"].tobytes()
 
 
+@pytest.mark.parametrize("dtype", [BF16, F16])
+def test_16bit_lists_step_in_one_launch_as_on_the_cpu(rng, monkeypatch, dtype):
+    """16-bit params and grads in a list: the one-launch kernel reads them through its
+    address table as 16-bit bits, and gives the CPU kernel's params and state."""
+    from helpers import counting, on_device, to_host
+
+    multi = counting(monkeypatch, "multi_kernel")
+    host = [rng.standard_normal(n).astype(dtype) for n in (70, 9, 33)]
+    on_gpu = fastadam.AdamW([on_device(a) for a in host], lr=1e-2, amsgrad=True)
+    on_cpu = fastadam.AdamW(host, lr=1e-2, amsgrad=True)
+    for _ in range(3):
+        grads = [rng.standard_normal(a.shape).astype(dtype) for a in host]
+        on_gpu.step([on_device(g) for g in grads])
+        on_cpu.step(grads)
+    assert len(multi) == 3
+    for got, want in zip(on_gpu.params, host):
+        np.testing.assert_array_equal(to_host(got, dtype), want)
+    for a, b in zip(on_gpu.state_dict()["state"].values(), on_cpu.state_dict()["state"].values()):
+        for k in b:
+            np.testing.assert_array_equal(a[k], b[k])
+
+
 def test_bfloat16_functional_on_device(rng):
     n = 257
     p, g = (rng.standard_normal(n).astype(BF16) for _ in range(2))
