@@ -1,11 +1,14 @@
-"""``fastadam.torch.Adam8bit`` / ``AdamW8bit``: bitsandbytes' 8-bit Adam, fused, on the CPU.
+"""``fastadam.torch.Adam8bit`` / ``AdamW8bit``: bitsandbytes' 8-bit Adam, fused, on CPU and
+CUDA tensors.
 
 The state is bitsandbytes' own, key for key: ``step``, ``state1``/``state2``
 (uint8 codes, or float32 moments for params under ``min_8bit_size`` elements),
 ``absmax1``/``absmax2``, ``qmap1``/``qmap2``; ``state_dict()`` nests the
 quantization entries as bitsandbytes 0.50 does, so checkpoints load into
 ``bitsandbytes.optim.Adam8bit``/``AdamW8bit`` and back. Weight decay is
-decoupled in both classes, as in bitsandbytes' 8-bit kernels.
+decoupled in both classes, as in bitsandbytes' 8-bit kernels. State lives on its
+param's device; CUDA tensors step on torch's current stream, one launch per tensor
+(as bitsandbytes launches).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 
 from . import _validate as check
 from . import quant8
-from ._dispatch import apply, apply_8bit, flags_8bit, step_flags
+from ._dispatch import apply, apply_8bit, flags_8bit, resolve, step_flags
 from .functional import hyper
 
 __all__ = ["Adam8bit", "AdamW8bit"]
@@ -28,11 +31,21 @@ _QUANT_KEYS = ("state1", "state2", "absmax1", "absmax2", "qmap1", "qmap2")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    """A zero-copy NumPy view of a CPU tensor (bfloat16 through ml_dtypes)."""
+def _array(t: torch.Tensor):
+    """A zero-copy view of a tensor for the kernels: NumPy on the CPU (bfloat16 through
+    ml_dtypes), the tensor itself on a GPU (``__cuda_array_interface__``)."""
     from .torch import _array
 
     return _array(t)
+
+
+def _stream(p: torch.Tensor):
+    """torch's current stream on ``p``'s GPU, for numba; None for CPU tensors."""
+    if not p.is_cuda:
+        return None
+    from .torch import _current_stream
+
+    return _current_stream(p)
 
 
 class _Adam8bit(torch.optim.Optimizer):
@@ -47,17 +60,19 @@ class _Adam8bit(torch.optim.Optimizer):
                                       maximize=maximize))
 
     def _fresh(self, p: torch.Tensor) -> dict:
+        """Zeroed state for ``p``, on its device (contiguous, whatever ``p``'s layout)."""
+        zeros = dict(dtype=torch.float32, device=p.device)
         if p.numel() < self.min_8bit_size:
-            return {"step": 0, "state1": torch.zeros_like(p, dtype=torch.float32),
-                    "state2": torch.zeros_like(p, dtype=torch.float32)}
+            return {"step": 0, "state1": torch.zeros(p.shape, **zeros),
+                    "state2": torch.zeros(p.shape, **zeros)}
         blocks = quant8.blocks(p.numel())
         return {"step": 0,
-                "state1": torch.zeros_like(p, dtype=torch.uint8),
-                "state2": torch.zeros_like(p, dtype=torch.uint8),
-                "qmap1": torch.from_numpy(quant8.dynamic_map(True).copy()),
-                "qmap2": torch.from_numpy(quant8.dynamic_map(False).copy()),
-                "absmax1": torch.zeros(blocks, dtype=torch.float32),
-                "absmax2": torch.zeros(blocks, dtype=torch.float32)}
+                "state1": torch.zeros(p.shape, dtype=torch.uint8, device=p.device),
+                "state2": torch.zeros(p.shape, dtype=torch.uint8, device=p.device),
+                "qmap1": torch.from_numpy(quant8.dynamic_map(True).copy()).to(p.device),
+                "qmap2": torch.from_numpy(quant8.dynamic_map(False).copy()).to(p.device),
+                "absmax1": torch.zeros(blocks, **zeros),
+                "absmax2": torch.zeros(blocks, **zeros)}
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -76,31 +91,33 @@ class _Adam8bit(torch.optim.Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("fastadam does not support sparse gradients")
-                if p.is_cuda or p.dtype not in _DTYPES:
-                    raise TypeError("fastadam's 8-bit Adam steps float CPU tensors; got a "
-                                    f"{p.dtype} tensor on {p.device}")
+                if p.dtype not in _DTYPES:
+                    raise TypeError(f"fastadam's 8-bit Adam steps float tensors; got {p.dtype}")
                 state = self.state.get(p) or self._fresh(p)
-                param, grad = _numpy(p.detach()), _numpy(p.grad.detach().contiguous())
+                param = _array(p.detach())
+                backend = resolve("auto", param)
+                grad = _array(p.grad.detach().contiguous())
                 eight = state["state1"].dtype == torch.uint8
                 if eight:
                     arrays = check.step_arrays_8bit(
-                        "cpu", param, grad,
-                        (state["state1"].numpy(), state["state2"].numpy(), None),
-                        (state["absmax1"].numpy(), state["absmax2"].numpy(), None),
+                        backend, param, grad,
+                        (_array(state["state1"]), _array(state["state2"]), None),
+                        (_array(state["absmax1"]), _array(state["absmax2"]), None),
                         None, None, False)
                 else:
-                    arrays = check.step_arrays("cpu", param, grad, state["state1"].numpy(),
-                                               state["state2"].numpy(), None, None, None,
+                    arrays = check.step_arrays(backend, param, grad, _array(state["state1"]),
+                                               _array(state["state2"]), None, None, None,
                                                False)
-                planned.append((p, state, h, eight, arrays))
-        for p, state, h, eight, arrays in planned:  # all checked: write
+                planned.append((p, state, h, eight, backend, arrays))
+        for p, state, h, eight, backend, arrays in planned:  # all checked: write
             step = int(state["step"]) + 1
+            stream = _stream(p)
             if eight:
                 *views, codes, absmax = arrays
                 flags = flags_8bit(h, views[0], views[1], False, False)
-                apply_8bit("cpu", tuple(views), codes, absmax, h, flags, step)
+                apply_8bit(backend, tuple(views), codes, absmax, h, flags, step, stream=stream)
             else:
-                apply("cpu", arrays, h, step_flags(h, arrays), step)
+                apply(backend, arrays, h, step_flags(h, arrays), step, stream=stream)
             state["step"] = step
             self.state[p] = state
         return loss
@@ -183,14 +200,16 @@ def _checked_entry(key, entry: dict, p: torch.Tensor) -> dict:
             a = out[name].numpy()
             if not (np.isfinite(a).all() and (a >= 0).all()):
                 raise ValueError(f"{label}[{name!r}] must be finite and >= 0")
-    return out
+    # Checked on the host; kept where the param is.
+    return {k: v.to(p.device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
 
 
 class Adam8bit(_Adam8bit):
     """Adam with 8-bit blockwise states, bitsandbytes' format (``bitsandbytes.optim.Adam8bit``).
 
     Params under ``min_8bit_size`` elements keep float32 states. ``weight_decay``
-    is decoupled, as in bitsandbytes. One fused pass per tensor on the CPU.
+    is decoupled, as in bitsandbytes. One fused pass per tensor: on the CPU in parallel
+    blocks, on a GPU in one launch on torch's current stream.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),

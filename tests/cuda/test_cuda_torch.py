@@ -68,3 +68,69 @@ def test_a_cuda_list_steps_on_the_current_stream():
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a.detach().cpu().numpy(), b.detach().cpu().numpy(),
                                    rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_adamw8bit_on_cuda_tensors_follows_the_cpu_step(dtype):
+    """fastadam.torch.AdamW8bit on CUDA tensors: state on the device, the step on the
+    current stream, the CPU step's params and codes (up to the GPU's fused multiply-adds),
+    and a state_dict that continues on the CPU."""
+    shapes = [(300, 70), (4099,), (50,)]  # two with 8-bit moments (one ragged), one 32-bit
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+    on_gpu = [torch.nn.Parameter(t.cuda()) for t in start]
+    on_cpu = [torch.nn.Parameter(t.clone()) for t in start]
+    gpu_opt = fastadam.torch.AdamW8bit(on_gpu, lr=1e-2)
+    cpu_opt = fastadam.torch.AdamW8bit(on_cpu, lr=1e-2)
+    stream = torch.cuda.Stream()
+    for _ in range(4):
+        for a, b in zip(on_gpu, on_cpu):
+            g = torch.randn(b.shape, generator=gen).to(dtype)
+            a.grad, b.grad = g.cuda(), g
+        stream.wait_stream(torch.cuda.current_stream())  # the gradients' copies
+        with torch.cuda.stream(stream):
+            gpu_opt.step()
+        cpu_opt.step()
+    stream.synchronize()
+    assert all(v.device.type == "cuda" for s in gpu_opt.state.values() for v in s.values()
+               if isinstance(v, torch.Tensor))
+    rtol = 1e-5 if dtype == torch.float32 else 1e-2
+    for a, b in zip(on_gpu, on_cpu):
+        torch.testing.assert_close(a.detach().cpu().float(), b.detach().float(), rtol=rtol,
+                                   atol=rtol)
+    for p, q in zip(on_gpu[:2], on_cpu[:2]):
+        got, want = gpu_opt.state[p]["state2"].cpu().int(), cpu_opt.state[q]["state2"].int()
+        assert (got - want).abs().max() <= 1 and (got != want).float().mean() < 0.01
+    resumed = fastadam.torch.AdamW8bit([torch.nn.Parameter(a.detach().cpu()) for a in on_gpu],
+                                       lr=1e-2)
+    resumed.load_state_dict(gpu_opt.state_dict())
+    assert resumed.state[resumed.param_groups[0]["params"][0]]["absmax1"].device.type == "cpu"
+    for p in resumed.param_groups[0]["params"]:
+        p.grad = torch.randn(p.shape, generator=gen).to(dtype)
+    resumed.step()
+
+
+def test_adam8bit_takes_a_bitsandbytes_cuda_checkpoint():
+    """bitsandbytes' own 8-bit AdamW on the GPU, continued by fastadam's from its
+    state_dict: the same params within the 8-bit tolerance."""
+    bnb = pytest.importorskip("bitsandbytes")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    start = torch.randn(256, 100, device="cuda", generator=gen)
+    grads = [torch.randn(start.shape, device="cuda", generator=gen) for _ in range(10)]
+    p = torch.nn.Parameter(start.clone())
+    theirs = bnb.optim.AdamW8bit([p], lr=1e-2)
+    for g in grads[:5]:
+        p.grad = g.clone()
+        theirs.step()
+    middle, saved = p.detach().clone(), theirs.state_dict()
+    for g in grads[5:]:
+        p.grad = g.clone()
+        theirs.step()
+    q = torch.nn.Parameter(middle.clone())
+    ours = fastadam.torch.AdamW8bit([q], lr=1e-2)
+    ours.load_state_dict(saved)
+    for g in grads[5:]:
+        q.grad = g.clone()
+        ours.step()
+    moved = (p.detach() - middle).abs().mean()
+    assert (q.detach() - p.detach()).abs().mean() <= 0.05 * moved
