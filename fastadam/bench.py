@@ -227,29 +227,34 @@ def torch_contenders(param, grad, config, threads) -> list[Contender]:
     return out
 
 
-def _eight_bit_peers(param, grad, threads) -> list[Contender]:
-    """bitsandbytes' and torchao's 8-bit AdamW on copies of param (where installed)."""
-    import torch
-
+def _eight_bit_makers() -> list[tuple[str, type]]:
+    """(name, class) of the 8-bit AdamW peers installed: bitsandbytes', torchao's."""
     makers = []
     try:
         import bitsandbytes
 
-        makers.append(("bitsandbytes-8bit", bitsandbytes.optim.AdamW8bit))
+        makers.append(("bitsandbytes", bitsandbytes.optim.AdamW8bit))
     except ImportError:
         pass
     try:
         from torchao.optim import AdamW8bit
 
-        makers.append(("torchao-8bit", AdamW8bit))
+        makers.append(("torchao", AdamW8bit))
     except ImportError:
         pass
+    return makers
+
+
+def _eight_bit_peers(param, grad, threads) -> list[Contender]:
+    """bitsandbytes' and torchao's 8-bit AdamW on copies of param (where installed)."""
+    import torch
+
     out = []
-    for name, cls in makers:
+    for name, cls in _eight_bit_makers():
         p = torch.nn.Parameter(torch.from_numpy(param.copy()))
         p.grad = torch.from_numpy(grad)
         opt = cls([p], weight_decay=0.0)
-        out.append(Contender(name, threads, opt.step))
+        out.append(Contender(f"{name}-8bit", threads, opt.step))
     return out
 
 
@@ -301,16 +306,37 @@ def cuda_contenders(n, dtype, config, rng, peers):
     roof = roofline_contenders(opt, grad, [1], memory_only_kernel, backend="cuda-roofline")[0]
     out.append(Contender(roof.backend, 1, synced(roof.run)))
     if peers:
-        import torch
-
-        cls, t_kw = torch_optimizer(config)
-        if torch.cuda.is_available() and cls is not None:
-            p = torch.randn(n, dtype=getattr(torch, dtype), device="cuda")
-            p.grad = torch.randn_like(p)
-            t_opt = cls([p], fused=True, **t_kw)
-            out.append(Contender("torch-cuda-fused", 1,
-                                 lambda: (t_opt.step(), torch.cuda.synchronize())))
+        out += _cuda_peers(n, dtype, config)
     return out, nbytes
+
+
+def _cuda_peers(n: int, dtype: str, config: str) -> list[Contender]:
+    """torch's fused CUDA Adam (for 8-bit states: its fp32-state step) and, for 8-bit
+    states, bitsandbytes' and torchao's 8-bit AdamW on the GPU; each call synced."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    eight = config == "8bit"
+    cls, kw = torch_optimizer("adam" if eight else config)
+
+    def tensor():
+        p = torch.nn.Parameter(torch.randn(n, dtype=getattr(torch, dtype), device="cuda"))
+        p.grad = torch.randn_like(p)
+        return p
+
+    def synced(step):
+        return lambda: (step(), torch.cuda.synchronize())
+
+    out = []
+    if cls is not None:
+        out.append(Contender("torch-cuda-fused" + ("-fp32" if eight and dtype == "float32"
+                                                   else ""), 1,
+                             synced(cls([tensor()], fused=True, **kw).step)))
+    if eight:
+        out += [Contender(f"{name}-cuda-8bit", 1, synced(maker([tensor()], weight_decay=0.0).step))
+                for name, maker in _eight_bit_makers()]
+    return out
 
 
 @dataclass
@@ -369,7 +395,7 @@ def run_case(n, dtype, config, *, repeats, threads_list, peers, rng, gpu=False) 
     rows = []
     for c in contenders:
         s = t.median(c)
-        on_gpu = c.backend.startswith(("cuda", "torch-cuda"))
+        on_gpu = "cuda" in c.backend.split("-")
         limit = by_key.get(("cuda-roofline", 1) if on_gpu else ("roofline", c.threads))
         compiled = c.backend in ("cpu", "roofline", "cuda", "cuda-roofline") and (
             on_gpu or c.threads == threads_list[0])
@@ -573,7 +599,7 @@ def sparse_rows(rows: int, dim: int, nnz: int, *, repeats: int, rng, gpu: bool =
     out = []
     for c in contenders:
         s = t.median(c)
-        on_gpu = c.backend.startswith(("cuda", "torch-cuda"))
+        on_gpu = "cuda" in c.backend.split("-")
         limit = by_name.get("cuda-roofline" if on_gpu else "roofline")
         torch_step = by_name.get("torch-cuda-sparse-adam" if on_gpu else "torch-sparse-adam")
         out.append(Row(
