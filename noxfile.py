@@ -14,6 +14,7 @@ def tests(session: nox.Session) -> None:
     # numba-cuda's cu13 extra brings NVRTC, so the CUDA kernels compile to PTX here too.
     session.install("-e", ".[test,plot,cuda,mpi]", "numba-cuda[cu13]")
     env = {"CI": "true"}  # a missing reference fails instead of skipping
+    session.run("lint-imports", "--no-cache")  # the layers (also a test: it fails the run)
     session.run("pytest", "tests", "--ignore=tests/cuda", *session.posargs, env=env)
     # The simulator must be switched on before numba loads: its own process.
     session.run("pytest", "tests/cuda", *session.posargs, env={**env, "NUMBA_ENABLE_CUDASIM": "1"})

@@ -11,7 +11,7 @@ import pytest
 from conftest import SIZES
 
 import fastadam
-from fastadam.bench import all_threads
+from fastadam.bench.harness import all_threads
 
 BYTES_PER_ELEMENT = 28  # float32: read param, grad, m, v; write param, m, v
 
@@ -50,7 +50,8 @@ def test_cpu(benchmark, buffers, n, threads):
 @pytest.mark.parametrize("n", SIZES)
 def test_memory_limit(benchmark, buffers, n, threads):
     """The roofline: same traffic, no Adam arithmetic."""
-    from fastadam._cpu import memory_only_kernel, with_threads
+    from fastadam._backends.cpu.runtime import with_threads
+    from fastadam.bench.roofline import memory_only_kernel
 
     b = buffers(n)
     kernel = memory_only_kernel(1, 3)

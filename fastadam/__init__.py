@@ -1,6 +1,6 @@
 """fastadam: a fused, one-pass Adam/AdamW update for large flat float buffers."""
 
-from ._bfloat16 import as_bfloat16
+from ._core.bfloat16 import as_bfloat16
 from .flat import FlatBuffer, flatten
 from .functional import adam_step, adam_step_8bit, sparse_adam_step
 from .optimizer import Adam, AdamW

@@ -2,6 +2,8 @@
 
 import sys
 
+from .bench.cli import main as bench_main
+
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch the subcommands of ``python -m fastadam``."""
@@ -9,8 +11,6 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] != "bench":
         print("usage: python -m fastadam bench [--help]", file=sys.stderr)
         return 2
-    from .bench import main as bench_main
-
     return bench_main(argv[1:])
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _validate as check
+from ._core.dtypes import kind
 
 
 class FlatBuffer:
@@ -57,7 +57,7 @@ def _arrays(name: str, arrays) -> list[np.ndarray]:
     for i, a in enumerate(arrays):
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name}[{i}] must be a NumPy array, got {type(a).__name__}")
-        if check.kind(a.dtype) is None:
+        if kind(a.dtype) is None:
             raise TypeError(f"{name}[{i}] must have a float dtype, got {a.dtype}")
     return list(arrays)
 

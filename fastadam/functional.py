@@ -4,46 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _validate as check
-from ._dispatch import apply, apply_8bit, apply_sparse, flags_8bit, resolve, step_flags
-from ._scalars import Hyper
-
-
-def hyper(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
-          bias_correction=True, eps_root=0.0, nesterov=False, decouple_lr=False,
-          max_lr=None) -> Hyper:
-    """Validate hyperparameters against torch's (and optax's, optimi's) ranges."""
-    beta1, beta2 = check.betas(betas)
-    decouple_lr = check.flag("decouple_lr", decouple_lr)
-    if decouple_lr:
-        if max_lr is None:
-            raise ValueError("decouple_lr=True needs max_lr, the peak learning rate")
-        max_lr = check.positive("max_lr", max_lr)
-    elif max_lr is not None:
-        max_lr = check.positive("max_lr", max_lr)
-    return Hyper(
-        check.real("lr", lr),
-        beta1,
-        beta2,
-        check.real("eps", eps),
-        check.real("weight_decay", weight_decay),
-        check.flag("decoupled_weight_decay", decoupled_weight_decay),
-        check.flag("amsgrad", amsgrad),
-        check.flag("maximize", maximize),
-        check.flag("bias_correction", bias_correction),
-        check.real("eps_root", eps_root),
-        check.flag("nesterov", nesterov),
-        decouple_lr,
-        max_lr,
-    )
+from ._backends.dispatch import (
+    apply,
+    apply_8bit,
+    apply_sparse,
+    flags_8bit,
+    prepare_sparse,
+    resolve,
+    step_flags,
+)
+from ._core import array_checks, checks
+from ._core.hyper import hyper
 
 
 def _call(step, grad_scale, num_threads, backend, stream, param) -> tuple:
     """The checked per-call arguments of a step: (step, grad_scale, num_threads,
     the concrete backend, the CUDA stream)."""
-    kind = resolve(check.backend(backend), param)
-    return (check.step(step), check.grad_scale(grad_scale), check.num_threads(num_threads),
-            kind, check.stream(stream, kind))
+    kind = resolve(checks.backend(backend), param)
+    return (checks.step(step), checks.grad_scale(grad_scale), checks.num_threads(num_threads),
+            kind, checks.stream(stream, kind))
 
 
 def adam_step(
@@ -123,7 +102,7 @@ def adam_step(
               bias_correction, eps_root, nesterov, decouple_lr, max_lr)
     step, scale, threads, kind, cuda_stream = _call(step, grad_scale, num_threads, backend,
                                                     stream, param)
-    arrays = check.step_arrays(kind, param, grad, m, v, v_max, kahan_comp, master_params,
+    arrays = array_checks.step_arrays(kind, param, grad, m, v, v_max, kahan_comp, master_params,
                                h.amsgrad)
     apply(kind, arrays, h, step_flags(h, arrays), step, grad_scale=scale,
           num_threads=threads, stream=cuda_stream)
@@ -186,7 +165,7 @@ def adam_step_8bit(
               bias_correction, eps_root, nesterov, decouple_lr, max_lr)
     step, scale, threads, kind, cuda_stream = _call(step, grad_scale, num_threads, backend,
                                                     stream, param)
-    *arrays, codes, absmax = check.step_arrays_8bit(
+    *arrays, codes, absmax = array_checks.step_arrays_8bit(
         kind, param, grad, (m_codes, v_codes, v_max_codes), (m_absmax, v_absmax, v_max_absmax),
         kahan_comp, master_params, h.amsgrad)
     flags = flags_8bit(h, arrays[0], arrays[1], arrays[2] is not None, arrays[3] is not None)
@@ -241,6 +220,7 @@ def sparse_adam_step(
     """
     h = hyper(lr, betas, eps, 0.0, False, False, maximize)
     step, _, threads, kind, cuda_stream = _call(step, None, num_threads, backend, stream, param)
-    arrays = check.sparse_arrays(kind, param, indices, values, m, v, kahan_comp, master_params,
-                                 cuda_stream)
+    arrays = array_checks.sparse_arrays(kind, param, indices, values, m, v, kahan_comp,
+                                        master_params)
+    prepare_sparse(kind, arrays, cuda_stream)
     apply_sparse(kind, arrays, h, step, num_threads=threads, stream=cuda_stream)

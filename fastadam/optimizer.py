@@ -1,19 +1,23 @@
 """Adam and AdamW: a thin stateful shell around the functional core.
 
-The shell holds param groups (``_groups``), one slot per params array with its
-state (``_slots``), the stepping plans (``_plans``, ``_batches``) and the
-state_dict (``_state_dict``, ``_checkpoint``); each of those has one job.
+The shell holds param groups (``_state/groups.py``), one slot per params array with
+its state (``_state/slots.py``), the stepping plans (``_state/plans.py``, over the
+backends' batches) and the state_dict (``_state/state_dict.py``,
+``_state/checkpoint.py``); each of those has one job.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import _checkpoint, _groups, _state_dict
-from . import _validate as check
-from ._dispatch import resolve
-from ._plans import Plans
-from ._slots import STATE_KEYS, Options, Slot
+from ._backends.dispatch import resolve
+from ._core import array_checks, checks
+from ._core.gpu import is_device
+from ._state import checkpoint as _checkpoint
+from ._state import groups as _groups
+from ._state import state_dict as _state_dict
+from ._state.plans import Plans
+from ._state.slots import STATE_KEYS, Options, Slot
 
 
 class Adam:
@@ -87,17 +91,17 @@ class Adam:
                         decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
                         maximize=maximize, bias_correction=bias_correction, eps_root=eps_root,
                         nesterov=nesterov, decouple_lr=decouple_lr, max_lr=max_lr)
-        self._single = isinstance(params, np.ndarray) or check.is_device(params)
+        self._single = isinstance(params, np.ndarray) or is_device(params)
         specs = [{"params": [params]}] if self._single else _groups.specs(params)
         hypers = [_groups.group_hyper(defaults, spec) for spec in specs]
-        self._backend = resolve(check.backend(backend), specs[0]["params"][0])
-        self._num_threads = check.num_threads(num_threads)
-        self._skip_nonfinite = check.flag("skip_nonfinite", skip_nonfinite)
+        self._backend = resolve(checks.backend(backend), specs[0]["params"][0])
+        self._num_threads = checks.num_threads(num_threads)
+        self._skip_nonfinite = checks.flag("skip_nonfinite", skip_nonfinite)
         options = self._options = Options(state_dtype, kahan_summation, master_weights)
         arrays = [a for spec in specs for a in spec["params"]]
         names = ["params"] if self._single else [f"params[{i}]" for i in range(len(arrays))]
         views = [self._checked(name, a) for name, a in zip(names, arrays)]
-        check.disjoint(dict(zip(names, views)))
+        array_checks.disjoint(dict(zip(names, views)))
         self._groups, it = [], iter(views)
         for h, spec in zip(hypers, specs):
             self._groups.append(
@@ -114,10 +118,10 @@ class Adam:
 
     def _checked(self, name: str, array):
         if self._backend == "cuda":
-            return check.device_array(name, array, writable=True)
-        if check.is_device(array):
+            return array_checks.device_array(name, array, writable=True)
+        if is_device(array):
             raise TypeError(f"{name} is a GPU array, but the other params are host arrays")
-        return check.host_array(name, array, writable=True)
+        return array_checks.host_array(name, array, writable=True)
 
     # --- hyperparameters ----------------------------------------------------
 
@@ -133,7 +137,7 @@ class Adam:
 
     def set_lr(self, value: float, group: int | None = None) -> None:
         """Set the learning rate of ``group`` (an index), or of every group."""
-        value = check.real("lr", value)
+        value = checks.real("lr", value)
         indices = (range(len(self._groups)) if group is None
                    else [_groups.index(group, len(self._groups))])
         for i in indices:
@@ -198,7 +202,7 @@ class Adam:
         """For wrappers that check GPU gradients themselves (``fastadam.torch``): step with
         gradients given by float kind and device address, one launch per batch; False,
         nothing done, where that path does not apply (``step`` then takes the arrays)."""
-        return self._plans.step_addresses(kinds, addresses, check.stream(stream, self._backend))
+        return self._plans.step_addresses(kinds, addresses, checks.stream(stream, self._backend))
 
     # --- state --------------------------------------------------------------
 
@@ -240,7 +244,7 @@ class Adam:
             if slot.flags.kahan or slot.flags.master or slot.absmax is not None:
                 raise ValueError("adopted state has no Kahan compensation, master params "
                                  "or 8-bit moments")
-            step = check.step(step + 1) - 1  # an int >= 0
+            step = checks.step(step + 1) - 1  # an int >= 0
             named[f"params[{i}]"] = slot.array
             views = []
             for name, a, wanted in zip(STATE_KEYS, arrays, (True, True, h.amsgrad)):
@@ -248,12 +252,12 @@ class Adam:
                     raise ValueError(f"state {i} {name}: {'missing' if wanted else 'unexpected'}")
                 if a is not None:
                     label = f"state[{i}][{name!r}]"
-                    a = check.like(label, a, slot.array, writable=True,
+                    a = array_checks.like(label, a, slot.array, writable=True,
                                    device=self._backend == "cuda", dtype=slot.state_dtype)
                     named[label] = a
                 views.append(None if a is None else a.reshape(-1))
             adopted.append((step, views))
-        check.disjoint(named)
+        array_checks.disjoint(named)
         for slot, (step, views) in zip(self._slots, adopted):
             slot.step, slot.state[:3] = step, views
         self._adopted = True

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from . import _checkpoint
-from . import _validate as check
-from ._dispatch import apply_sparse, resolve
-from ._slots import EIGHT_BIT, Options, Slot
-from .functional import hyper
+from ._backends.dispatch import apply_sparse, prepare_sparse, resolve
+from ._core import array_checks, checks
+from ._core.hyper import hyper
+from ._state import checkpoint as _checkpoint
+from ._state.slots import EIGHT_BIT, Options, Slot
 
 _OPTION_KEYS = ("state_dtype", "kahan_summation", "master_weights")
 
@@ -46,14 +46,14 @@ class SparseAdam:
         master_weights: bool = False,
     ) -> None:
         self._h = hyper(lr, betas, eps, 0.0, False, False, maximize)
-        self._backend = resolve(check.backend(backend), table)
-        self._num_threads = check.num_threads(num_threads)
+        self._backend = resolve(checks.backend(backend), table)
+        self._num_threads = checks.num_threads(num_threads)
         if isinstance(state_dtype, str) and state_dtype == EIGHT_BIT:
             raise ValueError("state_dtype='8bit' does not apply to the row-sparse step: a "
                              "block of 256 spans rows it does not touch")
         self._options = Options(state_dtype, kahan_summation, master_weights)
         device = self._backend == "cuda"
-        table = (check.device_array if device else check.host_array)("table", table,
+        table = (array_checks.device_array if device else array_checks.host_array)("table", table,
                                                                       writable=True)
         if table.ndim != 2:
             raise ValueError(f"table must be a (rows, dim) array, got shape {table.shape}")
@@ -69,7 +69,7 @@ class SparseAdam:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self._h = self._h._replace(lr=check.real("lr", value))
+        self._h = self._h._replace(lr=checks.real("lr", value))
 
     @property
     def step_count(self) -> int:
@@ -104,9 +104,10 @@ class SparseAdam:
         A refused step raises and changes nothing, its step count included."""
         m, v, _, comp, master = self._tables()
         kind = self._backend
-        cuda_stream = check.stream(stream, kind)
-        arrays = check.sparse_arrays(kind, self.table, indices, values, m, v, comp, master,
-                                     cuda_stream)
+        cuda_stream = checks.stream(stream, kind)
+        arrays = array_checks.sparse_arrays(kind, self.table, indices, values, m, v, comp,
+                                            master)
+        prepare_sparse(kind, arrays, cuda_stream)
         apply_sparse(kind, arrays, self._h, self._slot.step + 1,
                      num_threads=self._num_threads, stream=cuda_stream)
         self._slot.step += 1

@@ -77,13 +77,13 @@ def assert_close(got, want, dtype):
     np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
 
 
-def counting(monkeypatch, name, module="_cuda"):
+def counting(monkeypatch, name, module="_backends.cuda.dense"):
     """Record the launch configurations of ``fastadam.<module>.<name>`` kernels."""
     import importlib
 
-    _cuda = importlib.import_module(f"fastadam.{module}")
+    kernels = importlib.import_module(f"fastadam.{module}")
     launches = []
-    real = getattr(_cuda, name)
+    real = getattr(kernels, name)
 
     class Counting:
         def __init__(self, kernel):
@@ -93,7 +93,7 @@ def counting(monkeypatch, name, module="_cuda"):
             launches.append(config)
             return self.kernel[config]
 
-    monkeypatch.setattr(_cuda, name, lambda *args, **kwargs: Counting(real(*args, **kwargs)))
+    monkeypatch.setattr(kernels, name, lambda *args, **kwargs: Counting(real(*args, **kwargs)))
     return launches
 
 

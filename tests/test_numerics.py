@@ -99,7 +99,7 @@ def test_num_threads_restored(rng):
 def test_num_threads_restored_on_error(rng, monkeypatch):
     import numba
 
-    from fastadam import _cpu
+    from fastadam._backends.cpu import dense
 
     def failing(flags):
         def kernel(*args):
@@ -108,7 +108,7 @@ def test_num_threads_restored_on_error(rng, monkeypatch):
 
         return kernel
 
-    monkeypatch.setattr(_cpu, "fused_kernel", failing)
+    monkeypatch.setattr(dense, "fused_kernel", failing)
     before = numba.get_num_threads()
     param, grad, m, v, _ = make_state(rng, 100, np.float32, amsgrad=False)
     with pytest.raises(RuntimeError, match="boom"):

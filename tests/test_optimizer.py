@@ -97,7 +97,7 @@ def test_step_allocates_no_temporaries(rng, backend, allowed):
 def test_import_compiles_nothing():
     code = (
         "import sys, fastadam\n"
-        "assert 'fastadam._cpu' not in sys.modules\n"
+        "assert 'fastadam._backends.cpu' not in sys.modules\n"
         "assert 'numba' not in sys.modules, 'import fastadam should not load numba'\n"
         "import numpy as np\n"
         "fastadam.adam_step(*(np.ones(3) for _ in range(4)), step=1, backend='numpy')\n"
@@ -109,14 +109,14 @@ def test_import_compiles_nothing():
 def test_thin_call_is_taken_and_leaves_the_rest_to_the_named_checks(rng, monkeypatch):
     """A good gradient steps through the thin path alone; anything else reaches the checks
     that name it, and changes nothing."""
-    from fastadam import _plans
+    from fastadam._state import plans
 
     params = rng.standard_normal((33, 31)).astype(np.float32)
     opt = fastadam.AdamW(params.copy(), lr=0.01)
     twin = fastadam.AdamW(params.copy(), lr=0.01, skip_nonfinite=True)  # the general path
     calls = []
-    original = _plans.Plans._checked_grads
-    monkeypatch.setattr(_plans.Plans, "_checked_grads",
+    original = plans.Plans._checked_grads
+    monkeypatch.setattr(plans.Plans, "_checked_grads",
                         lambda self, g: calls.append(1) or original(self, g))
     for _ in range(3):
         g = rng.standard_normal((33, 31)).astype(np.float32)

@@ -462,7 +462,7 @@ def _touched(param, m, v, values, rows):
 def test_memory_only_pass_reads_every_values_row_and_writes_only_the_rows(rng):
     """The benchmark's limit has the step's traffic: all nnz values rows read (not only
     one per distinct row) and each distinct row of param, m, v written, no other."""
-    from fastadam._cpusparse import touch_rows
+    from fastadam.bench.roofline import touch_rows
 
     param, m, v = (rng.standard_normal((301, 13)).astype(F32) for _ in range(3))
     values = rng.standard_normal((157, 13)).astype(F32)

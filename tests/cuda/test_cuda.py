@@ -12,7 +12,7 @@ from reference import adam_f64
 import fastadam
 
 cuda = pytest.importorskip("numba.cuda")
-_cuda = pytest.importorskip("fastadam._cuda")
+runtime = pytest.importorskip("fastadam._backends.cuda.runtime")
 
 SIZES = [1, 33, 1001]
 DTYPES = [np.float32, np.float64]
@@ -159,7 +159,7 @@ def test_refused_optimizer_step_changes_nothing(rng):
         np.testing.assert_array_equal(opt.state_dict()["state"][0][k], a)
 
 
-@pytest.mark.skipif(_cuda.SIMULATOR, reason="the simulator has no __cuda_array_interface__")
+@pytest.mark.skipif(runtime.SIMULATOR, reason="the simulator has no __cuda_array_interface__")
 def test_foreign_arrays_zero_copy(rng):
     """CuPy arrays and torch CUDA tensors, through __cuda_array_interface__."""
     host = make_state(rng, 300, np.float32, amsgrad=False)
@@ -292,8 +292,6 @@ def test_a_list_given_by_addresses_steps_as_the_checked_list(rng, monkeypatch):
     """The path wrappers take (fastadam.torch on CUDA tensors): gradients as device
     addresses, one launch per batch, the same update as the checked list; where a
     batch cannot step as one (its arrays' step counts differ) it does nothing."""
-    from fastadam import _cuda
-
     multi = counting(monkeypatch, "multi_kernel")
     host = [rng.standard_normal(n).astype(d) for n, d in
             [(40, np.float32), (9, np.float64), (17, np.float32), (5, np.float64)]]
@@ -302,7 +300,7 @@ def test_a_list_given_by_addresses_steps_as_the_checked_list(rng, monkeypatch):
     kinds = [a.dtype.name for a in host]
     for step in range(3):
         grads = [cuda.to_device(rng.standard_normal(a.shape).astype(a.dtype)) for a in host]
-        addresses = np.array([_cuda.address(g) for g in grads], dtype=np.uint64)
+        addresses = np.array([runtime.address(g) for g in grads], dtype=np.uint64)
         assert by_address._step_addresses(kinds, addresses) is True
         checked.step(grads)
         assert len(multi) == 4 * (step + 1)  # one launch per batch each time, on both paths

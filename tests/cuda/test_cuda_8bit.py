@@ -8,7 +8,7 @@ import fastadam
 from fastadam import quant8
 
 cuda = pytest.importorskip("numba.cuda")
-pytest.importorskip("fastadam._cuda")
+pytest.importorskip("fastadam._backends.cuda.runtime")
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -89,8 +89,8 @@ def test_device_optimizer_equals_cpu_optimizer(rng, monkeypatch):
     device = [cuda.to_device(a) for a in host]
     kw = dict(lr=1e-2, state_dtype="8bit", amsgrad=True, skip_nonfinite=True)
     cpu_opt, gpu_opt = fastadam.AdamW(host, **kw), fastadam.AdamW(device, **kw)
-    launches = counting(monkeypatch, "multi_kernel", "_cuda8bit")
-    alone = counting(monkeypatch, "fused_kernel", "_cuda8bit")
+    launches = counting(monkeypatch, "multi_kernel", "_backends.cuda.eight_bit")
+    alone = counting(monkeypatch, "fused_kernel", "_backends.cuda.eight_bit")
     for step in range(3):
         grads = [rng.standard_normal(a.shape).astype(F32) for a in host]
         if step == 1:
@@ -130,7 +130,7 @@ def test_device_8bit_batches_step_in_one_launch_each(rng, monkeypatch, dtype, op
     cpu_opt = fastadam.Adam(groups(host), **kw)
     device = [on_device(a) for a in host]
     gpu_opt = fastadam.Adam(groups(device), **kw)
-    launches = counting(monkeypatch, "multi_kernel", "_cuda8bit")
+    launches = counting(monkeypatch, "multi_kernel", "_backends.cuda.eight_bit")
     for _ in range(2):
         grads = [rng.standard_normal(a.shape).astype(dtype) for a in host]
         cpu_opt.step(grads, grad_scale=grad_scale)

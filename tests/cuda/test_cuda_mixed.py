@@ -7,26 +7,28 @@ from helpers import assert_same_floats
 import fastadam
 
 cuda = pytest.importorskip("numba.cuda")
-_cuda = pytest.importorskip("fastadam._cuda")
+runtime = pytest.importorskip("fastadam._backends.cuda.runtime")
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
-from fastadam import _dispatch, _scalars  # noqa: E402
-from fastadam.functional import hyper  # noqa: E402
+from fastadam._backends import dispatch  # noqa: E402
+from fastadam._backends.cuda import dense  # noqa: E402
+from fastadam._backends.views import kernel_views  # noqa: E402
+from fastadam._core.hyper import coefficients, hyper  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16, F32 = np.dtype(np.float16), np.dtype(np.float32)
 
 
 def host_step(arrays, h, step, **kw):
-    _dispatch.apply("cpu", arrays, h, _dispatch.step_flags(h, arrays), step, **kw)
+    dispatch.apply("cpu", arrays, h, dispatch.step_flags(h, arrays), step, **kw)
 
 
 def device_step(arrays, h, step, grad_scale=None):
     """The CUDA kernel on device copies of host arrays (16-bit ones as uint16)."""
-    flags = _dispatch.step_flags(h, arrays)
-    views = _dispatch.kernel_views(arrays)
+    flags = dispatch.step_flags(h, arrays)
+    views = kernel_views(arrays)
     dev = [cuda.to_device(np.ascontiguousarray(a)) for a in views]
-    _cuda.adam_step_cuda(tuple(dev), flags, _scalars.coefficients(h, step, grad_scale), 0)
+    dense.adam_step_cuda(tuple(dev), flags, coefficients(h, step, grad_scale), 0)
     return [d.copy_to_host() for d in dev]
 
 
@@ -44,7 +46,7 @@ def test_kernel_matches_cpu_kernel(rng, param, grad, state, extra):
     h = hyper(0.01, (0.9, 0.99), 1e-8, 0.1, True, True, False, nesterov=True, eps_root=1e-9)
     got = device_step(tuple(arrays), h, 4, grad_scale=2.0)
     host_step(tuple(arrays), h, 4, grad_scale=2.0)
-    want = _dispatch.kernel_views(tuple(arrays))
+    want = kernel_views(tuple(arrays))
     for g, w, a in zip(got, want, arrays):
         if a is not None:  # the rest are placeholders
             np.testing.assert_array_equal(g, w)
@@ -65,15 +67,15 @@ def round_trip_kernel(load, store):
 
 def test_converters_on_device():
     patterns = np.arange(1 << 16, dtype=np.uint16)
-    if _cuda.SIMULATOR:  # a Python thread per CUDA thread: every 61st pattern, and the edges
+    if runtime.SIMULATOR:  # a Python thread per CUDA thread: every 61st pattern, and the edges
         edges = [0x0000, 0x0001, 0x03FF, 0x0400, 0x7BFF, 0x7C00, 0x7C01, 0x7E00, 0x7F7F, 0x7F80,
                  0x7FC0, 0x8000, 0x8001, 0xFBFF, 0xFC00, 0xFF80]
         patterns = np.union1d(patterns[::61], np.array(edges, np.uint16))
     for name, dtype in (("float16", F16), ("bfloat16", BF16)):
-        round_trip = round_trip_kernel(*_cuda.converters("float32")[name])
+        round_trip = round_trip_kernel(*runtime.converters("float32")[name])
         decoded = cuda.device_array(patterns.size, np.float32)
         encoded = cuda.device_array(patterns.size, np.uint16)
-        round_trip[_cuda.launch_shape(patterns.size)](cuda.to_device(patterns), decoded, encoded)
+        round_trip[runtime.launch_shape(patterns.size)](cuda.to_device(patterns), decoded, encoded)
         want = patterns.view(dtype).astype(np.float32)
         assert_same_floats(decoded.copy_to_host(), want, name)
         finite = np.isfinite(want)

@@ -8,7 +8,7 @@ from helpers import on_device, to_host
 import fastadam
 
 cuda = pytest.importorskip("numba.cuda")
-pytest.importorskip("fastadam._cuda")
+pytest.importorskip("fastadam._backends.cuda.runtime")
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -84,11 +84,11 @@ def test_bad_lookups_on_the_gpu_change_nothing(rng, case):
 def test_device_sort_groups_rows_in_lookup_order(rng):
     """The merge sort on the device: keys row << 32 | k in order, for sizes that are not
     powers of two."""
-    from fastadam import _cudasparse
+    from fastadam._backends.cuda import sparse
 
     for n in (1, 2, 37, 100):
         indices = rng.integers(0, 7, n)
-        keys = _cudasparse.sorted_keys(cuda.to_device(indices), 0).copy_to_host()
+        keys = sparse.sorted_keys(cuda.to_device(indices), 0).copy_to_host()
         expected = np.sort((indices.astype(np.uint64) << np.uint64(32)) | np.arange(
             n, dtype=np.uint64))
         np.testing.assert_array_equal(keys, expected)
@@ -97,13 +97,13 @@ def test_device_sort_groups_rows_in_lookup_order(rng):
 def test_device_memory_only_pass_matches_the_cpu_one(rng):
     """The benchmark's limit on the device: every values row read, each distinct row of
     param, m, v written once, as the CPU pass."""
-    from fastadam import _cpusparse, _cudasparse
+    from fastadam.bench import roofline, roofline_cuda
 
     host = [rng.standard_normal((97, 10)).astype(np.float32) for _ in range(3)]
     values = rng.standard_normal((53, 10)).astype(np.float32)
     rows = rng.permutation(97)[:17]
     device = [cuda.to_device(a) for a in host]
-    _cudasparse.touch_rows_cuda(*device, cuda.to_device(values), cuda.to_device(rows))
-    _cpusparse.touch_rows(*host, values, rows)
+    roofline_cuda.touch_rows_cuda(*device, cuda.to_device(values), cuda.to_device(rows))
+    roofline.touch_rows(*host, values, rows)
     for d, h in zip(device, host):
         np.testing.assert_allclose(d.copy_to_host(), h, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,107 @@
+"""The CPU batch plan: many arrays in one parallel region.
+
+Params and state are fixed, so their typed lists are built once; the gradients
+change every step and reach the kernel as a table of data addresses, which costs
+far less per array than any numba container, checked in one compiled read of
+their headers (``headers.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba.typed import List
+
+from ..._core.dtypes import KINDS, compute_dtype, kind
+from ..._core.hyper import coefficients
+from ..grouping import advance, batched, chunk_table, ready_to_batch
+from ..owned import Owned
+from ..views import as_kernel_array, kernel_views
+from . import dense
+from .headers import Table
+from .runtime import address, with_threads
+
+
+class HostBatch:
+    """Arrays (by index) of one group that one kernel call steps together."""
+
+    def __init__(self, indices: list[int], slots: list) -> None:
+        self.indices = np.array(indices, dtype=np.int64)
+        self.slots = slots
+        views = [kernel_views((s.flat, s.flat, *s.state)) for s in slots]
+        self.lists = [List(v[k] for v in views) for k in (0, 2, 3, 4, 5, 6)]
+        self.chunks = chunk_table([s.flat.size for s in slots])
+
+
+class HostBatches:
+    """The batches of an optimizer's groups, and the fast checks of a list of gradients."""
+
+    def __init__(self, groups: list) -> None:
+        self.batches = batched(groups, HostBatch)  # per group: list of HostBatch
+        slots_all = [slot for _, slots in groups for slot in slots]
+        self.count = len(slots_all)
+        self.table = Table([s.array.shape for s in slots_all], _grad_dtypes())
+        self.sizes = np.array([s.flat.size for s in slots_all], dtype=np.int64)
+        self.chunks = chunk_table(self.sizes)
+        # The optimizer's memory (params and state, disjoint), sorted: no gradient may touch it.
+        arrays = [a for s in slots_all for a in (s.flat, *s.state, *(s.absmax or ()))
+                  if a is not None and a.size]
+        self.owned = Owned([address(as_kernel_array(a)) for a in arrays],
+                           [a.nbytes for a in arrays])
+
+    def check(self, grads) -> tuple | None:
+        """(dtype codes, data addresses) when ``grads`` pass the fast checks, else None:
+        the caller then checks them one by one, which names what is wrong."""
+        if type(grads) not in (list, tuple) or len(grads) != self.count:
+            return None
+        found = self.table.read(grads)
+        if found is None:
+            return None
+        addresses, codes = found
+        ends = addresses + self.sizes * self.table.itemsizes[codes]
+        if self.owned.overlaps(addresses, ends):
+            return None
+        return codes, addresses
+
+    def kind(self, codes: np.ndarray) -> str | None:
+        """The one float kind of gradients with dtype ``codes``, or None if they mix kinds."""
+        first, last = codes.min(), codes.max()
+        if first == last:
+            return kind(self.table.dtypes[first])
+        kinds = {kind(self.table.dtypes[c]) for c in np.unique(codes)}
+        return kinds.pop() if len(kinds) == 1 else None
+
+    def all_finite(self, codes: np.ndarray, addresses: np.ndarray, num_threads) -> bool:
+        """Whether every gradient is free of NaN and inf: one parallel read per dtype."""
+        for code in np.unique(codes):
+            rows = self.chunks[codes[self.chunks[:, 0]] == code]
+            grad_kind = kind(self.table.dtypes[code])
+            count = dense.multi_nonfinite_kernel(grad_kind)
+            if with_threads(num_threads, count, addresses, self.sizes, rows):
+                return False
+        return True
+
+    def step(self, group: int, h, codes, addresses, grad_scale, num_threads) -> set:
+        """Step the batches of ``group``; returns the indices of the arrays it stepped."""
+        done = set()
+        for batch in self.batches[group]:
+            ready = ready_to_batch(batch, self.kind(codes[batch.indices]))
+            if ready is None:
+                continue  # stepped one by one
+            flags, step = ready
+            coef = np.array(coefficients(h, step, grad_scale), dtype=compute_dtype(flags.param))
+            params, ms, vs, v_maxs, comps, masters = batch.lists
+            with_threads(num_threads, dense.multi_kernel(flags), params,
+                              addresses[batch.indices], ms, vs, v_maxs, comps, masters,
+                              batch.chunks, coef)
+            advance(batch, done)
+        return done
+
+
+def _grad_dtypes() -> list[np.dtype]:
+    """The gradient dtypes the fast checks accept (bfloat16 where ml_dtypes is installed)."""
+    dtypes = [np.dtype(k) for k in KINDS if k != "bfloat16"]
+    try:
+        import ml_dtypes  # optional: bfloat16 gradients exist only where it is
+    except ImportError:
+        return dtypes
+    return dtypes + [np.dtype(ml_dtypes.bfloat16)]

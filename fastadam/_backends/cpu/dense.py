@@ -1,0 +1,149 @@
+"""The fused Adam kernel for the CPU: one parallel pass, Numba ``prange``.
+
+Reads param, grad, m, v (and v_max, the Kahan compensation, the master params
+when those are on) once and writes each state once. Options and dtypes are
+closure constants, so each combination compiles to a loop without branches on
+them; combinations compile lazily, on first use. ``multi_kernel`` steps many
+arrays of one option set in one parallel region.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numba
+import numpy as np
+from numba import prange
+
+from ..._core.dtypes import compute_dtype
+from ..._core.hyper import Flags
+from ..shared import element, pointers
+from .runtime import _shares, at, converters, with_threads
+
+# Below this many elements one thread beats waking the pool: a parallel region costs
+# ~2 us on one thread and 2.3-5 us on two, about what 16K float32 elements take.
+SERIAL_BELOW = 1 << 14
+
+
+OVERLAP = 1  # the kernel's refusal: the gradient shares memory with an array it writes
+
+
+@cache
+def fused_kernel(flags: Flags, f16c: bool | None = None):
+    """The compiled kernel ``(param, grad, m, v, v_max, comp, master, coef) -> 0``.
+
+    Arrays are 1-D; 16-bit ones are uint16 views. Unused arrays (v_max, comp,
+    master when their option is off) may be any placeholder. ``coef`` holds
+    ``_scalars.COEFFICIENTS`` rounded once to the compute dtype. ``f16c``: as in
+    ``converters``. Before anything is written it returns ``OVERLAP``, changing
+    nothing, if grad shares memory with an array the step writes.
+    """
+    # Inlined by Numba itself: left to LLVM, the float16 Kahan body (three 16-bit loads,
+    # two stores) stayed a call per element, unvectorized, at 3% of the memory limit.
+    update = element.make(numba.njit(inline="always"), flags,
+                           converters(compute_dtype(flags.param), f16c))
+
+    # prange also lets LLVM vectorize: a plain range loop over several arrays
+    # stays scalar, because the arrays might alias.
+    @numba.njit(parallel=True, nogil=True)
+    def kernel(param, grad, m, v, v_max, comp, master, coef):
+        if (_shares(grad, param) or _shares(grad, m) or _shares(grad, v)
+                or _shares(grad, v_max) or _shares(grad, comp) or _shares(grad, master)):
+            return OVERLAP
+        threads = numba.get_num_threads()
+        if param.size < SERIAL_BELOW:
+            numba.set_num_threads(1)
+        c0, c1, c2, c3, c4, c5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
+        c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]
+        for i in prange(param.size):
+            update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7,
+                   c8, c9, c10)
+        numba.set_num_threads(threads)
+        return 0
+
+    return kernel
+
+
+@cache
+def nonfinite_kernel(grad_kind: str):
+    """``count(grad)``: how many elements are NaN or infinite (one parallel read)."""
+    load = converters(compute_dtype(grad_kind))[grad_kind][0]
+
+    @numba.njit(parallel=True, nogil=True)
+    def count(grad):
+        bad = 0
+        for i in prange(grad.size):
+            x = load(grad[i])
+            if x - x != 0:  # NaN for NaN and for +-inf, 0 otherwise
+                bad += 1
+        return bad
+
+    return count
+
+
+def adam_step_cpu(arrays: tuple, flags: Flags, coef: np.ndarray, num_threads: int | None) -> None:
+    """Run the fused kernel on ``(param, grad, m, v, v_max, comp, master)`` kernel views
+    (checked: none overlaps another)."""
+    if with_threads(num_threads, fused_kernel(flags), *arrays, coef) == OVERLAP:
+        raise ValueError("grad overlaps an array the step writes")  # checked before: a bug
+
+
+def count_nonfinite(grad, grad_kind: str, num_threads: int | None) -> int:
+    """NaN and inf elements in ``grad`` (a kernel view)."""
+    return with_threads(num_threads, nonfinite_kernel(grad_kind), grad)
+
+
+@cache
+def multi_kernel(flags: Flags):
+    """One parallel region over many arrays of one option set and dtypes.
+
+    ``kernel(params, grad_addresses, m, v, v_max, comp, master, chunks, coef)``:
+    typed lists of 1-D kernel views (placeholder lists where an option is off),
+    the gradients' data addresses (laid out like ``params``), and ``chunks``, rows
+    of (array index, start, stop) that split the work evenly across threads.
+    """
+    # Inlined by Numba itself: an inner range loop around a call stays scalar.
+    update = element.make(numba.njit(inline="always"), flags,
+                           converters(compute_dtype(flags.param)))
+
+    grad_t = pointers.pointee(flags.grad)
+
+    @numba.njit(parallel=True, nogil=True)
+    def kernel(params, grad_addresses, ms, vs, v_maxs, comps, masters, chunks, coef):
+        c0, c1, c2, c3, c4, c5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
+        c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]
+        for c in prange(chunks.shape[0]):
+            t, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+            size = params[t].size
+            grad = numba.carray(at(grad_addresses[t], grad_t), size)[start:stop]
+            # Slices, so that the loop index starts at 0: LLVM then vectorizes it.
+            param, m, v = params[t][start:stop], ms[t][start:stop], vs[t][start:stop]
+            v_max, comp = v_maxs[t][start:stop], comps[t][start:stop]
+            master = masters[t][start:stop]
+            for i in range(stop - start):
+                update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6,
+                       c7, c8, c9, c10)
+
+    return kernel
+
+
+@cache
+def multi_nonfinite_kernel(grad_kind: str):
+    """``count(grad_addresses, sizes, chunks)``: NaN and inf elements in the
+    chunks' gradients (laid out as in ``multi_kernel``), in one parallel read."""
+    load = converters(compute_dtype(grad_kind))[grad_kind][0]
+    grad_t = pointers.pointee(grad_kind)
+
+    @numba.njit(parallel=True, nogil=True)
+    def count(grad_addresses, sizes, chunks):
+        bad = 0
+        for c in prange(chunks.shape[0]):
+            t, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+            grad = numba.carray(at(grad_addresses[t], grad_t), sizes[t])
+            for i in range(start, stop):
+                x = load(grad[i])
+                if x - x != 0:
+                    bad += 1
+        return bad
+
+    return count

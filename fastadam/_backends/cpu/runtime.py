@@ -1,0 +1,137 @@
+"""What every CPU kernel is built from: bit casts, float16 in hardware, prefetches,
+typed pointers, the element conversions for the CPU, and running on a chosen
+number of Numba threads."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numba
+import numpy as np
+from llvmlite import binding, ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ..shared import convert, pointers
+
+
+@numba.njit
+def _f32_from_bits(u):
+    return np.uint32(u).view(np.float32)
+
+
+@numba.njit
+def _bits_from_f32(x):
+    return np.float32(x).view(np.uint32)
+
+
+@intrinsic
+def _f32_from_half_bits(typingctx, bits):
+    """float16 bits -> float32 through LLVM's ``half``: one ``vcvtph2ps`` with F16C."""
+    if bits != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def _half_bits_from_f32(typingctx, x):
+    """float32 -> float16 bits, rounded to nearest even: one ``vcvtps2ph`` with F16C."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(types.float32), codegen
+
+
+@intrinsic
+def _prefetch(typingctx, address):
+    """Hint the cache line at ``address`` into cache for writing: ``llvm.prefetch``."""
+    if not isinstance(address, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = builder.inttoptr(args[0], ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [pointer.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # write, high locality, data cache
+        builder.call(fn, [pointer, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(address), codegen
+
+
+@numba.njit(inline="always")
+def prefetch_row(table, row):
+    """Prefetch each cache line of ``table[row]`` (a C-contiguous 2-D array)."""
+    start = table.ctypes.data + row * table.strides[0]
+    for offset in range(0, table.shape[1] * table.itemsize, 64):
+        _prefetch(start + offset)
+
+
+def hardware_float16() -> bool:
+    """Whether the CPU Numba compiles for converts float16 in hardware (x86 F16C).
+
+    Without it LLVM would call a runtime helper that Numba's JIT cannot link.
+    """
+    if numba.config.CPU_NAME is not None:  # a portable target: only what it declares
+        return "+f16c" in (numba.config.CPU_FEATURES or "")
+    return bool(binding.get_host_cpu_features().get("f16c", False))
+
+
+@cache
+def converters(compute: str, f16c: bool | None = None) -> dict:
+    """``{dtype name: (load, store)}`` computing in ``compute`` ("float32"/"float64");
+    float16 in hardware when ``f16c`` (None: where the CPU has it)."""
+    found = convert.make(numba.njit, _f32_from_bits, _bits_from_f32, np.dtype(compute).type)
+    if hardware_float16() if f16c is None else f16c:
+        found["float16"] = _float16_in_hardware(np.dtype(compute).type)
+    return found
+
+
+def _float16_in_hardware(compute) -> tuple:
+    # The same bits as the portable conversions (round to nearest even, subnormals kept),
+    # in one instruction for 8 or 16 lanes instead of a dozen integer operations each.
+    @numba.njit(inline="always")
+    def load(h):
+        return compute(_f32_from_half_bits(np.uint16(h)))
+
+    @numba.njit(inline="always")
+    def store(x):
+        return _half_bits_from_f32(np.float32(x))
+
+    return load, store
+
+
+@numba.njit(inline="always")
+def _shares(a, b) -> bool:
+    start, other = a.ctypes.data, b.ctypes.data
+    return a.size > 0 and b.size > 0 and start < other + b.nbytes and other < start + a.nbytes
+
+
+def with_threads(num_threads: int | None, fn, *args):
+    """``fn(*args)`` on ``num_threads`` Numba threads, restored afterwards even on error."""
+    if num_threads is None:
+        return fn(*args)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(num_threads)
+    try:
+        return fn(*args)
+    finally:
+        numba.set_num_threads(previous)
+
+
+at = pointers.make(intrinsic, types)  # at(address, np.float32)[i]
+
+
+@numba.njit
+def address(a) -> int:
+    """The data address of an array: far cheaper per call than ``__array_interface__``."""
+    return a.ctypes.data

@@ -1,0 +1,256 @@
+"""The fused Adam kernel for NVIDIA GPUs: one launch per step, ``numba.cuda``.
+
+The same element update as the CPU kernel, over a grid-stride loop. Options are
+closure constants, compiled lazily per option set and dtype. Scalars arrive already
+rounded to the param dtype, so the kernel never computes in a wider type.
+``multi_kernel`` steps many arrays in one launch through tables of addresses;
+the counted variants keep the step count and the skip flag on the device.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+from numba import cuda
+
+from ..._core import hyper
+from ..._core.dtypes import compute_dtype
+from ..._core.hyper import Flags
+from ..shared import element, pointers
+from .memory import _fill_zero
+from .runtime import (
+    MAX_BLOCKS,
+    THREADS_PER_BLOCK,
+    Addresses,
+    _at,
+    _device,
+    _inlined,
+    converters,
+    forget,
+    launch_shape,
+)
+
+_step_terms = _device(hyper.step_terms)  # the host's definition, compiled for the GPU
+
+
+def _counted_coefficients(flags: Flags):
+    """``coefficients(count, found, lr, beta1, beta2, eps, eps_root, bias_correction)``: the
+    step-dependent coefficients for update ``count[0] + 1``, rounded to the compute dtype
+    (float64 hyperparameters, as on the host)."""
+    compute = np.dtype(compute_dtype(flags.param)).type
+    nesterov = flags.nesterov
+
+    @_device
+    def coefficients(count, lr, beta1, beta2, eps, eps_root, bias_correction):
+        m_coef, g_coef, scaled_eps_root, scaled_eps = _step_terms(
+            np.float64(count[0] + 1), lr, beta1, beta2, eps, eps_root, bias_correction, nesterov)
+        return compute(m_coef), compute(g_coef), compute(scaled_eps_root), compute(scaled_eps)
+
+    return coefficients
+
+
+@cache
+def fused_kernel(flags: Flags, counted: bool = False):
+    """The kernel ``(param, grad, m, v, v_max, comp, master, *coefficients)``: the element
+    update of ``shared/element.py`` over a grid-stride loop (see the CPU's ``fused_kernel``).
+
+    ``counted``: the step count lives on the device instead, and the kernel is
+    ``(param, ..., master, count, found, c0, c1, c2, c3, c8, c9, c10, lr, beta1, beta2,
+    eps, eps_root, bias_correction)``: it does nothing when ``found[0]`` is set (a
+    gradient held NaN or inf), and computes coefficients 4-7 from ``count[0]`` itself.
+    """
+    update = element.make(_device, flags, converters(compute_dtype(flags.param)))
+
+    @_inlined
+    def run(param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
+            c10):
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while i < param.size:
+            update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7,
+                   c8, c9, c10)
+            i += stride
+
+    if not counted:
+        @cuda.jit
+        def kernel(param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7,
+                   c8, c9, c10):
+            run(param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7, c8,
+                c9, c10)
+
+        return kernel
+
+    coefficients = _counted_coefficients(flags)
+
+    @cuda.jit
+    def counted_kernel(param, grad, m, v, v_max, comp, master, count, found, c0, c1, c2, c3,
+                       c8, c9, c10, lr, beta1, beta2, eps, eps_root, bias_correction):
+        if found[0] != 0:
+            return
+        c4, c5, c6, c7 = coefficients(count, lr, beta1, beta2, eps, eps_root, bias_correction)
+        run(param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
+            c10)
+
+    return counted_kernel
+
+
+@cache
+def multi_kernel(flags: Flags, counted: bool = False):
+    """One launch over many arrays of one option set and dtypes.
+
+    ``kernel(tables, grads, chunks, *coefficients)``: ``tables`` rows hold the
+    device addresses of (param, m, v, v_max, comp, master) per array (unused ones
+    any valid address), ``grads`` the gradients' addresses, and ``chunks`` rows
+    (array index, start, stop); each block steps whole chunks. ``counted``: as in
+    ``fused_kernel``, ``(tables, grads, chunks, count, found, c0, ..., bias_correction)``.
+    """
+    update = element.make(_device, flags, converters(compute_dtype(flags.param)))
+    param_t, grad_t, state_t = map(pointers.pointee, (flags.param, flags.grad, flags.state))
+    master_t = np.float32
+
+    @_inlined
+    def run(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
+        row = cuda.blockIdx.x
+        while row < chunks.shape[0]:
+            t = chunks[row, 0]
+            param, grad = _at(tables[0, t], param_t), _at(grads[t], grad_t)
+            m, v, v_max = _at(tables[1, t], state_t), _at(tables[2, t], state_t), _at(
+                tables[3, t], state_t)
+            comp, master = _at(tables[4, t], param_t), _at(tables[5, t], master_t)
+            i = chunks[row, 1] + cuda.threadIdx.x
+            while i < chunks[row, 2]:
+                update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6,
+                       c7, c8, c9, c10)
+                i += cuda.blockDim.x
+            row += cuda.gridDim.x
+
+    if not counted:
+        @cuda.jit
+        def kernel(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
+            run(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10)
+
+        return kernel
+
+    coefficients = _counted_coefficients(flags)
+
+    @cuda.jit
+    def counted_kernel(tables, grads, chunks, count, found, c0, c1, c2, c3, c8, c9, c10, lr,
+                       beta1, beta2, eps, eps_root, bias_correction):
+        if found[0] != 0:
+            return
+        c4, c5, c6, c7 = coefficients(count, lr, beta1, beta2, eps, eps_root, bias_correction)
+        run(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10)
+
+    return counted_kernel
+
+
+@cache
+def nonfinite_kernel(grad_kind: str):
+    """``kernel(grad, flag)``: sets ``flag[0] = 1`` if any element is NaN or inf."""
+    load = converters(compute_dtype(grad_kind))[grad_kind][0]
+
+    @cuda.jit
+    def kernel(grad, flag):
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while i < grad.size:
+            x = load(grad[i])
+            if x - x != 0:  # NaN for NaN and for +-inf
+                flag[0] = 1
+            i += stride
+
+    return kernel
+
+
+def adam_step_cuda(arrays: tuple, flags: Flags, coefficients: tuple[float, ...], stream) -> None:
+    """Launch the fused kernel once over ``(param, grad, m, v, v_max, comp, master)`` views."""
+    scalar = np.dtype(compute_dtype(flags.param)).type  # round the float64 scalars once
+    blocks, threads = launch_shape(arrays[0].size)
+    fused_kernel(flags)[blocks, threads, stream](*arrays, *(scalar(c) for c in coefficients))
+
+
+@cuda.jit
+def _advance(count, found):
+    if cuda.grid(1) == 0 and found[0] == 0:
+        count[0] += 1
+
+
+class StepCount:
+    """An optimizer's step count kept on the device, with the flag that skips a step.
+
+    Per step, on one stream: ``begin`` clears the flag and sets it if a gradient
+    holds NaN or inf; the counted kernels do nothing when it is set; ``end``
+    counts the step unless it is. The host never waits: ``read`` does, when asked.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.count = cuda.device_array(1, np.int64)
+        self.found = cuda.device_array(1, np.int32)
+        self.write(step)
+
+    def begin(self, grads: list, stream) -> None:
+        """Clear the flag, then set it if any of ``grads`` ((kernel view, kind)) is not finite."""
+        _fill_zero[1, 1, stream](self.found)
+        flag_nonfinite(grads, self.found, stream)
+
+    def end(self, stream) -> None:
+        _advance[1, 1, stream](self.count, self.found)
+
+    def read(self) -> int:
+        """The count (waits for the device)."""
+        return int(self.count.copy_to_host()[0])
+
+    def write(self, step: int) -> None:
+        self.count.copy_to_device(np.array([step], np.int64))
+
+
+def counted_scalars(flags: Flags, h, grad_scale: float | None) -> tuple:
+    """The counted kernels' arguments after ``count, found``: the step-independent
+    coefficients in the compute dtype, then the float64 hyperparameters of the rest."""
+    scalar = np.dtype(compute_dtype(flags.param)).type
+    c = hyper.coefficients(h, 1, grad_scale)
+    return (*(scalar(x) for x in c[:4]), *(scalar(x) for x in c[8:]), h.lr, h.beta1, h.beta2,
+            h.eps, h.eps_root, 1.0 if h.bias_correction else 0.0)
+
+
+def adam_step_cuda_counted(arrays: tuple, flags: Flags, h, grad_scale, steps: StepCount,
+                           stream) -> None:
+    """``adam_step_cuda`` with the step count and the skip flag on the device."""
+    blocks, threads = launch_shape(arrays[0].size)
+    fused_kernel(flags, True)[blocks, threads, stream](
+        *arrays, steps.count, steps.found, *counted_scalars(flags, h, grad_scale))
+
+
+def adam_step_cuda_many(tables, chunks, grads: Addresses, grad_addresses: np.ndarray,
+                        flags: Flags, coefficients: tuple[float, ...], stream,
+                        steps: StepCount | None = None, h=None, grad_scale=None) -> None:
+    """Launch ``multi_kernel`` once: ``tables`` and ``chunks`` are on the device, the
+    gradients' addresses go there through ``grads``. With ``steps``, the counted kernel
+    (``coefficients`` unused: they come from ``h``, ``grad_scale`` and the device count)."""
+    blocks = max(1, min(MAX_BLOCKS, chunks.shape[0]))
+    launch = (blocks, THREADS_PER_BLOCK, stream)
+    table = grads.send(grad_addresses, stream)
+    if steps is None:
+        scalar = np.dtype(compute_dtype(flags.param)).type
+        multi_kernel(flags)[launch](tables, table, chunks, *(scalar(c) for c in coefficients))
+    else:
+        multi_kernel(flags, True)[launch](tables, table, chunks, steps.count, steps.found,
+                                          *counted_scalars(flags, h, grad_scale))
+    forget(grad_addresses)
+
+
+def flag_nonfinite(grads: list, flag, stream) -> None:
+    """Set ``flag[0]`` if any of ``grads`` ((kernel view, kind) pairs) holds NaN or inf:
+    one launch each, no wait."""
+    for grad, grad_kind in grads:
+        if grad.size:
+            nonfinite_kernel(grad_kind)[launch_shape(grad.size) + (stream,)](grad, flag)
+
+
+def count_nonfinite(grads: list, stream) -> int:
+    """1 if any of ``grads`` ((kernel view, kind) pairs) holds NaN or inf, else 0: one
+    launch each into one flag, then one wait for the answer."""
+    flag = cuda.to_device(np.zeros(1, np.int32), stream=stream)
+    flag_nonfinite(grads, flag, stream)
+    return int(flag.copy_to_host(stream=stream)[0])

@@ -1,0 +1,133 @@
+"""What every CUDA kernel is built from: bit casts, typed pointers into global memory (a
+registry of arrays on the simulator), the element conversions for the GPU, launch
+shapes and tables of device addresses.
+
+This module imports ``numba.cuda`` at its top (the simulator needs kernels defined
+in such a module) and is itself imported only when a CUDA step is asked for.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+from numba import config, cuda
+
+from ..shared import convert, pointers
+
+SIMULATOR = bool(config.ENABLE_CUDASIM)
+
+
+# The simulator runs one Python thread per CUDA thread: keep its launches small.
+THREADS_PER_BLOCK = 32 if SIMULATOR else 256
+
+
+MAX_BLOCKS = 4 if SIMULATOR else 65_535
+
+
+if SIMULATOR:  # plain Python on NumPy scalars
+
+    def _f32_from_bits(u):
+        return np.uint32(u).view(np.float32)
+
+    def _bits_from_f32(x):
+        return np.float32(x).view(np.uint32)
+
+    _device = cuda.jit(device=True)
+else:
+    from numba.cuda import libdevice
+
+    _device = cuda.jit(device=True)
+
+    @_device
+    def _f32_from_bits(u):
+        return libdevice.int_as_float(np.int32(u))
+
+    @_device
+    def _bits_from_f32(x):
+        return np.uint32(libdevice.float_as_int(x))
+
+
+# The grid loop a kernel's variants share, inlined into each by Numba as if written there.
+_inlined = cuda.jit(device=True, inline="always")
+
+
+if SIMULATOR:
+    # Simulated device memory has no addresses a kernel could follow: a table of
+    # pointers holds keys into this registry, filled just before each launch.
+    # ``_at_from(address, start, itemsize, pointee)``: the array at ``address`` from
+    # its element ``start`` on (``itemsize`` bytes each), on either target.
+    _SIMULATED: dict = {}
+
+    @_device
+    def _at(address, pointee):
+        return _SIMULATED[int(address)]
+
+    @_device
+    def _at_from(address, start, itemsize, pointee):
+        return _SIMULATED[int(address)][start:]
+else:
+    from numba.cuda import types as _types
+    from numba.cuda.extending import intrinsic
+
+    _at = pointers.make(intrinsic, _types, address_space=1)  # global memory
+
+    @_device
+    def _at_from(address, start, itemsize, pointee):
+        return _at(address + np.uint64(start) * np.uint64(itemsize), pointee)
+
+
+@cache
+def converters(compute: str) -> dict:
+    """``{dtype name: (load, store)}`` device functions computing in ``compute``."""
+    return convert.make(_device, _f32_from_bits, _bits_from_f32, np.dtype(compute).type)
+
+
+def launch_shape(n: int) -> tuple[int, int]:
+    """(blocks, threads per block) for ``n`` elements; the loop strides over the rest."""
+    blocks = min(MAX_BLOCKS, (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK)
+    return max(blocks, 1), THREADS_PER_BLOCK
+
+
+# Elements per chunk of the one-launch kernel: 64 per thread of a block (simulated: 2).
+CHUNK = 64 if SIMULATOR else 64 * THREADS_PER_BLOCK
+
+
+def address(a) -> int:
+    """The device address of a device array (simulated: a key into the registry, which
+    holds 16-bit arrays as the uint16 bits kernels read)."""
+    if SIMULATOR:
+        ary = a._ary.view(np.uint16) if a._ary.dtype.itemsize == 2 else a._ary
+        key = ary.__array_interface__["data"][0]
+        _SIMULATED[key] = ary
+        return key
+    return a.__cuda_array_interface__["data"][0]
+
+
+class Addresses:
+    """A device table of addresses, refilled every step. On one stream, copies and launches
+    keep their order; before it is refilled for another stream, the last one is waited for."""
+
+    def __init__(self, n: int) -> None:
+        self.device = cuda.device_array(n, np.uint64)
+        self.stream = None
+
+    def send(self, host: np.ndarray, stream):
+        """The table on the device, holding ``host`` once ``stream`` gets to it."""
+        if self.stream is not None and _stream_key(self.stream) != _stream_key(stream):
+            self.stream.synchronize()
+        self.device.copy_to_device(host, stream=stream)
+        self.stream = stream
+        return self.device
+
+
+def _stream_key(stream):
+    return int(stream) if hasattr(stream, "handle") else None  # simulated: all one
+
+
+def forget(addresses: np.ndarray) -> None:
+    """After a launch: simulated, drop the registry's hold on arrays that are the caller's
+    (the gradients); on a GPU nothing to do."""
+    if SIMULATOR:
+        for key in addresses.tolist():
+            _SIMULATED.pop(key, None)

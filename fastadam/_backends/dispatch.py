@@ -1,0 +1,209 @@
+"""The one place that picks a backend and runs it.
+
+Arrays arrive validated and flattened to 1-D; nothing after this point checks,
+except the row-sparse GPU step, whose index range check is its first launch.
+Backends load on first use: ``import fastadam`` loads neither numba (its import
+costs a third of a second) nor numba.cuda (an optional dependency).
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+
+from .._core.dtypes import compute_dtype, kind
+from .._core.gpu import is_device
+from .._core.hyper import Flags, Hyper, coefficients, flags
+from .reference import adam_step_8bit_numpy, adam_step_numpy, sparse_adam_step_numpy
+from .views import as_kernel_array, kernel_views
+
+_loaded: dict = {}
+
+
+def cpu() -> SimpleNamespace:
+    """The CPU backend's entry points (numba loads here, on the first CPU step)."""
+    found = _loaded.get("cpu")
+    if found is None:
+        from .cpu import batches, dense, eight_bit, runtime, sparse  # numba: on first use
+
+        found = _loaded["cpu"] = SimpleNamespace(batches=batches, dense=dense,
+                                                 eight_bit=eight_bit, runtime=runtime,
+                                                 sparse=sparse)
+    return found
+
+
+def cuda() -> SimpleNamespace:
+    """The CUDA backend's entry points, or a clear error saying what is missing."""
+    found = _loaded.get("cuda")
+    if found is None:
+        try:  # numba-cuda is optional
+            from .cuda import batches, dense, eight_bit, memory, runtime, sparse  # numba.cuda
+        except ImportError as e:
+            raise ImportError(
+                "backend='cuda' needs numba-cuda: pip install 'fastadam[cuda]'"
+            ) from e
+        if not runtime.SIMULATOR and not runtime.cuda.is_available():
+            raise RuntimeError("backend='cuda' needs an NVIDIA GPU and driver; none was found")
+        found = _loaded["cuda"] = SimpleNamespace(batches=batches, dense=dense,
+                                                  eight_bit=eight_bit, memory=memory,
+                                                  runtime=runtime, sparse=sparse)
+    return found
+
+
+def resolve(backend: str, param) -> str:
+    """The concrete backend ("numpy", "cpu" or "cuda") for ``backend`` and this param."""
+    device = is_device(param)
+    if backend == "auto":
+        backend = "cuda" if device else "cpu"
+    if backend == "cuda":
+        cuda()
+        if not device:
+            raise TypeError("backend='cuda' works on GPU arrays, but param is "
+                            f"{type(param).__name__}; move it with numba.cuda.to_device")
+    elif device:
+        raise TypeError(f"backend={backend!r} works on NumPy arrays, but param is a GPU array; "
+                        "use backend='cuda' or 'auto'")
+    return backend
+
+
+def step_flags(h: Hyper, arrays: tuple) -> Flags:
+    """The kernel flags for validated ``(param, grad, m, v, v_max, comp, master)``."""
+    param, grad, m = arrays[:3]
+    return flags(h, kind(param.dtype), kind(grad.dtype), kind(m.dtype),
+                 kahan=arrays[5] is not None, master=arrays[6] is not None)
+
+
+def apply(backend: str, arrays: tuple, h: Hyper, flags: Flags, step: int, *,
+          grad_scale: float | None = None, num_threads: int | None = None, stream=None) -> None:
+    """One update in place with a concrete backend.
+
+    ``arrays`` is ``(param, grad, m, v, v_max, comp, master)``, validated and 1-D;
+    ``flags`` is ``step_flags(h, arrays)``.
+    """
+    if arrays[0].size == 0:
+        return
+    if backend == "numpy":
+        adam_step_numpy(*arrays, h, step, grad_scale)
+        return
+    coef = coefficients(h, step, grad_scale)
+    if backend == "cpu":
+        coef = np.array(coef, dtype=compute_dtype(flags.param))
+        cpu().dense.adam_step_cpu(kernel_views(arrays), flags, coef, num_threads)
+    else:
+        cuda().dense.adam_step_cuda(kernel_views(arrays), flags, coef, stream)
+
+
+def apply_8bit(backend: str, arrays: tuple, codes: tuple, absmax: tuple, h: Hyper,
+               flags: Flags, step: int, *, grad_scale: float | None = None,
+               num_threads: int | None = None, stream=None, steps=None) -> None:
+    """One update with 8-bit moments: ``arrays`` is ``(param, grad, comp, master)`` and
+    ``codes``/``absmax`` are (m, v, v_max), all validated and 1-D; ``flags`` is
+    ``step_flags`` with the moments' compute kind as the state kind. ``steps``: on the
+    GPU, the step count and skip flag on the device (the CUDA backend's ``StepCount``)."""
+    if arrays[0].size == 0:
+        return
+    param, grad, comp, master = arrays
+    if backend == "numpy":
+        adam_step_8bit_numpy(param, grad, list(codes), list(absmax), comp, master, h, step,
+                             grad_scale)
+        return
+    views = kernel_views((param, grad, param, param, None, comp, master))
+    m, v = codes[0], codes[1]
+    v_max = v if codes[2] is None else codes[2]
+    v_max_absmax = absmax[1] if absmax[2] is None else absmax[2]
+    arrays = (views[0], views[1], m, v, v_max, absmax[0], absmax[1], v_max_absmax, views[5],
+              views[6])
+    if backend == "cuda":
+        eight_bit = cuda().eight_bit
+        if steps is not None:
+            eight_bit.adam_step_8bit_cuda_counted(arrays, flags, h, grad_scale, steps, stream)
+        else:
+            eight_bit.adam_step_8bit_cuda(arrays, flags, coefficients(h, step, grad_scale),
+                                          stream)
+        return
+    coef = np.array(coefficients(h, step, grad_scale), dtype=compute_dtype(flags.param))
+    cpu().eight_bit.adam_step_8bit_cpu(arrays, flags, coef, num_threads)
+
+
+def prepare_sparse(backend: str, arrays: tuple, stream=None) -> None:
+    """The row-sparse step's preparation, before anything is written: on the GPU, where
+    validation cannot read the indices, their range check (a launch and a wait for its
+    answer). ``arrays`` as for ``apply_sparse``."""
+    if backend == "cuda":
+        param, indices = arrays[:2]
+        cuda().sparse.check_indices(indices, param.shape[0], stream)
+
+
+def apply_sparse(backend: str, arrays: tuple, h: Hyper, step: int, *,
+                 num_threads: int | None = None, stream=None) -> None:
+    """One row-sparse update (``torch.optim.SparseAdam``'s) on validated
+    ``(param, indices, values, m, v, comp, master)``."""
+    param, indices, values, m, v, comp, master = arrays
+    if indices.size == 0:
+        return
+    step_size = h.lr * math.sqrt(1 - h.beta2**step) / (1 - h.beta1**step)
+    if backend == "numpy":
+        sparse_adam_step_numpy(param, indices, values, m, v, comp, master, h, step_size)
+        return
+    compute = compute_dtype(kind(param.dtype))
+    coef = (1 - h.beta1, 1 - h.beta2, h.eps, -step_size)
+    dense_layout = (param, values, m, v, None, comp, master)  # values in grad's place
+    f = step_flags(h, dense_layout)
+    p, g, m, v, _, comp, master = kernel_views(dense_layout)
+    tables = (p, m, v, comp, master)
+    if backend == "cuda":
+        cuda().sparse.sparse_step(tables, indices, g, f,
+                                tuple(np.dtype(compute).type(c) for c in coef), stream)
+        return
+    sparse = cpu().sparse
+    order, starts = sparse.group_rows(indices, param.shape[0], sparse.scratch(indices.size))
+    cpu().runtime.with_threads(num_threads, sparse.sparse_kernel(f), *tables, indices, order,
+                               starts, g, np.array(coef, dtype=compute))
+
+
+def flags_8bit(h: Hyper, param, grad, kahan: bool, master: bool) -> Flags:
+    """The kernel flags of an 8-bit step: the moments decode to the compute kind."""
+    param_kind = kind(param.dtype)
+    return flags(h, param_kind, kind(grad.dtype), compute_dtype(param_kind), kahan=kahan,
+                 master=master)
+
+
+def all_finite(backend: str, grads: list, *, num_threads=None, stream=None) -> bool:
+    """Whether the gradients (validated, 1-D) hold no NaN or inf: one extra read of each;
+    on the GPU one wait for the answer, whatever their number."""
+    grads = [g for g in grads if g.size]
+    if backend == "numpy":
+        return all(bool(np.isfinite(g).all()) for g in grads)
+    views = [(as_kernel_array(g), kind(g.dtype)) for g in grads]
+    if backend == "cpu":
+        dense = cpu().dense
+        return all(dense.count_nonfinite(v, k, num_threads) == 0 for v, k in views)
+    return cuda().dense.count_nonfinite(views, stream) == 0
+
+
+def zeros(backend: str, n: int, dtype):
+    """Zeroed 1-D state of ``n`` elements of ``dtype``, where that backend keeps it."""
+    if backend == "cuda":
+        return cuda().memory.zeros(n, np.dtype(dtype))
+    return np.zeros(n, dtype)
+
+
+def as_float32(backend: str, a) -> object:
+    """A float32 copy of params ``a`` (1-D), where that backend keeps state."""
+    if backend == "cuda":
+        return cuda().memory.as_float32(a, kind(a.dtype))
+    return a.astype(np.float32)
+
+
+def to_host(backend: str, a, dtype) -> np.ndarray:
+    """A host NumPy copy of backend state, as ``dtype``."""
+    if backend == "cuda":
+        return cuda().memory.to_host(a).view(dtype)
+    return a.copy()
+
+
+def from_host(backend: str, a: np.ndarray):
+    """Backend state from a host array (already a fresh, C-contiguous copy)."""
+    return cuda().memory.to_device(a) if backend == "cuda" else a

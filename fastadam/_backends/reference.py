@@ -1,0 +1,106 @@
+"""The naive multi-pass NumPy Adam: the baseline the fused kernels are measured against.
+
+Written as the textbook formulas read, one array expression per line: each line
+is a pass over memory and most allocate a temporary. That is the point.
+Arithmetic is float32 (float64 for float64 params); 16-bit arrays are converted
+on the way in and rounded to nearest even on the way out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._core import quant8
+from .._core.hyper import Hyper
+
+
+def adam_step_numpy(param, grad, m, v, v_max, comp, master, h: Hyper, step: int,
+                    grad_scale: float | None = None) -> None:
+    """One Adam/AdamW update in place, with NumPy array expressions."""
+    compute = np.float64 if param.dtype == np.float64 else np.float32
+    g = grad.astype(compute, copy=False)
+    if grad_scale is not None:
+        g = g / grad_scale
+    if h.maximize:
+        g = -g
+    if master is not None:
+        p = master
+    elif comp is not None:
+        p = param.astype(compute) + comp.astype(compute)
+    else:
+        p = param.astype(compute, copy=False)  # param itself when already in compute precision
+    if h.weight_decay != 0.0:
+        if h.decouple_lr:
+            p *= 1.0 - h.weight_decay * h.lr / h.max_lr
+        elif h.decoupled_weight_decay:
+            p *= 1.0 - h.lr * h.weight_decay
+        else:
+            g = g + h.weight_decay * p
+    m_new = h.beta1 * m.astype(compute, copy=False) + (1.0 - h.beta1) * g
+    v_new = h.beta2 * v.astype(compute, copy=False) + (1.0 - h.beta2) * g * g
+    m[...] = m_new
+    v[...] = v_new
+    if h.amsgrad:
+        v_new = np.maximum(v_max.astype(compute, copy=False), v_new)
+        v_max[...] = v_new
+    bias_correction1 = 1.0 - h.beta1**step if h.bias_correction else 1.0
+    bias_correction2 = 1.0 - h.beta2**step if h.bias_correction else 1.0
+    if h.nesterov:  # as optax: the next step's momentum, from this gradient
+        next_bias_correction1 = 1.0 - h.beta1 ** (step + 1) if h.bias_correction else 1.0
+        m_hat = h.beta1 * m_new / next_bias_correction1 + (1.0 - h.beta1) * g / bias_correction1
+    else:
+        m_hat = m_new / bias_correction1
+    v_hat = v_new / bias_correction2
+    if h.eps_root != 0.0:
+        v_hat = v_hat + h.eps_root
+    p -= h.lr * m_hat / (np.sqrt(v_hat) + h.eps)
+    if comp is not None:
+        param[...] = p
+        comp[...] = p - param.astype(compute)
+    elif p is not param:
+        param[...] = p
+
+
+def adam_step_8bit_numpy(param, grad, codes: list, absmax: list, comp, master, h: Hyper,
+                         step: int, grad_scale: float | None = None) -> None:
+    """The 8-bit step as three passes: decode the moments, the NumPy step above on
+    them, encode them against their new absmax (``quant8``)."""
+    signed = (True, False, False)
+    moments = [None if c is None else quant8.dequantize(c, a, s)
+               for c, a, s in zip(codes, absmax, signed)]
+    adam_step_numpy(param, grad, *moments, comp, master, h, step, grad_scale)
+    for c, a, s, x in zip(codes, absmax, signed, moments):
+        if c is not None:
+            c[...], a[...] = quant8.quantize(x, s)
+
+
+def sparse_adam_step_numpy(param, indices, values, m, v, comp, master, h: Hyper,
+                           step_size: float) -> None:
+    """``torch.optim.SparseAdam``'s update, as torch writes it: coalesce (sum duplicate
+    rows, in their order), then the rows present move, with eps on the uncorrected
+    sqrt(v). Arithmetic in the compute dtype, as ``adam_step_numpy``."""
+    compute = np.float64 if param.dtype == np.float64 else np.float32
+    rows, inverse = np.unique(indices, return_inverse=True)
+    g = np.zeros((rows.size, param.shape[1]), compute)
+    np.add.at(g, inverse, values.astype(compute))
+    if h.maximize:
+        g = -g
+    old_m, old_v = m[rows].astype(compute), v[rows].astype(compute)
+    m_update = (g - old_m) * compute(1 - h.beta1)
+    v_update = (g * g - old_v) * compute(1 - h.beta2)
+    m[rows] = old_m + m_update
+    v[rows] = old_v + v_update
+    numer = m_update + old_m
+    denom = np.sqrt(v_update + old_v) + compute(h.eps)
+    if master is not None:
+        p = master[rows]
+    elif comp is not None:
+        p = param[rows].astype(compute) + comp[rows].astype(compute)
+    else:
+        p = param[rows].astype(compute)
+    p = p + compute(-step_size) * (numer / denom)
+    if master is not None:
+        master[rows] = p
+    param[rows] = p
+    if comp is not None:
+        comp[rows] = p - param[rows].astype(compute)

@@ -1,0 +1,118 @@
+"""One Adam element update, written once for the CPU and the CUDA kernel.
+
+``make`` compiles it for a target; both kernels call it for each index, the CPU
+one in a ``prange`` loop, the CUDA one in a grid-stride loop. Options and dtypes
+are closure constants, so each combination compiles without branches on them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..._core.dtypes import compute_dtype
+from ..._core.hyper import Flags
+
+
+def _param_access(jit, flags: Flags, converters: dict):
+    """``(load(i, param, comp, master), store(i, p, param, comp, master))``: the params in
+    the compute dtype, from the master params, params plus Kahan compensation, or params;
+    and back (the master params exact, the params rounded, the compensation what rounding
+    lost)."""
+    kahan, master = flags.kahan, flags.master
+    load_p, store_p = converters[flags.param]
+    compute = np.dtype(compute_dtype(flags.param)).type
+
+    @jit
+    def load(i, param, comp, master_param):
+        if master:
+            return compute(master_param[i])
+        if kahan:
+            return load_p(param[i]) + load_p(comp[i])
+        return load_p(param[i])
+
+    @jit
+    def store(i, p, param, comp, master_param):
+        if master:
+            master_param[i] = p
+            param[i] = store_p(p)
+        elif kahan:
+            rounded = store_p(p)
+            param[i] = rounded
+            comp[i] = store_p(p - load_p(rounded))  # what rounding lost
+        else:
+            param[i] = store_p(p)
+
+    return load, store
+
+
+def make(jit, flags: Flags, converters: dict):
+    """``update(i, param, grad, m, v, v_max, comp, master, *coefficients)``, in place.
+
+    Arrays are 1-D, 16-bit ones as uint16 views; unused ones (v_max, comp, master
+    when their option is off) are never touched. The coefficients are
+    ``_scalars.COEFFICIENTS``, rounded once to the compute dtype.
+    """
+    maximize, amsgrad, l2_decay, decoupled_decay, nesterov = flags[:5]
+    load_param, store_param = _param_access(jit, flags, converters)
+    load_g = converters[flags.grad][0]
+    load_s, store_s = converters[flags.state]
+
+    @jit
+    def update(i, param, grad, m, v, v_max, comp, master_param, beta1, one_minus_beta1, beta2,
+               one_minus_beta2, m_coef, g_coef, scaled_eps_root, scaled_eps, weight_decay,
+               decay_factor, inv_grad_scale):
+        g = load_g(grad[i]) * inv_grad_scale
+        if maximize:
+            g = -g
+        p = load_param(i, param, comp, master_param)
+        if l2_decay:
+            g = g + weight_decay * p
+        if decoupled_decay:
+            p = p * decay_factor
+        m_i = beta1 * load_s(m[i]) + one_minus_beta1 * g
+        v_i = beta2 * load_s(v[i]) + one_minus_beta2 * (g * g)
+        m[i] = store_s(m_i)
+        v[i] = store_s(v_i)
+        if amsgrad:
+            v_i = max(load_s(v_max[i]), v_i)
+            v_max[i] = store_s(v_i)
+        denom = math.sqrt(v_i + scaled_eps_root) + scaled_eps
+        if nesterov:
+            p = p - (m_coef * m_i + g_coef * g) / denom
+        else:
+            p = p - m_coef * (m_i / denom)
+        store_param(i, p, param, comp, master_param)
+
+    return update
+
+
+def make_sparse(jit, flags: Flags, converters: dict):
+    """``update(j, g, param, m, v, comp, master, one_minus_beta1, one_minus_beta2, eps,
+    neg_step_size)``: element ``j`` of one row of a row-sparse step, in place, with its
+    summed gradient ``g`` (compute dtype); torch.optim.SparseAdam's order of operations.
+
+    The arrays are one row each (1-D, 16-bit ones as uint16 views); ``comp`` and
+    ``master`` are touched only with their option on.
+    """
+    maximize = flags.maximize
+    load_param, store_param = _param_access(jit, flags, converters)
+    load_s, store_s = converters[flags.state]
+
+    @jit
+    def update(j, g, param, m, v, comp, master_param, one_minus_beta1, one_minus_beta2, eps,
+               neg_step_size):
+        if maximize:
+            g = -g
+        old_m = load_s(m[j])
+        old_v = load_s(v[j])
+        m_j = old_m + (g - old_m) * one_minus_beta1  # old + (new - old) * (1 - beta)
+        v_j = old_v + (g * g - old_v) * one_minus_beta2
+        m[j] = store_s(m_j)
+        v[j] = store_s(v_j)
+        p = load_param(j, param, comp, master_param)
+        store_param(j, p + neg_step_size * (m_j / (math.sqrt(v_j) + eps)), param, comp,
+                    master_param)
+
+    return update

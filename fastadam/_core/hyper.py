@@ -1,0 +1,157 @@
+"""Per-step scalars, computed once on the host in float64, and the kernels' flags.
+
+The kernels get the scalars rounded once to the compute dtype. Computing
+``1 - beta2`` in float32 instead gives 0.00099998713 rather than 0.0010000000475
+(torch's value), an error of 1.3e-5 relative that shows in ``v`` after one step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from . import checks
+
+
+class Hyper(NamedTuple):
+    """Validated hyperparameters of Adam/AdamW and their variants."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    decoupled_weight_decay: bool
+    amsgrad: bool
+    maximize: bool
+    bias_correction: bool = True
+    eps_root: float = 0.0
+    nesterov: bool = False
+    decouple_lr: bool = False  # param *= 1 - weight_decay * lr / max_lr
+    max_lr: float | None = None
+
+
+class Flags(NamedTuple):
+    """What a kernel specializes on: each combination compiles once, lazily.
+
+    The dtype fields are names ("float16", "bfloat16", "float32", "float64"):
+    16-bit arrays reach the kernels as uint16 views, so their kind must be known
+    at compile time.
+    """
+
+    maximize: bool
+    amsgrad: bool
+    l2_decay: bool  # Adam: grad += weight_decay * param
+    decoupled_decay: bool  # AdamW: param *= decay_factor
+    nesterov: bool
+    kahan: bool  # a 16-bit compensation buffer carries what rounding the params lost
+    master: bool  # float32 master params; the 16-bit params get them rounded
+    param: str
+    grad: str
+    state: str
+
+
+# Order of the coefficient vector handed to the kernels.
+COEFFICIENTS = (
+    "beta1",
+    "one_minus_beta1",
+    "beta2",
+    "one_minus_beta2",
+    "m_coef",  # update = (m_coef * m [+ g_coef * g]) / (sqrt(v + eps_root') + eps')
+    "g_coef",
+    "scaled_eps_root",
+    "scaled_eps",
+    "weight_decay",
+    "decay_factor",
+    "inv_grad_scale",
+)
+
+
+def flags(h: Hyper, param: str, grad: str, state: str, kahan: bool, master: bool) -> Flags:
+    """The kernel specialization for these hyperparameters and dtypes."""
+    decay = h.weight_decay != 0.0
+    decoupled = h.decoupled_weight_decay or h.decouple_lr
+    return Flags(h.maximize, h.amsgrad, decay and not decoupled, decay and decoupled,
+                 h.nesterov, kahan, master, param, grad, state)
+
+
+STEP_DEPENDENT = slice(4, 8)  # m_coef, g_coef, scaled_eps_root, scaled_eps
+
+
+def step_coefficients(h: Hyper, step: int) -> tuple[float, float, float, float]:
+    """The coefficients that change with ``step`` (``COEFFICIENTS[STEP_DEPENDENT]``)."""
+    return step_terms(float(step), h.lr, h.beta1, h.beta2, h.eps, h.eps_root,
+                      h.bias_correction, h.nesterov)
+
+
+def step_terms(step, lr, beta1, beta2, eps, eps_root, bias_correction, nesterov):
+    """``step_coefficients`` from plain numbers (``step`` a float): the one definition, run
+    on the host and compiled for the GPU, where the step count may live on the device."""
+    if bias_correction:
+        bias_correction1 = 1.0 - beta1**step
+        bias_correction2 = 1.0 - beta2**step
+        next_bias_correction1 = 1.0 - beta1 ** (step + 1.0)
+    else:
+        bias_correction1 = bias_correction2 = next_bias_correction1 = 1.0
+    sqrt_bc2 = math.sqrt(bias_correction2)
+    if nesterov:
+        m_coef = lr * sqrt_bc2 * beta1 / next_bias_correction1
+        g_coef = lr * sqrt_bc2 * (1.0 - beta1) / bias_correction1
+    else:
+        m_coef = lr * sqrt_bc2 / bias_correction1
+        g_coef = 0.0
+    return m_coef, g_coef, eps_root * bias_correction2, eps * sqrt_bc2
+
+
+def coefficients(h: Hyper, step: int, grad_scale: float | None = None) -> tuple[float, ...]:
+    """The float64 coefficients for update number ``step`` (1-based).
+
+    With ``bc = 1 - beta**step`` (or 1 without bias correction), the update
+    ``lr / bc1 * m / (sqrt(v / bc2 + eps_root) + eps)`` is computed as
+    ``m_coef * m / (sqrt(v + eps_root * bc2) + eps * sqrt(bc2))``: the same
+    value with one division per element. Nesterov (as optax)
+    uses ``beta1 * m / bc1(step + 1) + (1 - beta1) * g / bc1(step)`` for m / bc1.
+    """
+    if h.decouple_lr:
+        decay_factor = 1.0 - h.weight_decay * h.lr / h.max_lr
+    else:
+        decay_factor = 1.0 - h.lr * h.weight_decay
+    return (
+        h.beta1,
+        1.0 - h.beta1,
+        h.beta2,
+        1.0 - h.beta2,
+        *step_coefficients(h, step),
+        h.weight_decay,
+        decay_factor,
+        1.0 if grad_scale is None else 1.0 / grad_scale,
+    )
+
+
+def hyper(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
+          bias_correction=True, eps_root=0.0, nesterov=False, decouple_lr=False,
+          max_lr=None) -> Hyper:
+    """Validate hyperparameters against torch's (and optax's, optimi's) ranges."""
+    beta1, beta2 = checks.betas(betas)
+    decouple_lr = checks.flag("decouple_lr", decouple_lr)
+    if decouple_lr:
+        if max_lr is None:
+            raise ValueError("decouple_lr=True needs max_lr, the peak learning rate")
+        max_lr = checks.positive("max_lr", max_lr)
+    elif max_lr is not None:
+        max_lr = checks.positive("max_lr", max_lr)
+    return Hyper(
+        checks.real("lr", lr),
+        beta1,
+        beta2,
+        checks.real("eps", eps),
+        checks.real("weight_decay", weight_decay),
+        checks.flag("decoupled_weight_decay", decoupled_weight_decay),
+        checks.flag("amsgrad", amsgrad),
+        checks.flag("maximize", maximize),
+        checks.flag("bias_correction", bias_correction),
+        checks.real("eps_root", eps_root),
+        checks.flag("nesterov", nesterov),
+        decouple_lr,
+        max_lr,
+    )

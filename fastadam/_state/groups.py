@@ -1,0 +1,67 @@
+"""Param groups: torch-style group specs, and each group's validated hyperparameters."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .._core.gpu import is_device
+from .._core.hyper import Hyper, hyper
+
+HYPER_KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
+              "decoupled_weight_decay", "bias_correction", "eps_root", "nesterov",
+              "decouple_lr", "max_lr")
+
+
+def specs(params) -> list[dict]:
+    """A list of arrays, or of torch-style group dicts, as a list of {"params": [...], ...}."""
+    if isinstance(params, (str, bytes, dict)) or not isinstance(params, (list, tuple)):
+        raise TypeError("params must be an array, a list of arrays, or a list of param "
+                        f"groups (dicts), got {type(params).__name__}")
+    if not params:
+        raise ValueError("params is empty")
+    if not any(isinstance(p, dict) for p in params):
+        return [{"params": list(params)}]
+    if not all(isinstance(p, dict) for p in params):
+        raise TypeError("params mixes arrays and param groups (dicts)")
+    out = []
+    for i, group in enumerate(params):
+        unknown = set(group) - {"params", *HYPER_KEYS}
+        if unknown:
+            raise ValueError(f"params[{i}] has unknown keys {sorted(unknown)}")
+        if "params" not in group:
+            raise ValueError(f"params[{i}] lacks 'params'")
+        arrays = group["params"]
+        arrays = [arrays] if isinstance(arrays, np.ndarray) or is_device(arrays) else arrays
+        if not isinstance(arrays, (list, tuple)) or not arrays:
+            raise TypeError(f"params[{i}]['params'] must be an array or a non-empty list of arrays")
+        out.append({**group, "params": list(arrays)})
+    return out
+
+
+def group_hyper(defaults: dict, spec: dict) -> Hyper:
+    """The validated hyperparameters of one group: its own settings over ``defaults``."""
+    settings = {**defaults, **{k: v for k, v in spec.items() if k != "params"}}
+    if settings["decouple_lr"] is True and settings["max_lr"] is None:
+        settings["max_lr"] = settings["lr"]  # optimi: the initial lr is the peak
+    return hyper(**settings)
+
+
+def as_dict(h: Hyper) -> dict:
+    """The hyperparameters as the keyword arguments that set them."""
+    return {
+        "lr": h.lr, "betas": (h.beta1, h.beta2), "eps": h.eps,
+        "weight_decay": h.weight_decay, "amsgrad": h.amsgrad, "maximize": h.maximize,
+        "decoupled_weight_decay": h.decoupled_weight_decay,
+        "bias_correction": h.bias_correction, "eps_root": h.eps_root,
+        "nesterov": h.nesterov, "decouple_lr": h.decouple_lr, "max_lr": h.max_lr,
+    }
+
+
+def index(group, count: int) -> int:
+    """A group index below ``count``."""
+    if isinstance(group, bool) or not isinstance(group, numbers.Integral) or not (
+            0 <= group < count):
+        raise ValueError(f"group must be an index below {count}, got {group!r}")
+    return int(group)

@@ -1,0 +1,249 @@
+"""How an optimizer's arrays step: every check on the gradients, then the kernels.
+
+Four paths, chosen per step: a single host array through ``OneHostArray`` (the
+thinnest call), one kernel call per array (what nothing else covers), a batch
+of host arrays in one parallel region, a batch of GPU arrays in one launch
+(the backends' ``batches``). Every gradient is checked before anything is written (on the
+thin path, whether it overlaps the params or state is the kernel's first
+question), so a refused step changes nothing. A new kind of step (row-sparse,
+8-bit moments) is a new plan over the same slots.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._backends.dispatch import all_finite, apply, apply_8bit, cpu, cuda
+from .._backends.views import as_kernel_array, kernel_views
+from .._core import array_checks, checks
+from .._core.dtypes import compute_dtype, kind
+from .._core.hyper import STEP_DEPENDENT, coefficients, step_coefficients
+from .slots import STATE_KEYS
+
+
+class Plans:
+    """The stepping plans of one optimizer's groups (``[(hyper, [Slot, ...]), ...]``)."""
+
+    def __init__(self, groups: list, slots: list, *, single: bool, backend: str,
+                 num_threads: int | None, skip_nonfinite: bool, adopted: bool) -> None:
+        self.groups, self.slots, self.single = groups, slots, single
+        self.backend, self.device = backend, backend == "cuda"
+        self.num_threads, self.skip_nonfinite = num_threads, skip_nonfinite
+        self.guarded = _guarded(slots, single, adopted)
+        self.host = self.gpu = self.one = self.steps = None
+        if single and backend == "cpu" and not skip_nonfinite and slots[0].absmax is None:
+            self.one = OneHostArray(slots[0], num_threads)
+        if backend == "cuda" and skip_nonfinite:  # decided on the device: no waiting
+            self.steps = cuda().dense.StepCount(slots[0].step)  # all equal: load_state_dict checks
+        # Lists step in one parallel region (CPU) or one launch (GPU) per batch of alike arrays.
+        if not single and backend == "cpu":
+            self.host = cpu().batches.HostBatches(groups)
+        if not single and backend == "cuda":
+
+            self.gpu = cuda().batches.DeviceBatches(groups)
+
+    def step(self, grads, grad_scale, stream) -> bool:
+        """Check ``grads`` and everything else, then step; False when ``skip_nonfinite``
+        found NaN or inf (nothing changed); None on the GPU with ``skip_nonfinite``, where
+        that is decided on the device."""
+        if self.one is not None and grad_scale is None and stream is None and self.one.step(
+                grads, self.groups[0][0]):
+            return True
+        fast = None if self.host is None else self.host.check(grads)
+        if fast is not None:
+            return self._step_host_batches(grads, *fast, grad_scale, stream)
+        flats = self._checked_grads(grads)
+        scale = checks.grad_scale(grad_scale)
+        cuda_stream = checks.stream(stream, self.backend)
+        if self.steps is not None:
+            self._step_counted(flats, scale, cuda_stream)
+            return None
+        if self.skip_nonfinite and not all_finite(self.backend, flats,
+                                                  num_threads=self.num_threads,
+                                                  stream=cuda_stream):
+            return False
+        found = None if self.gpu is None else _device_grads(flats)
+        first = 0
+        for g, (h, slots) in enumerate(self.groups):
+            done = set() if found is None else self.gpu.step(g, h, *found, scale, cuda_stream)
+            self._step_rest(first, slots, done, flats, h, scale, cuda_stream)
+            first += len(slots)
+        return True
+
+    def step_addresses(self, kinds: list, addresses: np.ndarray, stream) -> bool:
+        """A list of GPU gradients that the caller has checked (shapes, dtypes of ``kinds``,
+        device, contiguity, no shared memory), given by their device ``addresses``: one
+        launch per batch, no Python per array. False, nothing done, unless every batch can
+        step as one (the caller then passes the arrays to ``step``)."""
+        if self.gpu is None or self.steps is not None or self.skip_nonfinite:
+            return False
+        if not self.gpu.ready(kinds):
+            return False
+        for g, (h, _) in enumerate(self.groups):
+            self.gpu.step(g, h, kinds, addresses, None, stream)
+        return True
+
+    def _step_counted(self, flats: list, scale, stream) -> None:
+        """The GPU step with ``skip_nonfinite`` decided on the device: the gradients are
+        checked for NaN and inf into a flag that the kernels read, and the step count
+        lives there too, so nothing waits for the device."""
+        self.steps.begin([(as_kernel_array(g), kind(g.dtype)) for g in flats], stream)
+        found = None if self.gpu is None else _device_grads(flats)
+        first = 0
+        for g, (h, slots) in enumerate(self.groups):
+            done = set() if found is None else self.gpu.step(g, h, *found, scale, stream,
+                                                             self.steps)
+            self._step_rest(first, slots, done, flats, h, scale, stream, self.steps)
+            first += len(slots)
+        self.steps.end(stream)
+
+    def step_count(self) -> int:
+        """How many updates were applied (from the device, a wait, where it counts)."""
+        return self.slots[0].step if self.steps is None else self.steps.read()
+
+    def sync_steps(self) -> None:
+        """Bring the device's step count to the slots (a wait), before they are read."""
+        if self.steps is not None:
+            count = self.steps.read()
+            for slot in self.slots:
+                slot.step = count
+
+    def _checked_grads(self, grads) -> list:
+        """The gradients as 1-D views, every one checked (shape, dtype, device, memory)."""
+        if self.single:
+            g = array_checks.like("grads", grads, self.slots[0].array, writable=False,
+                           device=self.device)
+            array_checks.apart("grads", g, self.guarded)
+            return [g.reshape(-1)]
+        if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)):
+            raise TypeError("grads must be a list of arrays, one per params array")
+        if len(grads) != len(self.slots):
+            raise ValueError(f"grads has {len(grads)} arrays, but there are "
+                             f"{len(self.slots)} params arrays")
+        names = [f"grads[{i}]" for i in range(len(grads))]
+        grads = [array_checks.like(name, g, slot.array, writable=False, device=self.device)
+                 for name, g, slot in zip(names, grads, self.slots)]
+        array_checks.apart_from_all(list(zip(names, grads)), list(self.guarded.items()))
+        return [g.reshape(-1) for g in grads]
+
+    def _step_host_batches(self, grads, codes, addresses, grad_scale, stream) -> bool:
+        # Lists of host arrays that passed the fast checks: batches in one region each.
+        scale = checks.grad_scale(grad_scale)
+        checks.stream(stream, self.backend)
+        if self.skip_nonfinite and not self.host.all_finite(codes, addresses, self.num_threads):
+            return False
+        first = 0
+        for g, (h, slots) in enumerate(self.groups):
+            done = self.host.step(g, h, codes, addresses, scale, self.num_threads)
+            self._step_rest(first, slots, done, grads, h, scale, None)
+            first += len(slots)
+        return True
+
+    def _step_rest(self, first: int, slots, done: set, grads, h, scale, stream,
+                   steps=None) -> None:
+        """Step the arrays of a group (numbered from ``first``) that no batch stepped:
+        one kernel call each. ``steps``: the step count on the device, which then counts."""
+        if len(done) == len(slots):
+            return
+        for i in range(first, first + len(slots)):
+            if i in done:
+                continue
+            slot, flat = self.slots[i], grads[i].reshape(-1)
+            grad_kind = kind(flat.dtype)
+            if slot.flags.grad != grad_kind:
+                slot.flags = slot.flags._replace(grad=grad_kind)
+            if slot.absmax is not None:
+                apply_8bit(self.backend, (slot.flat, flat, *slot.state[3:]),
+                           tuple(slot.state[:3]), tuple(slot.absmax), h, slot.flags,
+                           slot.step + 1, grad_scale=scale, num_threads=self.num_threads,
+                           stream=stream, steps=steps)
+                if steps is None:  # else the device counts
+                    slot.step += 1
+                continue
+            arrays = (slot.flat, flat, *slot.state)
+            if steps is not None:
+                cuda().dense.adam_step_cuda_counted(kernel_views(arrays), slot.flags, h, scale,
+                                                    steps, stream)
+                continue
+            apply(self.backend, arrays, h, slot.flags, slot.step + 1, grad_scale=scale,
+                  num_threads=self.num_threads, stream=stream)
+            slot.step += 1
+
+
+def _device_grads(flats: list) -> tuple:
+    """(float kinds, device addresses) of checked GPU gradients."""
+    address = cuda().runtime.address
+    return ([kind(f.dtype) for f in flats],
+            np.array([address(f) for f in flats], dtype=np.uint64))
+
+
+def _guarded(slots: list, single: bool, adopted: bool) -> dict:
+    """The memory no gradient may share, by name: the params, and adopted state arrays
+    (an optimizer's own state is out of a caller's reach)."""
+    guarded = {}
+    for i, slot in enumerate(slots):
+        arrays = (slot.flat, *slot.state[:3]) if adopted else (slot.flat,)
+        for name, a in zip(("", *(f" {k}" for k in STATE_KEYS)), arrays):
+            if a is not None:
+                guarded[("params" if single else f"params[{i}]") + name] = a
+    return guarded
+
+
+class OneHostArray:
+    """The thinnest call: one host params array, gradients of a dtype seen before.
+
+    Checks a gradient by attributes compared with what construction cached; the
+    kernel itself refuses, before writing, a gradient that shares memory with the
+    params or state. Anything unusual is left to the general path, which names it.
+    """
+
+    def __init__(self, slot, num_threads: int | None) -> None:
+        self.slot, self.num_threads = slot, num_threads
+        self.shape, self.one_d = slot.array.shape, slot.array.ndim == 1
+        self.views = kernel_views((slot.flat, slot.flat, *slot.state))
+        self.coef = np.empty(11, compute_dtype(slot.flags.param))
+        self.hyper = None  # the hyperparameters ``coef`` holds, but for the step's own
+        self.kernels: dict = {}  # gradient dtype -> (kernel, 16-bit?)
+
+    def step(self, grads, h) -> bool:
+        """One update if ``grads`` takes this path (True), else False, nothing done."""
+        if type(grads) is not np.ndarray or grads.shape != self.shape:
+            return False
+        found = self.kernels.get(grads.dtype)
+        if found is None:
+            found = self._kernel(grads.dtype)
+            if found is None:
+                return False
+        flags = grads.flags
+        if not (flags.c_contiguous and flags.aligned):
+            return False
+        kernel, sixteen = found
+        flat = grads if self.one_d else grads.reshape(-1)
+        if sixteen:
+            flat = flat.view(np.uint16)
+        slot = self.slot
+        if h is self.hyper:  # only the step's coefficients change
+            self.coef[STEP_DEPENDENT] = step_coefficients(h, slot.step + 1)
+        else:
+            self.coef[:] = coefficients(h, slot.step + 1)
+            self.hyper = h
+        param, _, m, v, v_max, comp, master = self.views
+        if self.num_threads is None:
+            refused = kernel(param, flat, m, v, v_max, comp, master, self.coef)
+        else:
+            refused = cpu().runtime.with_threads(self.num_threads, kernel, param, flat, m, v,
+                                                 v_max, comp, master, self.coef)
+        if refused:
+            raise ValueError("grads and params (or their state) overlap in memory; "
+                             "pass separate arrays")
+        slot.step += 1
+        return True
+
+    def _kernel(self, dtype) -> tuple | None:
+        grad_kind = kind(dtype)
+        if grad_kind is None:
+            return None
+        kernel = cpu().dense.fused_kernel(self.slot.flags._replace(grad=grad_kind))
+        found = (kernel, dtype.itemsize == 2)
+        self.kernels[dtype] = found
+        return found

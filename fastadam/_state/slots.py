@@ -1,0 +1,219 @@
+"""One params array and its state: what the state holds, in which dtypes, and where.
+
+A slot is the unit every stepping plan and the state_dict work on. The state
+arrays are, in the order the kernels take them after (param, grad): m, v, v_max
+(amsgrad), the Kahan compensation and the float32 master params (16-bit params).
+With ``state_dtype="8bit"`` a slot of ``quant8.MIN_8BIT_SIZE`` elements or more
+holds m, v and v_max as uint8 codes, plus one float32 absmax per block and moment
+(``absmax``); its state_dict entry is bitsandbytes' (state1/2, absmax1/2,
+qmap1/2; state3/absmax3 for v_max). Smaller slots keep 32-bit moments.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .._backends.dispatch import as_float32, flags_8bit, from_host, step_flags, to_host, zeros
+from .._core import checks, quant8
+from .._core.dtypes import SIXTEEN_BIT, compute_dtype, dtype_kind, kind
+
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "kahan_comp", "master_params")
+CODE_KEYS = ("state1", "state2", "state3")  # m, v, v_max as codes (bitsandbytes' names)
+ABSMAX_KEYS = ("absmax1", "absmax2", "absmax3")
+MAP_KEYS = ("qmap1", "qmap2")  # the signed map (m), the unsigned one (v, v_max)
+PARAM_DTYPE = "param"  # state_dtype: moments in each array's own dtype, as torch keeps them
+EIGHT_BIT = "8bit"  # state_dtype: m and v (and v_max) in bitsandbytes' 8-bit blockwise format
+
+
+class Options:
+    """What the state of every slot holds, fixed at construction."""
+
+    __slots__ = ("state_kind", "kahan", "master")
+
+    def __init__(self, state_dtype, kahan_summation, master_weights) -> None:
+        self.master = checks.flag("master_weights", master_weights)
+        self.kahan = None if kahan_summation is None else checks.flag(
+            "kahan_summation", kahan_summation)
+        named = isinstance(state_dtype, str) and state_dtype in (PARAM_DTYPE, EIGHT_BIT)
+        self.state_kind = (None if state_dtype is None else state_dtype if named
+                           else dtype_kind("state_dtype", state_dtype))
+
+    def name(self, slot: Slot) -> str:
+        """How ``options`` reports the state dtype (of ``slot``, the first)."""
+        return EIGHT_BIT if self.state_kind == EIGHT_BIT else slot.state_dtype.name
+
+
+def numpy_dtype(kind: str) -> np.dtype:
+    """The NumPy dtype of a float kind (bfloat16 from ml_dtypes)."""
+    if kind == "bfloat16":
+        try:
+            import ml_dtypes  # optional
+        except ImportError as e:
+            raise ImportError("bfloat16 state needs ml_dtypes: pip install ml_dtypes") from e
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(kind)
+
+
+class Slot:
+    """One params array (``array``, and ``flat``, its 1-D view), its state arrays (1-D, in
+    ``STATE_KEYS`` order, None where an option is off), kernel flags and step count."""
+
+    __slots__ = ("array", "flat", "state", "flags", "step", "state_dtype", "absmax")
+
+    @classmethod
+    def new(cls, view, h, backend: str, options: Options) -> Slot:
+        """Zeroed state for ``view`` (a validated params array) under ``h``'s options."""
+        slot = cls()
+        slot.array, slot.flat, slot.step = view, view.reshape(-1), 0
+        param_kind = kind(view.dtype)
+        sixteen = param_kind in SIXTEEN_BIT
+        kahan = (sixteen and not options.master) if options.kahan is None else options.kahan
+        if (kahan or options.master) and not sixteen:
+            raise ValueError("kahan_summation and master_weights are for 16-bit params; "
+                             f"params are {view.dtype}")
+        if kahan and options.master:
+            raise ValueError("kahan_summation and master_weights exclude each other")
+        state_kind = options.state_kind
+        n = slot.flat.size
+        slot.absmax = None
+        if state_kind == EIGHT_BIT:
+            if n >= quant8.MIN_8BIT_SIZE:
+                return slot._eight_bit(h, kahan, options.master, backend)
+            state_kind = compute_dtype(param_kind)  # small arrays: 32-bit moments
+        if state_kind is None:
+            state_kind = "float32" if sixteen else param_kind
+        elif state_kind == PARAM_DTYPE:
+            state_kind = param_kind
+        slot.state_dtype = numpy_dtype(state_kind)
+        slot.state = [
+            zeros(backend, n, slot.state_dtype),
+            zeros(backend, n, slot.state_dtype),
+            zeros(backend, n, slot.state_dtype) if h.amsgrad else None,
+            zeros(backend, n, view.dtype) if kahan else None,
+            as_float32(backend, slot.flat) if options.master else None,
+        ]
+        slot.flags = slot._flags(h, slot.state)
+        return slot
+
+    def _eight_bit(self, h, kahan: bool, master: bool, backend: str) -> Slot:
+        n, blocks = self.flat.size, quant8.blocks(self.flat.size)
+        self.state_dtype = np.dtype(np.uint8)
+        self.state = [zeros(backend, n, np.uint8), zeros(backend, n, np.uint8),
+                      zeros(backend, n, np.uint8) if h.amsgrad else None,
+                      zeros(backend, n, self.array.dtype) if kahan else None,
+                      as_float32(backend, self.flat) if master else None]
+        self.absmax = [zeros(backend, blocks, np.float32), zeros(backend, blocks, np.float32),
+                       zeros(backend, blocks, np.float32) if h.amsgrad else None]
+        self.flags = self._flags(h, self.state)
+        return self
+
+    def _flags(self, h, state: list):
+        if self.absmax is not None:
+            return flags_8bit(h, self.flat, self.flat, state[3] is not None,
+                              state[4] is not None)
+        return step_flags(h, (self.flat, self.flat, *state))
+
+    def dtypes(self) -> tuple:
+        """The dtype of each state array, in ``STATE_KEYS`` order."""
+        return (self.state_dtype,) * 3 + (self.array.dtype, np.dtype(np.float32))
+
+    def entry(self, backend: str) -> dict:
+        """This slot's state_dict entry: host copies shaped like the params."""
+        entry = {"step": self.step}
+        for name, a, dtype in zip(STATE_KEYS, self.state, self.dtypes()):
+            if a is not None:
+                entry[name] = to_host(backend, a, dtype).reshape(self.array.shape)
+        if self.absmax is not None:  # codes, absmax and maps in place of the moments
+            for i, (a, top) in enumerate(zip(self.state, self.absmax)):
+                if a is not None:
+                    del entry[STATE_KEYS[i]]
+                    entry[CODE_KEYS[i]] = to_host(backend, a, np.uint8).reshape(
+                        self.array.shape)
+                    entry[ABSMAX_KEYS[i]] = to_host(backend, top, np.float32)
+            for name, signed in zip(MAP_KEYS, (True, False)):
+                entry[name] = quant8.dynamic_map(signed).copy()
+        return entry
+
+    def loaded(self, i: int, entry: dict, h, backend: str) -> tuple[int, list, list | None]:
+        """(step, state arrays, absmax or None) from a state_dict entry, checked and
+        copied to where the state lives; raises naming the entry, and changes nothing.
+
+        Moments convert between the layouts: 32-bit ones load into an 8-bit slot
+        quantized, 8-bit ones into a 32-bit slot decoded."""
+        label = f"state_dict['state'][{i}]"
+        step = entry.get("step")
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+            raise ValueError(f"{label}['step'] must be an int >= 0, got {step!r}")
+        wanted = (True, True, h.amsgrad, self.flags.kahan, self.flags.master)
+        eight = self.absmax is not None
+        own, other = (CODE_KEYS[0], STATE_KEYS[0]) if eight else (STATE_KEYS[0], CODE_KEYS[0])
+        saved_8bit = eight != (other in entry and own not in entry)  # the other layout?
+        moment_dtype = np.float32 if eight else self.state_dtype
+        moments = (self._codes(label, entry, wanted[:3]) if saved_8bit
+                   else [self._floats(label, entry, name, moment_dtype) if want else None
+                         for name, want in zip(STATE_KEYS, wanted[:3])])
+        extras = [self._floats(label, entry, name, dtype) if want else None
+                  for name, want, dtype in zip(STATE_KEYS[3:], wanted[3:], self.dtypes()[3:])]
+        if eight:
+            if not saved_8bit:
+                moments = [None if a is None else quant8.quantize(a, signed)
+                           for a, signed in zip(moments, (True, False, False))]
+            codes = [None if c is None else from_host(backend, c[0]) for c in moments]
+            absmax = [None if c is None else from_host(backend, c[1]) for c in moments]
+            return int(step), codes + [None if a is None else from_host(backend, a)
+                                       for a in extras], absmax
+        if saved_8bit:
+            moments = [None if c is None else quant8.dequantize(*c, signed).astype(
+                self.state_dtype) for c, signed in zip(moments, (True, False, False))]
+        return int(step), [None if a is None else from_host(backend, a)
+                           for a in moments + extras], None
+
+    def _floats(self, label: str, entry: dict, name: str, dtype) -> object:
+        """A float state array of the params' shape, as a fresh 1-D copy of ``dtype``."""
+        label = f"{label}[{name!r}]"
+        value = entry.get(name)
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"{label} must be a NumPy array, got {type(value).__name__}")
+        if value.shape != self.array.shape:
+            raise ValueError(f"{label} has shape {value.shape}, but params has shape "
+                             f"{self.array.shape}")
+        if kind(value.dtype) is None:
+            raise TypeError(f"{label} must be a float array, got {value.dtype}")
+        return np.array(value, dtype=dtype, order="C", copy=True).reshape(-1)
+
+    def _codes(self, label: str, entry: dict, wanted: tuple) -> list:
+        """The (codes, absmax) of each wanted moment of an 8-bit entry, checked, copied."""
+        n = self.flat.size
+        for name, signed in zip(MAP_KEYS, (True, False)):
+            q = entry.get(name)
+            if not (isinstance(q, np.ndarray) and q.dtype == np.float32 and q.size == 256
+                    and np.array_equal(q.reshape(-1).view(np.uint32),
+                                       quant8.dynamic_map(signed).view(np.uint32))):
+                raise ValueError(f"{label}[{name!r}] must be the standard "
+                                 f"{'signed' if signed else 'unsigned'} dynamic map "
+                                 "(fastadam.quant8.dynamic_map)")
+        out = []
+        for codes_key, absmax_key, want in zip(CODE_KEYS, ABSMAX_KEYS, wanted):
+            if not want:
+                out.append(None)
+                continue
+            codes, top = entry.get(codes_key), entry.get(absmax_key)
+            if not (isinstance(codes, np.ndarray) and codes.dtype == np.uint8
+                    and codes.size == n):
+                raise ValueError(f"{label}[{codes_key!r}] must be a uint8 array of {n} "
+                                 "elements")
+            if not (isinstance(top, np.ndarray) and top.dtype == np.float32
+                    and top.size == quant8.blocks(n)):
+                raise ValueError(f"{label}[{absmax_key!r}] must be a float32 array of "
+                                 f"{quant8.blocks(n)} elements (one per block of 256)")
+            if not (np.isfinite(top).all() and (top >= 0).all()):
+                raise ValueError(f"{label}[{absmax_key!r}] must be finite and >= 0")
+            out.append((codes.reshape(-1).copy(), top.reshape(-1).copy()))
+        return out
+
+    def restore(self, h, step: int, arrays: list, absmax: list | None) -> None:
+        """Take loaded state (from ``loaded``) under the hyperparameters ``h``."""
+        self.step, self.state, self.absmax = step, arrays, absmax
+        self.flags = self._flags(h, arrays)._replace(grad=self.flags.grad)

@@ -1,0 +1,150 @@
+"""The dense suites: one (size, dtype, config) case against NumPy, the memory limit and
+the peers; many arrays as one list; the cost of one call; a transformer's step."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from .._backends.cpu import dense
+from .._backends.views import kernel_views
+from .._core.hyper import coefficients
+from ..optimizer import Adam
+from .contenders import cuda_contenders, fastadam_contenders
+from .harness import Contender, Row, all_threads, measure, roofline_contenders, traffic_bytes
+from .peers import torch_contenders
+from .roofline import memory_only_kernel
+
+
+def run_case(n, dtype, config, *, repeats, threads_list, peers, rng, gpu=False) -> list[Row]:
+    """Time every contender on one (size, dtype, config) and make the report rows."""
+    contenders, opt, grad = fastadam_contenders(n, dtype, config, rng, threads_list)
+    nbytes = {"cpu": traffic_bytes(opt, grad)}
+    contenders += roofline_contenders(opt, grad, threads_list, memory_only_kernel)
+    if peers:
+        contenders += torch_contenders(opt.params, grad, config, max(threads_list))
+    if gpu:
+        on_gpu, nbytes["gpu"] = cuda_contenders(n, dtype, config, rng, peers) or ([], 0)
+        contenders += on_gpu
+    t = measure(contenders, repeats)
+    by_key = {(c.backend, c.threads): c for c in contenders}
+    numpy = by_key[("numpy", 1)]
+    rows = []
+    for c in contenders:
+        s = t.median(c)
+        on_gpu = "cuda" in c.backend.split("-")
+        limit = by_key.get(("cuda-roofline", 1) if on_gpu else ("roofline", c.threads))
+        compiled = c.backend in ("cpu", "roofline", "cuda", "cuda-roofline") and (
+            on_gpu or c.threads == threads_list[0])
+        moved = nbytes["gpu" if on_gpu else "cpu"]
+        rows.append(Row(
+            backend=c.backend, threads=c.threads, n=n, dtype=dtype, config=config,
+            median_s=s, gb_per_s=moved / s / 1e9, speedup_vs_numpy=t.speedup(numpy, c),
+            roofline_fraction=None if c.backend.endswith("roofline") else t.speedup(limit, c),
+            compile_s=max(t.first[id(c)] - s, 0.0) if compiled else None,
+            repeats=repeats, bytes_per_element=moved / n,
+        ))
+    return rows
+
+
+def many_tensor_rows(count: int, size: int, *, repeats: int, peers: bool, rng) -> list[Row]:
+    """``count`` float32 arrays of ``size`` elements stepped as a list (one parallel region
+    per batch) against one flat buffer of the same total, and with ``peers`` torch's fused
+    Adam and ``fastadam.torch.Adam`` on ``count`` tensors."""
+    n = count * size
+    params = [rng.standard_normal(size).astype(np.float32) for _ in range(count)]
+    grads = [rng.standard_normal(size).astype(np.float32) for _ in range(count)]
+    flat = rng.standard_normal(n).astype(np.float32)
+    flat_grad = rng.standard_normal(n).astype(np.float32)
+    as_list, as_flat = Adam(params), Adam(flat)
+    contenders = [Contender("cpu-list", all_threads(), partial(as_list.step, grads)),
+                  Contender("cpu-flat", all_threads(), partial(as_flat.step, flat_grad))]
+    if peers:
+        import torch  # optional
+
+        from .. import torch as fastadam_torch  # imports torch: optional
+
+        torch.set_num_threads(all_threads())
+        for name, cls, kw in (("torch-fused-list", torch.optim.Adam, {"fused": True}),
+                              ("fastadam.torch-list", fastadam_torch.Adam, {})):
+            tensors = [torch.from_numpy(p.copy()) for p in params]
+            for t, g in zip(tensors, grads):
+                t.grad = torch.from_numpy(g)
+            contenders.append(Contender(name, all_threads(), cls(tensors, **kw).step))
+    t = measure(contenders, repeats)
+    return [Row(backend=c.backend, threads=c.threads, n=n, dtype="float32",
+                config=f"{count}x{size}", median_s=t.median(c),
+                gb_per_s=28 * n / t.median(c) / 1e9, speedup_vs_numpy=None,
+                roofline_fraction=t.speedup(contenders[1], c), compile_s=None, repeats=repeats,
+                bytes_per_element=28.0)
+            for c in contenders]
+
+
+def call_rows(*, repeats: int, peers: bool, n: int = 1024, calls: int = 2000) -> list[Row]:
+    """The cost of one call on a small buffer: ``Adam.step`` on ``n`` float32 elements back
+    to back (``calls`` per sample, samples interleaved), against the bare kernel call and,
+    with ``peers``, torch's fused step. Rows hold seconds per call; '% roofline' is % of
+    the bare kernel's speed."""
+    rng = np.random.default_rng(0)
+    param, grad = (rng.standard_normal(n).astype(np.float32) for _ in range(2))
+    opt = Adam(param.copy())
+    slot = opt._slots[0]
+    kernel = dense.fused_kernel(slot.flags._replace(grad="float32"))
+    views = list(kernel_views((slot.flat, grad, *slot.state)))
+    coef = np.array(coefficients(opt._groups[0][0], 1), np.float32)
+    steps = [("cpu-kernel", lambda: kernel(*views, coef)), ("Adam.step", partial(opt.step, grad))]
+    if peers:
+        import torch  # optional
+
+        torch.set_num_threads(all_threads())
+        p = torch.from_numpy(param.copy())
+        p.grad = torch.from_numpy(grad)
+        steps.append(("torch-fused", torch.optim.Adam([p], fused=True).step))
+
+    def batch(fn):
+        def run():
+            for _ in range(calls):
+                fn()
+        return run
+
+    contenders = [Contender(name, all_threads(), batch(fn)) for name, fn in steps]
+    t = measure(contenders, repeats)
+    return [Row(backend=c.backend, threads=c.threads, n=n, dtype="float32", config="call",
+                median_s=t.median(c) / calls, gb_per_s=28 * n * calls / t.median(c) / 1e9,
+                speedup_vs_numpy=None, roofline_fraction=t.speedup(contenders[0], c),
+                compile_s=None, repeats=repeats, bytes_per_element=28.0)
+            for c in contenders]
+
+
+def transformer_rows(dtypes: list[str], *, repeats: int) -> list[Row]:
+    """A 6-layer ``torch.nn.TransformerEncoder`` (d_model 256, 72 tensors): the optimizer
+    step of ``fastadam.torch.AdamW`` against ``torch.optim.AdamW(fused=True)`` on the same
+    model's parameters and gradients, per param dtype. '% roofline' is % of torch fused."""
+    import torch  # optional
+
+    from .. import torch as fastadam_torch  # imports torch: optional
+
+    torch.set_num_threads(all_threads())
+    rows = []
+    for dtype in dtypes:
+        contenders = []
+        for name, cls, kw in (("torch-fused", torch.optim.AdamW, {"fused": True}),
+                              ("fastadam.torch", fastadam_torch.AdamW, {})):
+            torch.manual_seed(0)
+            layer = torch.nn.TransformerEncoderLayer(256, 8, 1024, batch_first=True)
+            model = torch.nn.TransformerEncoder(layer, 6, enable_nested_tensor=False)
+            params = list(model.to(getattr(torch, dtype)).parameters())
+            for p in params:
+                p.grad = torch.randn_like(p)
+            contenders.append(Contender(name, all_threads(), cls(params, **kw).step))
+        n = sum(p.numel() for p in params)
+        t = measure(contenders, repeats)
+        per_element = 14 if dtype == "float32" else 7  # param, grad, m, v: read; p, m, v: write
+        rows += [Row(backend=c.backend, threads=c.threads, n=n, dtype=dtype,
+                     config=f"transformer-{len(params)}", median_s=t.median(c),
+                     gb_per_s=2 * per_element * n / t.median(c) / 1e9,
+                     speedup_vs_numpy=None, roofline_fraction=t.speedup(contenders[0], c),
+                     compile_s=None, repeats=repeats, bytes_per_element=2.0 * per_element)
+                 for c in contenders]
+    return rows

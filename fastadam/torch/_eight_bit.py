@@ -1,0 +1,216 @@
+"""``fastadam.torch.Adam8bit`` / ``AdamW8bit``: bitsandbytes' 8-bit Adam, fused, on CPU and
+CUDA tensors.
+
+The state is bitsandbytes' own, key for key: ``step``, ``state1``/``state2``
+(uint8 codes, or float32 moments for params under ``min_8bit_size`` elements),
+``absmax1``/``absmax2``, ``qmap1``/``qmap2``; ``state_dict()`` nests the
+quantization entries as bitsandbytes 0.50 does, so checkpoints load into
+``bitsandbytes.optim.Adam8bit``/``AdamW8bit`` and back. Weight decay is
+decoupled in both classes, as in bitsandbytes' 8-bit kernels. State lives on its
+param's device; CUDA tensors step on torch's current stream, one launch per tensor
+(as bitsandbytes launches).
+"""
+
+from __future__ import annotations
+
+import copy
+from itertools import chain
+
+import numpy as np
+import torch
+
+from .._backends.dispatch import apply, apply_8bit, flags_8bit, resolve, step_flags
+from .._core import array_checks, quant8
+from .._core.hyper import hyper
+from ._tensors import as_array, current_stream
+
+__all__ = ["Adam8bit", "AdamW8bit"]
+
+WRAPPED = "__bnb_optimizer_quant_state__"  # bitsandbytes' nesting of the 8-bit entries
+_QUANT_KEYS = ("state1", "state2", "absmax1", "absmax2", "qmap1", "qmap2")
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+
+
+def _stream(p: torch.Tensor):
+    """torch's current stream on ``p``'s GPU, for numba; None for CPU tensors."""
+    return current_stream(p) if p.is_cuda else None
+
+class _Adam8bit(torch.optim.Optimizer):
+    def __init__(self, params, lr: float, betas: tuple[float, float], eps: float,
+                 weight_decay: float, maximize: bool, min_8bit_size: int) -> None:
+        hyper(lr, betas, eps, weight_decay, True, False, maximize)  # torch-style early errors
+        if isinstance(min_8bit_size, bool) or not isinstance(min_8bit_size, int) or \
+                min_8bit_size < 0:
+            raise ValueError(f"min_8bit_size must be an int >= 0, got {min_8bit_size!r}")
+        self.min_8bit_size = min_8bit_size
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      maximize=maximize))
+
+    def _fresh(self, p: torch.Tensor) -> dict:
+        """Zeroed state for ``p``, on its device (contiguous, whatever ``p``'s layout)."""
+        zeros = dict(dtype=torch.float32, device=p.device)
+        if p.numel() < self.min_8bit_size:
+            return {"step": 0, "state1": torch.zeros(p.shape, **zeros),
+                    "state2": torch.zeros(p.shape, **zeros)}
+        blocks = quant8.blocks(p.numel())
+        return {"step": 0,
+                "state1": torch.zeros(p.shape, dtype=torch.uint8, device=p.device),
+                "state2": torch.zeros(p.shape, dtype=torch.uint8, device=p.device),
+                "qmap1": torch.from_numpy(quant8.dynamic_map(True).copy()).to(p.device),
+                "qmap2": torch.from_numpy(quant8.dynamic_map(False).copy()).to(p.device),
+                "absmax1": torch.zeros(blocks, **zeros),
+                "absmax2": torch.zeros(blocks, **zeros)}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every parameter with a gradient; returns the closure's loss.
+        Everything is checked before anything is written: a refused step changes nothing."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        planned = []
+        for group in self.param_groups:
+            h = hyper(float(group["lr"]), tuple(float(b) for b in group["betas"]),
+                      group["eps"], group["weight_decay"], True, False, group["maximize"])
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("fastadam does not support sparse gradients")
+                if p.dtype not in _DTYPES:
+                    raise TypeError(f"fastadam's 8-bit Adam steps float tensors; got {p.dtype}")
+                state = self.state.get(p) or self._fresh(p)
+                param = as_array(p.detach())
+                backend = resolve("auto", param)
+                grad = as_array(p.grad.detach().contiguous())
+                eight = state["state1"].dtype == torch.uint8
+                if eight:
+                    arrays = array_checks.step_arrays_8bit(
+                        backend, param, grad,
+                        (as_array(state["state1"]), as_array(state["state2"]), None),
+                        (as_array(state["absmax1"]), as_array(state["absmax2"]), None),
+                        None, None, False)
+                else:
+                    arrays = array_checks.step_arrays(
+                        backend, param, grad, as_array(state["state1"]),
+                        as_array(state["state2"]), None, None, None, False)
+                planned.append((p, state, h, eight, backend, arrays))
+        for p, state, h, eight, backend, arrays in planned:  # all checked: write
+            step = int(state["step"]) + 1
+            stream = _stream(p)
+            if eight:
+                *views, codes, absmax = arrays
+                flags = flags_8bit(h, views[0], views[1], False, False)
+                apply_8bit(backend, tuple(views), codes, absmax, h, flags, step, stream=stream)
+            else:
+                apply(backend, arrays, h, step_flags(h, arrays), step, stream=stream)
+            state["step"] = step
+            self.state[p] = state
+        return loss
+
+    def state_dict(self) -> dict:
+        """torch's state_dict, with the 8-bit entries nested as bitsandbytes nests them."""
+        out = super().state_dict()
+        out["state"] = {k: dict(v) for k, v in out["state"].items()}
+        for entry in out["state"].values():
+            quant = {k: entry.pop(k) for k in _QUANT_KEYS if k in entry}
+            if quant:
+                entry[WRAPPED] = quant
+        return out
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state_dict of this class or of bitsandbytes' Adam8bit/AdamW8bit: every
+        entry is checked (codes, absmax, maps) before anything changes."""
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups) or any(
+                len(a["params"]) != len(b["params"])
+                for a, b in zip(saved_groups, self.param_groups)):
+            raise ValueError("state_dict['param_groups'] does not match this optimizer's groups")
+        params = dict(zip(chain.from_iterable(g["params"] for g in saved_groups),
+                          chain.from_iterable(g["params"] for g in self.param_groups)))
+        state = {}
+        for key, entry in state_dict["state"].items():
+            if key not in params:
+                raise ValueError(f"state_dict['state'][{key!r}] names no parameter")
+            state[params[key]] = _checked_entry(key, dict(entry), params[key])
+        groups = []
+        for saved, current in zip(saved_groups, self.param_groups):
+            group = {k: copy.deepcopy(v) for k, v in saved.items() if k != "params"}
+            hyper(float(group.get("lr", current["lr"])), tuple(group.get("betas",
+                  current["betas"])), group.get("eps", current["eps"]),
+                  group.get("weight_decay", current["weight_decay"]), True, False,
+                  group.get("maximize", current["maximize"]))
+            groups.append({**current, **group, "params": current["params"]})
+        self.state.clear()
+        self.state.update(state)
+        self.param_groups[:] = groups
+
+
+def _checked_entry(key, entry: dict, p: torch.Tensor) -> dict:
+    """A copy of one param's saved state, checked against bitsandbytes' format."""
+    label = f"state_dict['state'][{key!r}]"
+    entry.update(entry.pop(WRAPPED, {}))
+    step = entry.get("step")
+    step = int(step.item()) if isinstance(step, torch.Tensor) else step
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"{label}['step'] must be an int >= 0, got {entry.get('step')!r}")
+    out = {"step": int(step)}
+    first = entry.get("state1")
+    if not isinstance(first, torch.Tensor):
+        raise ValueError(f"{label}['state1'] must be a tensor")
+    eight = first.dtype == torch.uint8 or "absmax1" in entry
+    n = p.numel()
+    wanted = ({"state1": (torch.uint8, n), "state2": (torch.uint8, n),
+               "absmax1": (torch.float32, quant8.blocks(n)),
+               "absmax2": (torch.float32, quant8.blocks(n)),
+               "qmap1": (torch.float32, 256), "qmap2": (torch.float32, 256)} if eight else
+              {"state1": (torch.float32, n), "state2": (torch.float32, n)})
+    for name, (dtype, size) in wanted.items():
+        value = entry.get(name)
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{label}[{name!r}] is missing")
+        if value.dtype != dtype or value.numel() != size:
+            raise ValueError(f"{label}[{name!r}] must be {size} elements of {dtype}, got "
+                             f"{value.numel()} of {value.dtype}")
+        value = value.detach().to("cpu", copy=True).contiguous()
+        out[name] = value.reshape(p.shape) if name.startswith("state") else value.reshape(-1)
+    if eight:
+        for name, signed in (("qmap1", True), ("qmap2", False)):
+            if not np.array_equal(out[name].numpy().view(np.uint32),
+                                  quant8.dynamic_map(signed).view(np.uint32)):
+                raise ValueError(f"{label}[{name!r}] is not the standard "
+                                 f"{'signed' if signed else 'unsigned'} dynamic map")
+        for name in ("absmax1", "absmax2"):
+            a = out[name].numpy()
+            if not (np.isfinite(a).all() and (a >= 0).all()):
+                raise ValueError(f"{label}[{name!r}] must be finite and >= 0")
+    # Checked on the host; kept where the param is.
+    return {k: v.to(p.device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+
+
+class Adam8bit(_Adam8bit):
+    """Adam with 8-bit blockwise states, bitsandbytes' format (``bitsandbytes.optim.Adam8bit``).
+
+    Params under ``min_8bit_size`` elements keep float32 states. ``weight_decay``
+    is decoupled, as in bitsandbytes. One fused pass per tensor: on the CPU in parallel
+    blocks, on a GPU in one launch on torch's current stream.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
+                 min_8bit_size: int = quant8.MIN_8BIT_SIZE) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, maximize, min_8bit_size)
+
+
+class AdamW8bit(_Adam8bit):
+    """AdamW with 8-bit blockwise states (``bitsandbytes.optim.AdamW8bit``; weight_decay 1e-2)."""
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, *, maximize: bool = False,
+                 min_8bit_size: int = quant8.MIN_8BIT_SIZE) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, maximize, min_8bit_size)

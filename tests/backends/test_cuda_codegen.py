@@ -1,0 +1,203 @@
+"""Every CUDA kernel variant compiles to PTX for sm_90, without a GPU.
+
+The simulator runs the kernels as Python; this checks that the real compiler
+accepts them too (typing, the bit casts, float32-only arithmetic). It needs
+NVRTC (``pip install "numba-cuda[cu13]"``) and no driver.
+"""
+
+import itertools
+import os
+
+import pytest
+
+cuda = pytest.importorskip("numba.cuda")
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    pytest.skip("the simulator compiles nothing", allow_module_level=True)
+
+from numba import types  # noqa: E402
+
+from fastadam._backends.cuda import dense, eight_bit, memory, sparse  # noqa: E402
+from fastadam._core.hyper import Flags  # noqa: E402
+from fastadam.bench import roofline_cuda  # noqa: E402
+
+ARRAY = {"float16": types.uint16, "bfloat16": types.uint16, "float32": types.float32,
+         "float64": types.float64}
+
+
+@pytest.fixture(scope="module")
+def compile_ptx():
+    import numba.cuda.dispatcher as dispatcher
+
+    try:
+        cuda.compile_ptx(lambda x: None, (types.float32[::1],), cc=(9, 0))
+    except Exception as e:  # no NVRTC/NVVM here
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no CUDA compiler: {type(e).__name__}")
+
+    class Hopper:  # device functions ask the current device for its compute capability
+        compute_capability = (9, 0)
+
+    saved = dispatcher.get_current_device
+    dispatcher.get_current_device = lambda: Hopper()
+    yield lambda fn, sig: cuda.compile_ptx(fn, sig, cc=(9, 0))[0]
+    dispatcher.get_current_device = saved
+
+
+KINDS = [("float32", "float32", "float32"), ("float64", "float64", "float64"),
+         ("bfloat16", "bfloat16", "float32"), ("float16", "float32", "float16"),
+         ("bfloat16", "float32", "bfloat16"), ("float32", "bfloat16", "float32")]
+OPTIONS = [dict(), dict(amsgrad=True, nesterov=True, l2=True, maximize=True),
+           dict(kahan=True, decoupled=True), dict(master=True, decoupled=True)]
+
+
+CASES = [(k, o) for k, o in itertools.product(KINDS, OPTIONS)
+         if not (o.get("kahan") or o.get("master")) or k[0] in ("float16", "bfloat16")]
+
+
+def make_flags(kinds, options) -> Flags:
+    return Flags(options.get("maximize", False), options.get("amsgrad", False),
+                 options.get("l2", False), options.get("decoupled", False),
+                 options.get("nesterov", False), options.get("kahan", False),
+                 options.get("master", False), *kinds)
+
+
+@pytest.mark.parametrize("kinds,options", CASES)
+def test_fused_kernel_compiles(compile_ptx, kinds, options):
+    param, grad, state = kinds
+    flags = make_flags(kinds, options)
+    compute = types.float64 if param == "float64" else types.float32
+    sig = (ARRAY[param][::1], ARRAY[grad][::1], ARRAY[state][::1], ARRAY[state][::1],
+           ARRAY[state][::1], ARRAY[param][::1], types.float32[::1]) + (compute,) * 11
+    ptx = compile_ptx(dense.fused_kernel(flags).py_func, sig)
+    assert "sqrt.rn" in ptx
+    if param != "float64" and "float64" not in kinds:
+        assert ".f64" not in ptx  # float32 arithmetic only
+
+
+@pytest.mark.parametrize("kinds,options", CASES)
+def test_one_launch_list_kernel_compiles(compile_ptx, kinds, options):
+    flags = make_flags(kinds, options)
+    compute = types.float64 if kinds[0] == "float64" else types.float32
+    sig = (types.uint64[:, ::1], types.uint64[::1], types.int64[:, ::1]) + (compute,) * 11
+    ptx = compile_ptx(dense.multi_kernel(flags).py_func, sig)
+    assert "sqrt.rn" in ptx and "st.global" in ptx  # stores through the table's addresses
+    if kinds[0] != "float64" and "float64" not in kinds:
+        assert ".f64" not in ptx
+
+
+COUNTED = (types.int64[::1], types.int32[::1])  # the step count and the skip flag
+
+
+@pytest.mark.parametrize("kinds,options", CASES)
+def test_counted_kernels_compile(compile_ptx, kinds, options):
+    """The variants that keep the step count on the device compute their coefficients there,
+    in float64 as the host does, and store nothing when the skip flag is set."""
+    flags = make_flags(kinds, options)
+    param, grad, state = kinds
+    compute = types.float64 if param == "float64" else types.float32
+    scalars = (compute,) * 7 + (types.float64,) * 6
+    arrays = (ARRAY[param][::1], ARRAY[grad][::1], ARRAY[state][::1], ARRAY[state][::1],
+              ARRAY[state][::1], ARRAY[param][::1], types.float32[::1])
+    ptx = compile_ptx(dense.fused_kernel(flags, True).py_func, arrays + COUNTED + scalars)
+    assert "sqrt.rn" in ptx and ".f64" in ptx  # float64 coefficients, as on the host
+    tables = (types.uint64[:, ::1], types.uint64[::1], types.int64[:, ::1])
+    ptx = compile_ptx(dense.multi_kernel(flags, True).py_func, tables + COUNTED + scalars)
+    assert "sqrt.rn" in ptx and "st.global" in ptx
+
+
+def test_step_count_kernel_compiles(compile_ptx):
+    assert "st.global" in compile_ptx(dense._advance.py_func, COUNTED)
+
+
+@pytest.mark.parametrize("kind", ["float16", "bfloat16", "float32", "float64"])
+def test_nonfinite_kernel_compiles(compile_ptx, kind):
+    compile_ptx(dense.nonfinite_kernel(kind).py_func, (ARRAY[kind][::1], types.int32[::1]))
+
+
+def test_memory_only_kernel_compiles(compile_ptx):
+    kernel = roofline_cuda.memory_only_kernel(2, 3).kernel
+    sig = (types.uint16[::1],) * 2 + (types.uint32[::1],) * 3  # views, as the bench passes
+    assert "st.global" in compile_ptx(kernel.py_func, sig)
+
+
+@pytest.mark.parametrize("width", [types.uint16, types.uint32, types.uint64])
+def test_fill_zero_kernel_compiles(compile_ptx, width):
+    assert "st.global" in compile_ptx(memory._fill_zero.py_func, (width[::1],))
+
+
+@pytest.mark.parametrize("kind", ["float16", "bfloat16", "float32", "float64"])
+def test_widen_kernel_compiles(compile_ptx, kind):
+    ptx = compile_ptx(memory.widen_kernel(kind).py_func, (ARRAY[kind][::1], types.float32[::1]))
+    assert "st.global" in ptx and (kind == "float64" or ".f64" not in ptx)
+
+
+EIGHT_BIT_CASES = [(k, o) for k, o in CASES if k[2] in ("float32", "float64")
+                   and k[1] == k[0] or k == ("bfloat16", "bfloat16", "float32")]
+
+
+@pytest.mark.parametrize("counted", [False, True])
+@pytest.mark.parametrize("kinds,options", EIGHT_BIT_CASES)
+def test_8bit_kernel_compiles(compile_ptx, kinds, options, counted):
+    """The 8-bit kernel: shared-memory moments, an atomic max for absmax, the encoder's
+    table read; float32 arithmetic only for float32 and 16-bit params."""
+    param, grad, state = kinds
+    flags = make_flags(kinds, options)
+    compute = types.float64 if param == "float64" else types.float32
+    codes, absmax = types.uint8[::1], types.float32[::1]
+    sig = ((ARRAY[param][::1], ARRAY[grad][::1]) + (codes,) * 3 + (absmax,) * 3
+           + (ARRAY[param][::1], types.float32[::1], absmax, absmax, types.uint32[::1],
+              types.uint32[::1]))
+    sig += COUNTED + (compute,) * 7 + (types.float64,) * 6 if counted else (compute,) * 11
+    ptx = compile_ptx(eight_bit.fused_kernel(flags, counted).py_func, sig)
+    assert "sqrt.rn" in ptx and "bar.sync" in ptx and "atom.shared.max.u32" in ptx
+    assert "st.global.u8" in ptx
+    if param != "float64" and not counted:
+        assert ".f64" not in ptx
+
+
+@pytest.mark.parametrize("counted", [False, True])
+@pytest.mark.parametrize("kinds,options", EIGHT_BIT_CASES)
+def test_8bit_list_kernel_compiles(compile_ptx, kinds, options, counted):
+    """The one-launch 8-bit kernel: arrays found through the address table (global
+    loads and byte stores through it), the array of each block by a search."""
+    flags = make_flags(kinds, options)
+    compute = types.float64 if kinds[0] == "float64" else types.float32
+    sig = (types.uint64[:, ::1], types.uint64[::1], types.int64[::1], types.int64[::1],
+           types.float32[::1], types.float32[::1], types.uint32[::1], types.uint32[::1])
+    sig += COUNTED + (compute,) * 7 + (types.float64,) * 6 if counted else (compute,) * 11
+    ptx = compile_ptx(eight_bit.multi_kernel(flags, counted).py_func, sig)
+    assert "sqrt.rn" in ptx and "atom.shared.max.u32" in ptx
+    assert "st.global.u8" in ptx and "ld.global" in ptx
+    if kinds[0] != "float64" and not counted:
+        assert ".f64" not in ptx
+
+
+SPARSE_CASES = [(k, o) for k, o in CASES if not (o.get("amsgrad") or o.get("decoupled"))] + [
+    (("float32", "float32", "float32"), dict(maximize=True)),
+    (("bfloat16", "bfloat16", "float32"), dict(kahan=True)),
+    (("float16", "float16", "float32"), dict(master=True))]
+
+
+@pytest.mark.parametrize("kinds,options", SPARSE_CASES)
+def test_sparse_kernel_compiles(compile_ptx, kinds, options):
+    """The row-sparse update: float32 arithmetic only for float32 and 16-bit tables."""
+    param, grad, state = kinds
+    compute = types.float64 if param == "float64" else types.float32
+    table = lambda kind: ARRAY[kind][:, ::1]  # noqa: E731
+    sig = (table(param), table(state), table(state), table(param), types.float32[:, ::1],
+           types.uint64[::1], table(grad)) + (compute,) * 4
+    ptx = compile_ptx(sparse.sparse_kernel(make_flags(kinds, options)).py_func, sig)
+    assert "sqrt.rn" in ptx and "st.global" in ptx
+    if param != "float64" and "float64" not in kinds:
+        assert ".f64" not in ptx
+
+
+@pytest.mark.parametrize("index", [types.int32, types.int64])
+def test_sparse_grouping_kernels_compile(compile_ptx, index):
+    """The device sort of the lookups (keys, merge passes) and the index range check."""
+    keys = types.uint64[::1]
+    assert "shl.b64" in compile_ptx(sparse._keys.py_func, (index[::1], keys))
+    assert "st.global.u64" in compile_ptx(sparse._merge.py_func, (keys, keys, types.int64))
+    assert "atom.global.add" in compile_ptx(sparse._bad_indices.py_func,
+                                            (index[::1], types.int64, types.int64[::1]))

@@ -1,0 +1,201 @@
+"""The benchmark command, on tiny sizes: table, JSON records, plot, errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import optional
+
+from fastadam.bench import cli, configs, contenders, harness, sparse_suite, suites
+
+FIELDS = {"backend", "n", "dtype", "median_s", "gb_per_s", "speedup_vs_numpy", "roofline_fraction"}
+
+
+def run(capsys, *args):
+    code = cli.main(["--no-progress", "--repeats", "2", *args])
+    assert code == 0
+    return capsys.readouterr().out
+
+
+def test_json_records(tmp_path, capsys):
+    path = tmp_path / "out.json"
+    out = run(capsys, "--sizes", "1000,4099", "--dtypes", "float32,float64",
+              "--configs", "adam,amsgrad", "--json", str(path))
+    doc = json.loads(path.read_text())
+    rows = doc["rows"]
+    assert {"cpu", "numba", "numpy", "fastadam"} <= set(doc["machine"])
+    # numpy, cpu and roofline on 1 and all threads, for 2 sizes x 2 dtypes x 2 configs
+    threads = sorted({1, harness.all_threads()})
+    assert len(rows) == 2 * 2 * 2 * (1 + 2 * len(threads))
+    for r in rows:
+        assert FIELDS <= set(r)
+        assert r["median_s"] > 0 and r["gb_per_s"] > 0
+        item = np.dtype(r["dtype"]).itemsize
+        per_element = {"adam": 7, "amsgrad": 9}[r["config"]] * item  # read 4 (5), write 3 (4)
+        assert r["bytes_per_element"] == per_element
+        assert r["gb_per_s"] == pytest.approx(per_element * r["n"] / r["median_s"] / 1e9)
+        if r["backend"] == "numpy":
+            assert r["speedup_vs_numpy"] == 1.0
+        if r["backend"] == "roofline":
+            assert r["roofline_fraction"] is None
+        else:
+            assert r["roofline_fraction"] > 0
+    assert {(r["n"], r["dtype"], r["config"]) for r in rows} == {
+        (n, d, c) for n in (1000, 4099) for d in ("float32", "float64") for c in ("adam", "amsgrad")
+    }
+    assert "x numpy" in out and "4,099" in out
+
+
+@pytest.mark.parametrize("dtype,config,per_element", [
+    ("float32", "adam", 28), ("float64", "amsgrad", 72), ("float32", "skip_nonfinite", 32),
+    # bf16 param (2+2) and grad (2), float32 m and v (8+8): 22; Kahan's buffer (the
+    # default) +4; master params +8 instead; bfloat16 m and v: 8 less.
+    ("bfloat16", "no_kahan", 22), ("bfloat16", "adam", 26), ("bfloat16", "kahan", 26),
+    ("bfloat16", "master", 30), ("bfloat16", "bf16_state", 18), ("float16", "adam", 26),
+    ("float16", "skip_nonfinite", 28), ("float32", "bf16_state", 20),
+])
+def test_traffic_is_what_the_configuration_moves(dtype, config, per_element):
+    optional("ml_dtypes")
+    _, opt, grad = contenders.fastadam_contenders(10, dtype, config, np.random.default_rng(0), [1])
+    assert harness.traffic_bytes(opt, grad) == 10 * per_element
+
+
+@pytest.mark.parametrize("dtype,per_element", [("float32", 16), ("bfloat16", 14)])
+def test_traffic_of_8bit_states(dtype, per_element):
+    """Codes of m and v read and written (4), params (bf16: and the Kahan buffer) and grad,
+    and each moment's absmax per block of 256, read and written."""
+    optional("ml_dtypes")
+    n = 5000
+    _, opt, grad = contenders.fastadam_contenders(n, dtype, "8bit", np.random.default_rng(0), [1])
+    assert harness.traffic_bytes(opt, grad) == n * per_element + 2 * 2 * 20 * 4
+
+
+def test_8bit_peers(capsys):
+    optional("torch")
+    optional("bitsandbytes")
+    out = run(capsys, "--sizes", "5000", "--dtypes", "float32", "--configs", "8bit", "--peers")
+    assert "torch-fused-fp32" in out and "bitsandbytes-8bit" in out
+    assert "8bit" in out and "roofline" in out
+
+
+def test_sixteen_bit_sweep(capsys, tmp_path):
+    path = tmp_path / "rows.json"
+    optional("ml_dtypes")
+    run(capsys, "--sizes", "999", "--dtypes", "bfloat16,float16", "--json", str(path))
+    rows = json.loads(path.read_text())["rows"]
+    # Every option, each on the defaults a user gets (Kahan summation on 16-bit params).
+    assert {(r["dtype"], r["config"]) for r in rows if r["backend"] == "cpu"} == {
+        (d, c) for d in ("bfloat16", "float16") for c in configs.DEFAULT_CONFIGS[d]}
+    assert {"no_kahan", "master", "amsgrad", "skip_nonfinite", "bf16_state"} <= set(
+        configs.DEFAULT_CONFIGS["float16"])
+
+
+def test_plot_file(tmp_path, capsys):
+    optional("matplotlib")
+    path = tmp_path / "bench.png"
+    run(capsys, "--sizes", "1000,2000", "--dtypes", "float32", "--configs", "adam",
+        "--plot", str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_peers(capsys):
+    optional("torch")
+    out = run(capsys, "--sizes", "777", "--dtypes", "float32", "--configs", "adamw", "--peers")
+    assert "torch-fused" in out and "torch-foreach" in out
+
+
+def test_default_sweep_fits_memory():
+    gib = 1 << 30
+    assert configs.largest_size("float32", False, 24 * gib) == 1 << 28  # 256M on a 24 GiB machine
+    assert configs.largest_size("float64", True, 24 * gib) < 1 << 28
+
+
+@pytest.mark.parametrize("args", [["--sizes", "abc"], ["--sizes", "0"], ["--dtypes", "int8"],
+                                  ["--configs", "sgd"], ["--repeats", "0"], ["--threads", "999"]])
+def test_bad_arguments_exit_with_usage(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(args)
+    assert e.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_module_entry_point():
+    out = subprocess.run(
+        [sys.executable, "-m", "fastadam", "bench", "--sizes", "1000", "--dtypes", "float32",
+         "--configs", "adam", "--repeats", "1"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "roofline" in out.stdout and "[1/1]" in out.stderr
+    bad = subprocess.run([sys.executable, "-m", "fastadam"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_many_arrays_case(tmp_path, capsys):
+    path = tmp_path / "many.json"
+    out = run(capsys, "--sizes", "500", "--dtypes", "float32", "--configs", "adam",
+              "--many", "20x300", "--json", str(path))
+    assert "cpu-list" in out and "cpu-flat" in out
+    rows = [r for r in json.loads(path.read_text())["rows"] if r["config"] == "20x300"]
+    assert {r["backend"] for r in rows} == {"cpu-list", "cpu-flat"}
+    assert all(r["n"] == 6000 and r["median_s"] > 0 for r in rows)
+    with pytest.raises(SystemExit):
+        cli.main(["--many", "lots"])
+
+
+def test_many_arrays_against_torch(capsys):
+    optional("torch")
+    out = run(capsys, "--sizes", "500", "--dtypes", "float32", "--configs", "adam",
+              "--many", "20x300", "--peers", "--repeats", "2")
+    assert "torch-fused-list" in out and "fastadam.torch-list" in out
+
+
+def test_call_overhead_rows(capsys):
+    out = run(capsys, "--sizes", "500", "--dtypes", "float32", "--configs", "adam", "--calls",
+              "--repeats", "1")
+    assert "Adam.step" in out and "cpu-kernel" in out and "back to back" in out
+
+
+def test_transformer_rows():
+    optional("torch")
+    optional("ml_dtypes")
+    rows = suites.transformer_rows(["bfloat16"], repeats=1)
+    assert [r.backend for r in rows] == ["torch-fused", "fastadam.torch"]
+    assert {r.config for r in rows} == {"transformer-72"} and rows[0].n == rows[1].n > 4_000_000
+
+
+def test_sparse_table(capsys, tmp_path, monkeypatch):
+    """--sparse: fastadam, the NumPy formulas, the memory-only pass and (torch installed)
+    torch's SparseAdam, per case; the step really moves the table."""
+    monkeypatch.setattr(cli, "SPARSE_CASES", ((3001, 16, 300), (2000, 7, 0)))
+    path = tmp_path / "sparse.json"
+    out = run(capsys, "--sparse", "--json", str(path))
+    assert "Row-sparse Adam" in out and "sparse 3,001x16" in out
+    rows = json.loads(path.read_text())["rows"]
+    backends = {r["backend"] for r in rows}
+    assert {"cpu", "roofline", "numpy"} <= backends
+    optional("torch")
+    assert {"torch-sparse-adam", "fastadam.torch-sparse-adam"} <= backends
+    for r in rows:
+        assert r["median_s"] > 0 and (r["n"] == 0 or r["gb_per_s"] > 0)
+    cpu = next(r for r in rows if r["backend"] == "cpu" and r["n"] == 300)
+    assert cpu["roofline_fraction"] > 0 and cpu["speedup_vs_numpy"] > 0
+    assert cpu["speedup_vs_torch"] > 0 and "x torch" in out
+    # traffic: the values once, each distinct row of param, m, v read and written
+    assert 16 * 4 < cpu["bytes_per_element"] <= 7 * 16 * 4 + 8
+
+
+def test_ratios_pair_the_runs_of_one_repeat():
+    """A ratio is the median of per-repeat ratios, not a ratio of medians: a load burst
+    that slows both contenders in one repeat leaves it alone."""
+    a, b = harness.Contender("a", 1, None), harness.Contender("b", 1, None)
+    t = harness.Timings({id(a): [2.0, 2.0, 9.0], id(b): [1.0, 9.0, 9.0]}, {})
+    assert t.median(a) == 2.0 and t.median(b) == 9.0
+    assert t.speedup(a, b) == 1.0  # per repeat: 2, 2/9, 1
+
+
+def test_sparse_lookups_have_hot_rows():
+    indices = sparse_suite.sparse_lookups(np.random.default_rng(0), 1_000_000, 16_384)
+    assert indices.min() >= 0 and indices.max() < 1_000_000
+    assert np.unique(indices).size < 0.9 * indices.size  # duplicates, as embeddings see them

@@ -1,0 +1,149 @@
+"""Adam.save / Adam.load: one versioned file, atomic writes, refusals change nothing."""
+
+import os
+
+import numpy as np
+import pytest
+from helpers import optional
+
+import fastadam
+from fastadam._state import checkpoint
+
+
+def trained(rng, dtype=np.float32, steps=4, **kw):
+    opt = fastadam.AdamW(rng.standard_normal(37).astype(dtype), lr=0.01, amsgrad=True, **kw)
+    for _ in range(steps):
+        opt.step(rng.standard_normal(37).astype(np.float32))
+    return opt
+
+
+def assert_same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    assert sa["state"][0].keys() == sb["state"][0].keys()
+    for k, v in sa["state"][0].items():
+        np.testing.assert_array_equal(sb["state"][0][k], v)
+
+
+def test_round_trip_continues_the_same_trajectory(rng, tmp_path):
+    opt = trained(rng)
+    opt.save(tmp_path / "opt.npz")
+    other = fastadam.AdamW(opt.params.copy(), amsgrad=True)
+    other.load(tmp_path / "opt.npz")
+    assert_same_state(opt, other)
+    g = rng.standard_normal(37).astype(np.float32)
+    opt.step(g)
+    other.step(g)
+    np.testing.assert_array_equal(opt.params, other.params)
+
+
+def test_bfloat16_state_and_kahan_round_trip(rng, tmp_path):
+    ml_dtypes = optional("ml_dtypes")
+    opt = trained(rng, dtype=ml_dtypes.bfloat16, state_dtype=ml_dtypes.bfloat16)
+    opt.save(tmp_path / "bf16.npz")
+    other = fastadam.AdamW(opt.params.copy(), amsgrad=True, state_dtype=ml_dtypes.bfloat16)
+    other.load(tmp_path / "bf16.npz")
+    assert_same_state(opt, other)
+    assert other.state_dict()["state"][0]["kahan_comp"].dtype == ml_dtypes.bfloat16
+
+
+def refusals(tmp_path, good):
+    data = good.read_bytes()
+    cases = {}
+    cases["truncated"] = data[: len(data) // 2]
+    cases["garbage"] = b"not a checkpoint at all"
+    cases["empty"] = b""
+    flipped = bytearray(data)
+    flipped[len(data) // 3] ^= 0xFF
+    cases["flipped byte"] = bytes(flipped)
+    np.savez(tmp_path / "plain.npz", a=np.zeros(3))
+    cases["other npz"] = (tmp_path / "plain.npz").read_bytes()
+    return cases
+
+
+@pytest.mark.parametrize("case", ["truncated", "garbage", "empty", "flipped byte", "other npz"])
+def test_damaged_file_refused_unchanged(rng, tmp_path, case):
+    opt = trained(rng)
+    good = tmp_path / "good.npz"
+    opt.save(good)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(refusals(tmp_path, good)[case])
+    target = trained(rng, steps=2)
+    before = fastadam.AdamW(target.params.copy(), amsgrad=True)
+    before.load_state_dict(target.state_dict())
+    with pytest.raises(ValueError):
+        target.load(bad)
+    assert_same_state(before, target)
+
+
+def test_other_layout_refused_unchanged(rng, tmp_path):
+    opt = trained(rng)
+    opt.save(tmp_path / "opt.npz")
+    other = fastadam.AdamW(np.zeros(12, np.float32), amsgrad=True)
+    with pytest.raises(ValueError, match="shape"):
+        other.load(tmp_path / "opt.npz")
+    assert other.step_count == 0
+    not_amsgrad = fastadam.AdamW(np.zeros(37, np.float32))
+    not_amsgrad.load(tmp_path / "opt.npz")  # amsgrad comes with the hyperparameters, as in torch
+    assert not_amsgrad.hyperparameters["amsgrad"]
+
+
+def test_other_version_refused(rng, tmp_path, monkeypatch):
+    opt = trained(rng)
+    monkeypatch.setattr(checkpoint, "VERSION", 99)
+    opt.save(tmp_path / "future.npz")
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="version"):
+        opt.load(tmp_path / "future.npz")
+
+
+@pytest.mark.parametrize("failing", ["write", "rename"])
+def test_interrupted_save_leaves_the_old_file(rng, tmp_path, monkeypatch, failing):
+    opt = trained(rng)
+    path = tmp_path / "opt.npz"
+    opt.save(path)
+    old = path.read_bytes()
+    opt.step(rng.standard_normal(37).astype(np.float32))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # as if the process were stopped here
+
+    monkeypatch.setattr(np if failing == "write" else os,
+                        "savez" if failing == "write" else "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        opt.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == old
+    assert os.listdir(tmp_path) == ["opt.npz"]  # no temporary file left behind
+
+
+def test_killed_save_leaves_a_readable_file(rng, tmp_path):
+    """A process killed while it saves over and over: the file is always old or new."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "opt.npz"
+    trained(rng).save(path)
+    code = (
+        "import numpy as np, fastadam, sys\n"
+        "opt = fastadam.Adam(np.random.randn(300_000).astype(np.float32))\n"
+        "g = np.random.randn(300_000).astype(np.float32)\n"
+        "opt.step(g); opt.save(sys.argv[1]); print('saving', flush=True)\n"
+        "while True:\n"
+        "    opt.step(g); opt.save(sys.argv[1])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"saving\n"
+        for delay in rng.uniform(0.0, 0.02, 20):
+            time.sleep(delay)
+            proc.send_signal(signal.SIGSTOP)  # frozen mid-save, as a kill would leave it
+            state = checkpoint.load(path)  # never a broken file
+            assert state["state"][0]["exp_avg"].shape == (300_000,)
+            proc.send_signal(signal.SIGCONT)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert checkpoint.load(path)["state"][0]["step"] >= 1
