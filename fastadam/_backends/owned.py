@@ -6,6 +6,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .cache import disk_cached
+
 
 class Owned:
     """The memory an optimizer writes (params and state: disjoint), as sorted address
@@ -22,6 +24,7 @@ class Owned:
         return _overlap(starts, ends, self.starts, self.ends)
 
 
+@disk_cached("owned.overlap")
 @numba.njit(nogil=True)
 def _overlap(starts, ends, owned_starts, owned_ends) -> bool:
     """Whether any [start, end) range shares memory with an owned one. Those are disjoint

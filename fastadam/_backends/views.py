@@ -11,6 +11,11 @@ def as_kernel_array(a):
     return a.view(np.uint16) if a.dtype.itemsize == 2 else a
 
 
+def data_address(a: np.ndarray) -> int:
+    """The data address of a host array (kept alive by its owner while it is used)."""
+    return a.__array_interface__["data"][0]
+
+
 def kernel_views(arrays: tuple) -> tuple:
     """The arrays as kernels take them: 16-bit ones as uint16, placeholders for unused ones."""
     param, grad, m, v, v_max, comp, master = [

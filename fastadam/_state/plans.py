@@ -198,7 +198,8 @@ class OneHostArray:
     """
 
     def __init__(self, slot, num_threads: int | None) -> None:
-        self.slot, self.num_threads = slot, num_threads
+        self.slot = slot
+        self.num_threads = cpu().dense.threads_for(slot.flat.size, num_threads)
         self.shape, self.one_d = slot.array.shape, slot.array.ndim == 1
         self.views = kernel_views((slot.flat, slot.flat, *slot.state))
         self.coef = np.empty(11, compute_dtype(slot.flags.param))

@@ -24,6 +24,7 @@ from .harness import Row, all_threads
 from .plot import plot
 from .report import _header, format_table, machine
 from .sparse_suite import SPARSE_CASES, sparse_rows
+from .startup import format_startup, startup_seconds
 from .suites import call_rows, many_tensor_rows, run_case, transformer_rows
 
 
@@ -73,6 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "torch.optim.SparseAdam where torch is installed")
     p.add_argument("--no-cuda", action="store_true", help="leave the GPU out even if one is there")
     p.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
+    p.add_argument("--no-startup", action="store_true",
+                   help="leave out the first step in a new process (cold and warm cache)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -214,10 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         print("\nA 6-layer TransformerEncoder's optimizer step, against torch's fused AdamW "
               "('% roofline': % of torch fused's speed)")
         print(format_table(transformer))
+    startup = None
+    if not args.no_startup:
+        startup = startup_seconds(torch=args.peers)
+        print("\n" + format_startup(startup))
     if args.json:
         with open(args.json, "w") as f:
             records = [asdict(r) for r in rows + many + calls + transformer]
-            json.dump({"machine": info, "rows": records}, f, indent=1)
+            json.dump({"machine": info, "rows": records, "startup_s": startup}, f, indent=1)
     if args.plot:
         plot(rows, args.plot)
     return 0

@@ -4,11 +4,13 @@ arithmetic. A contender's time over theirs is its share of the memory limit."""
 
 from __future__ import annotations
 
+import inspect
 from functools import cache
 
 import numba
 from numba import prange
 
+from .._backends.cache import cached
 from .._backends.cpu.runtime import prefetch_row
 from .._backends.cpu.sparse import AHEAD
 
@@ -20,10 +22,11 @@ def memory_only_kernel(reads: int, writes: int):
 
     Pass unsigned-integer views of arrays like the step's, so the bytes are the step's.
     """
-    source = memory_only_source(reads, writes)
+    source = memory_only_source(reads, writes).replace("LOOP", "for i in prange(r0.size):")
     scope = {"prange": prange}
-    exec(source.replace("LOOP", "for i in prange(r0.size):"), scope)
-    return numba.njit(parallel=True, nogil=True)(scope["kernel"])
+    exec(source, scope)
+    return cached(numba.njit(parallel=True, nogil=True)(scope["kernel"]), "bench.memory_only",
+                  source)
 
 
 def memory_only_source(reads: int, writes: int) -> str:
@@ -56,3 +59,6 @@ def touch_rows(param, m, v, values, rows):
                 m_row[j] += g[j]
                 v_row[j] += g[j]
     return 0
+
+
+touch_rows = cached(touch_rows, "bench.touch_rows", inspect.getsource(touch_rows.py_func))

@@ -4,10 +4,12 @@ such a module): load it only where a CUDA device or the simulator is wanted."""
 
 from __future__ import annotations
 
+import inspect
 from functools import cache
 
 from numba import cuda
 
+from .._backends.cache import cached
 from .._backends.cuda.runtime import MAX_BLOCKS, launch_shape
 from .._backends.cuda.sparse import POSITIONS, ROW_THREADS
 from .roofline import memory_only_source
@@ -15,13 +17,13 @@ from .roofline import memory_only_source
 
 @cache
 def memory_only_kernel(reads: int, writes: int):
-    """The bandwidth limit on the GPU, in one launch: see ``_cpu.memory_only_kernel``."""
+    """The bandwidth limit on the GPU, in one launch: see ``roofline.memory_only_kernel``."""
     source = memory_only_source(reads, writes).replace(
         "    LOOP\n", "    i = cuda.grid(1)\n    while i < r0.size:\n")
     source += "        i += cuda.gridsize(1)\n"
     scope = {"cuda": cuda}
     exec(source, scope)
-    kernel = cuda.jit(scope["kernel"])
+    kernel = cached(cuda.jit(scope["kernel"]), "bench.memory_only_cuda", source)
 
     def run(*arrays):
         kernel[launch_shape(arrays[0].size)](*arrays)
@@ -48,6 +50,9 @@ def _touch_rows(param, m, v, values, rows):
             j += cuda.blockDim.x
         u += cuda.gridDim.x * cuda.blockDim.y
 
+
+
+_touch_rows = cached(_touch_rows, "bench.touch_rows_cuda", inspect.getsource(_touch_rows.py_func))
 
 def touch_rows_cuda(param, m, v, values, rows) -> None:
     """The memory-only pass of ``roofline.touch_rows`` on the device, for benchmarks."""

@@ -201,3 +201,20 @@ def test_sparse_grouping_kernels_compile(compile_ptx, index):
     assert "st.global.u64" in compile_ptx(sparse._merge.py_func, (keys, keys, types.int64))
     assert "atom.global.add" in compile_ptx(sparse._bad_indices.py_func,
                                             (index[::1], types.int64, types.int64[::1]))
+
+
+def test_cuda_kernels_are_cached_on_disk_per_variant(tmp_path):
+    """Every CUDA kernel gets a disk cache of its own (numba-cuda keys each entry by the
+    device's compute capability too); its files never collide with another variant's."""
+    from fastadam._backends import cache
+
+    kernels = [dense.fused_kernel(make_flags(("float32",) * 3, {})),
+               dense.fused_kernel(make_flags(("float32",) * 3, {"amsgrad": True})),
+               dense.multi_kernel(make_flags(("bfloat16", "float32", "float32"), {}), True),
+               eight_bit.fused_kernel(make_flags(("float32",) * 3, {})),
+               sparse.sparse_kernel(make_flags(("float32",) * 3, {})), memory._fill_zero]
+    if cache.directory() is None:
+        pytest.skip("caching is off here")
+    paths = {k._cache._cache_file._index_path for k in kernels}
+    assert len(paths) == len(kernels)
+    assert all(type(k._cache).__name__ == "Keyed" for k in kernels)

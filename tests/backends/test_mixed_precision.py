@@ -249,12 +249,16 @@ def test_mixed_precision_functional_state_arrays(rng, backend):
 def test_sixteen_bit_kernels_vectorize(param, f16c, state, option):
     """Every 16-bit variant of the CPU kernel is one vectorized loop: packed square roots,
     and no per-element call (float16 with Kahan once stayed a call, at 3% of the limit)."""
+    import numba
+
     from fastadam._backends.cpu import dense
     from fastadam._core.hyper import Flags
 
     flags = Flags(False, option == "amsgrad", False, False, False, option == "kahan",
                   option == "master", param, param, state)
-    kernel = dense.fused_kernel(flags, f16c)
+    cached = dense.fused_kernel(flags, f16c)
+    # A fresh compile: a kernel loaded from the disk cache has no assembly text to read.
+    kernel = numba.njit(**cached.targetoptions)(cached.py_func)
     u16 = np.zeros(64, np.uint16)
     moments = np.zeros(64, np.uint16 if state == "bfloat16" else F32)
     kernel(u16, u16.copy(), moments, moments.copy(), moments.copy(), u16.copy(),

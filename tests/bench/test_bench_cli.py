@@ -14,7 +14,7 @@ FIELDS = {"backend", "n", "dtype", "median_s", "gb_per_s", "speedup_vs_numpy", "
 
 
 def run(capsys, *args):
-    code = cli.main(["--no-progress", "--repeats", "2", *args])
+    code = cli.main(["--no-progress", "--no-startup", "--repeats", "2", *args])
     assert code == 0
     return capsys.readouterr().out
 
@@ -128,8 +128,13 @@ def test_module_entry_point():
         capture_output=True, text=True, check=True,
     )
     assert "roofline" in out.stdout and "[1/1]" in out.stderr
+    assert "First step in a new process" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "fastadam"], capture_output=True, text=True)
     assert bad.returncode == 2 and "usage" in bad.stderr
+    listed = subprocess.run([sys.executable, "-m", "fastadam", "--help"], capture_output=True,
+                            text=True)
+    assert listed.returncode == 0
+    assert all(name in listed.stdout for name in ("bench", "precompile", "cache"))
 
 
 def test_many_arrays_case(tmp_path, capsys):
@@ -199,3 +204,14 @@ def test_sparse_lookups_have_hot_rows():
     indices = sparse_suite.sparse_lookups(np.random.default_rng(0), 1_000_000, 16_384)
     assert indices.min() >= 0 and indices.max() < 1_000_000
     assert np.unique(indices).size < 0.9 * indices.size  # duplicates, as embeddings see them
+
+
+def test_first_step_in_a_new_process_cold_and_warm():
+    """The startup line: a cold cache compiles, a warm one loads; both above the floor of
+    numpy + numba + one cached kernel."""
+    from fastadam.bench import startup
+
+    s = startup.startup_seconds(torch=False, repeats=1)
+    assert s["cold"] > s["warm"] > 0 and s["floor"] > 0
+    line = startup.format_startup(s)
+    assert "cold" in line and "warm" in line and "floor" in line

@@ -1,24 +1,23 @@
 """The CPU batch plan: many arrays in one parallel region.
 
-Params and state are fixed, so their typed lists are built once; the gradients
-change every step and reach the kernel as a table of data addresses, which costs
-far less per array than any numba container, checked in one compiled read of
-their headers (``headers.py``).
+Params and state are fixed, so their table of data addresses is built once; the
+gradients change every step and reach the kernel as addresses too, which costs far
+less per array than any numba container, checked in one compiled read of their
+headers (``headers.py``).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba.typed import List
 
 from ..._core.dtypes import KINDS, compute_dtype, kind
 from ..._core.hyper import coefficients
 from ..grouping import advance, batched, chunk_table, ready_to_batch
 from ..owned import Owned
-from ..views import as_kernel_array, kernel_views
+from ..views import data_address, kernel_views
 from . import dense
 from .headers import Table
-from .runtime import address, with_threads
+from .runtime import with_threads
 
 
 class HostBatch:
@@ -28,8 +27,10 @@ class HostBatch:
         self.indices = np.array(indices, dtype=np.int64)
         self.slots = slots
         views = [kernel_views((s.flat, s.flat, *s.state)) for s in slots]
-        self.lists = [List(v[k] for v in views) for k in (0, 2, 3, 4, 5, 6)]
-        self.chunks = chunk_table([s.flat.size for s in slots])
+        self.tables = np.array([[data_address(v[k]) for v in views] for k in (0, 2, 3, 4, 5, 6)],
+                               dtype=np.int64)
+        self.sizes = np.array([s.flat.size for s in slots], dtype=np.int64)
+        self.chunks = chunk_table(self.sizes)
 
 
 class HostBatches:
@@ -45,7 +46,7 @@ class HostBatches:
         # The optimizer's memory (params and state, disjoint), sorted: no gradient may touch it.
         arrays = [a for s in slots_all for a in (s.flat, *s.state, *(s.absmax or ()))
                   if a is not None and a.size]
-        self.owned = Owned([address(as_kernel_array(a)) for a in arrays],
+        self.owned = Owned([data_address(a) for a in arrays],
                            [a.nbytes for a in arrays])
 
     def check(self, grads) -> tuple | None:
@@ -89,10 +90,8 @@ class HostBatches:
                 continue  # stepped one by one
             flags, step = ready
             coef = np.array(coefficients(h, step, grad_scale), dtype=compute_dtype(flags.param))
-            params, ms, vs, v_maxs, comps, masters = batch.lists
-            with_threads(num_threads, dense.multi_kernel(flags), params,
-                              addresses[batch.indices], ms, vs, v_maxs, comps, masters,
-                              batch.chunks, coef)
+            with_threads(num_threads, dense.multi_kernel(flags), batch.tables,
+                         addresses[batch.indices], batch.sizes, batch.chunks, coef)
             advance(batch, done)
         return done
 

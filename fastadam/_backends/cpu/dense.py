@@ -17,12 +17,19 @@ from numba import prange
 
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
+from ..cache import cached
 from ..shared import element, pointers
 from .runtime import _shares, at, converters, with_threads
 
 # Below this many elements one thread beats waking the pool: a parallel region costs
-# ~2 us on one thread and 2.3-5 us on two, about what 16K float32 elements take.
+# ~2 us on one thread and 2.3-5 us on two, about what 16K float32 elements take. Set by
+# the caller (``threads_for``): a kernel that sets its own thread count cannot be cached.
 SERIAL_BELOW = 1 << 14
+
+
+def threads_for(n: int, num_threads: int | None) -> int | None:
+    """The thread count a step of ``n`` elements runs on (None: Numba's current)."""
+    return 1 if n < SERIAL_BELOW else num_threads
 
 
 OVERLAP = 1  # the kernel's refusal: the gradient shares memory with an array it writes
@@ -50,18 +57,14 @@ def fused_kernel(flags: Flags, f16c: bool | None = None):
         if (_shares(grad, param) or _shares(grad, m) or _shares(grad, v)
                 or _shares(grad, v_max) or _shares(grad, comp) or _shares(grad, master)):
             return OVERLAP
-        threads = numba.get_num_threads()
-        if param.size < SERIAL_BELOW:
-            numba.set_num_threads(1)
         c0, c1, c2, c3, c4, c5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
         c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]
         for i in prange(param.size):
             update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7,
                    c8, c9, c10)
-        numba.set_num_threads(threads)
         return 0
 
-    return kernel
+    return cached(kernel, "cpu.fused_kernel", flags, f16c)
 
 
 @cache
@@ -78,13 +81,14 @@ def nonfinite_kernel(grad_kind: str):
                 bad += 1
         return bad
 
-    return count
+    return cached(count, "cpu.nonfinite_kernel", grad_kind)
 
 
 def adam_step_cpu(arrays: tuple, flags: Flags, coef: np.ndarray, num_threads: int | None) -> None:
     """Run the fused kernel on ``(param, grad, m, v, v_max, comp, master)`` kernel views
     (checked: none overlaps another)."""
-    if with_threads(num_threads, fused_kernel(flags), *arrays, coef) == OVERLAP:
+    threads = threads_for(arrays[0].size, num_threads)
+    if with_threads(threads, fused_kernel(flags), *arrays, coef) == OVERLAP:
         raise ValueError("grad overlaps an array the step writes")  # checked before: a bug
 
 
@@ -97,34 +101,39 @@ def count_nonfinite(grad, grad_kind: str, num_threads: int | None) -> int:
 def multi_kernel(flags: Flags):
     """One parallel region over many arrays of one option set and dtypes.
 
-    ``kernel(params, grad_addresses, m, v, v_max, comp, master, chunks, coef)``:
-    typed lists of 1-D kernel views (placeholder lists where an option is off),
-    the gradients' data addresses (laid out like ``params``), and ``chunks``, rows
-    of (array index, start, stop) that split the work evenly across threads.
+    ``kernel(tables, grad_addresses, sizes, chunks, coef)``: ``tables`` rows hold the
+    data addresses of (param, m, v, v_max, comp, master) per array (a placeholder's
+    where an option is off), ``grad_addresses`` the gradients', ``sizes`` the arrays'
+    elements, and ``chunks`` rows of (array index, start, stop) that split the work
+    evenly across threads. Addresses, not numba containers: nothing to build per process.
     """
     # Inlined by Numba itself: an inner range loop around a call stays scalar.
     update = element.make(numba.njit(inline="always"), flags,
                            converters(compute_dtype(flags.param)))
 
-    grad_t = pointers.pointee(flags.grad)
+    param_t, grad_t, state_t = map(pointers.pointee, (flags.param, flags.grad, flags.state))
+    master_t = np.float32
 
     @numba.njit(parallel=True, nogil=True)
-    def kernel(params, grad_addresses, ms, vs, v_maxs, comps, masters, chunks, coef):
+    def kernel(tables, grad_addresses, sizes, chunks, coef):
         c0, c1, c2, c3, c4, c5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
         c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]
         for c in prange(chunks.shape[0]):
             t, start, stop = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-            size = params[t].size
-            grad = numba.carray(at(grad_addresses[t], grad_t), size)[start:stop]
+            size = sizes[t]
             # Slices, so that the loop index starts at 0: LLVM then vectorizes it.
-            param, m, v = params[t][start:stop], ms[t][start:stop], vs[t][start:stop]
-            v_max, comp = v_maxs[t][start:stop], comps[t][start:stop]
-            master = masters[t][start:stop]
+            grad = numba.carray(at(grad_addresses[t], grad_t), size)[start:stop]
+            param = numba.carray(at(tables[0, t], param_t), size)[start:stop]
+            m = numba.carray(at(tables[1, t], state_t), size)[start:stop]
+            v = numba.carray(at(tables[2, t], state_t), size)[start:stop]
+            v_max = numba.carray(at(tables[3, t], state_t), size)[start:stop]
+            comp = numba.carray(at(tables[4, t], param_t), size)[start:stop]
+            master = numba.carray(at(tables[5, t], master_t), size)[start:stop]
             for i in range(stop - start):
                 update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6,
                        c7, c8, c9, c10)
 
-    return kernel
+    return cached(kernel, "cpu.multi_kernel", flags)
 
 
 @cache
@@ -146,4 +155,4 @@ def multi_nonfinite_kernel(grad_kind: str):
                     bad += 1
         return bad
 
-    return count
+    return cached(count, "cpu.multi_nonfinite_kernel", grad_kind)

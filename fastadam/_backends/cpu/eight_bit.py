@@ -18,6 +18,7 @@ from numba import prange
 from ..._core import quant8
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
+from ..cache import cached
 from ..shared import element
 from ..shared.codes import element_functions
 from .runtime import _bits_from_f32, _f32_from_bits, _shares, converters, with_threads
@@ -117,7 +118,7 @@ def fused_kernel(flags: Flags):
                             False)
         return 0
 
-    return kernel
+    return cached(kernel, "cpu.eight_bit.fused_kernel", flags)
 
 
 def adam_step_8bit_cpu(arrays: tuple, flags: Flags, coef: np.ndarray,

@@ -23,6 +23,7 @@ from functools import cache
 import numba
 import numpy as np
 
+from ..cache import disk_cached
 from .runtime import at
 
 _HEAD = object.__basicsize__  # sizeof(PyObject): ob_type is its last field
@@ -38,6 +39,7 @@ def _read(address, value_class):
     return at(address, value_class)[0]
 
 
+@disk_cached("cpu.headers.check_arrays")
 @numba.njit(nogil=True)
 def check_arrays(ids, ndarray_type, descrs, shapes, shape_starts, addresses, codes):
     """Check arrays given by object address against expected shapes and dtypes.

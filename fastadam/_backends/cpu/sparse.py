@@ -19,6 +19,7 @@ from numba import prange
 
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
+from ..cache import cached, disk_cached
 from ..shared import element
 from .runtime import converters, prefetch_row
 
@@ -28,6 +29,7 @@ RADIX_BITS = 11  # a 2048-entry histogram: in L1
 RADIX = 1 << RADIX_BITS
 
 
+@disk_cached("cpu.sparse.group_rows")
 @numba.njit(nogil=True)
 def group_rows(indices, rows, scratch):
     """(order, starts): ``indices[order]`` ascending, a row's lookups in their order (a
@@ -121,4 +123,4 @@ def sparse_kernel(flags: Flags):
                            one_minus_beta2, eps, neg_step)
         return 0
 
-    return kernel
+    return cached(kernel, "cpu.sparse.sparse_kernel", flags)

@@ -17,6 +17,7 @@ from numba import cuda
 from ..._core import hyper
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
+from ..cache import cached, disk_cached
 from ..shared import element, pointers
 from .memory import _fill_zero
 from .runtime import (
@@ -79,7 +80,7 @@ def fused_kernel(flags: Flags, counted: bool = False):
             run(param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7, c8,
                 c9, c10)
 
-        return kernel
+        return cached(kernel, "cuda.fused_kernel", flags, counted)
 
     coefficients = _counted_coefficients(flags)
 
@@ -92,7 +93,7 @@ def fused_kernel(flags: Flags, counted: bool = False):
         run(param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
             c10)
 
-    return counted_kernel
+    return cached(counted_kernel, "cuda.fused_kernel", flags, counted)
 
 
 @cache
@@ -130,7 +131,7 @@ def multi_kernel(flags: Flags, counted: bool = False):
         def kernel(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
             run(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10)
 
-        return kernel
+        return cached(kernel, "cuda.multi_kernel", flags, counted)
 
     coefficients = _counted_coefficients(flags)
 
@@ -142,7 +143,7 @@ def multi_kernel(flags: Flags, counted: bool = False):
         c4, c5, c6, c7 = coefficients(count, lr, beta1, beta2, eps, eps_root, bias_correction)
         run(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10)
 
-    return counted_kernel
+    return cached(counted_kernel, "cuda.multi_kernel", flags, counted)
 
 
 @cache
@@ -160,7 +161,7 @@ def nonfinite_kernel(grad_kind: str):
                 flag[0] = 1
             i += stride
 
-    return kernel
+    return cached(kernel, "cuda.nonfinite_kernel", grad_kind)
 
 
 def adam_step_cuda(arrays: tuple, flags: Flags, coefficients: tuple[float, ...], stream) -> None:
@@ -170,6 +171,7 @@ def adam_step_cuda(arrays: tuple, flags: Flags, coefficients: tuple[float, ...],
     fused_kernel(flags)[blocks, threads, stream](*arrays, *(scalar(c) for c in coefficients))
 
 
+@disk_cached("cuda.advance")
 @cuda.jit
 def _advance(count, found):
     if cuda.grid(1) == 0 and found[0] == 0:

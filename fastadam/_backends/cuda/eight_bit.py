@@ -19,6 +19,7 @@ from numba import cuda
 from ..._core import quant8
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
+from ..cache import cached
 from ..shared import element, pointers
 from ..shared.codes import element_functions
 from .dense import _counted_coefficients, counted_scalars
@@ -142,7 +143,7 @@ def fused_kernel(flags: Flags, counted: bool = False):
                 comp, master, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3, c4, c5, c6,
                 c7, c8, c9, c10)
 
-        return kernel
+        return cached(kernel, "cuda.eight_bit.fused_kernel", flags, counted)
 
     coefficients = _counted_coefficients(flags)
 
@@ -158,7 +159,7 @@ def fused_kernel(flags: Flags, counted: bool = False):
             master, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
             c10)
 
-    return counted_kernel
+    return cached(counted_kernel, "cuda.eight_bit.fused_kernel", flags, counted)
 
 
 @cache
@@ -216,7 +217,7 @@ def multi_kernel(flags: Flags, counted: bool = False):
             run(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries, c0, c1, c2,
                 c3, c4, c5, c6, c7, c8, c9, c10)
 
-        return kernel
+        return cached(kernel, "cuda.eight_bit.multi_kernel", flags, counted)
 
     coefficients = _counted_coefficients(flags)
 
@@ -230,7 +231,7 @@ def multi_kernel(flags: Flags, counted: bool = False):
         run(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3,
             c4, c5, c6, c7, c8, c9, c10)
 
-    return counted_kernel
+    return cached(counted_kernel, "cuda.eight_bit.multi_kernel", flags, counted)
 
 
 @cache

@@ -8,9 +8,11 @@ from functools import cache
 import numpy as np
 from numba import cuda
 
+from ..cache import cached, disk_cached
 from .runtime import converters, launch_shape
 
 
+@disk_cached("cuda.fill_zero")
 @cuda.jit
 def _fill_zero(a):
     i = cuda.grid(1)
@@ -34,7 +36,7 @@ def widen_kernel(kind: str):
             out[i] = load(source[i])
             i += stride
 
-    return kernel
+    return cached(kernel, "cuda.widen_kernel", kind)
 
 
 def _unsigned(dtype) -> np.dtype:

@@ -19,6 +19,7 @@ from numba import cuda
 
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
+from ..cache import cached, disk_cached
 from ..shared import element
 from .runtime import MAX_BLOCKS, SIMULATOR, _device, converters, launch_shape
 
@@ -28,6 +29,7 @@ _LOW = np.uint64(0xFFFFFFFF)
 _SHIFT = np.uint64(32)
 
 
+@disk_cached("cuda.sparse.bad_indices")
 @cuda.jit
 def _bad_indices(indices, rows, found):
     """found[0]: how many indices are outside [0, rows); found[1]: one of them."""
@@ -52,6 +54,7 @@ def check_indices(indices, rows: int, stream) -> None:
         raise ValueError(f"indices must be in [0, {rows}) (param's rows); found {bad}")
 
 
+@disk_cached("cuda.sparse.keys")
 @cuda.jit
 def _keys(indices, keys):
     k = cuda.grid(1)
@@ -72,6 +75,7 @@ def _lower_bound(keys, lo, hi, key):
     return lo
 
 
+@disk_cached("cuda.sparse.merge")
 @cuda.jit
 def _merge(source, out, width):
     """Merge each pair of sorted runs of ``width`` keys of ``source`` into ``out``."""
@@ -136,7 +140,7 @@ def sparse_kernel(flags: Flags):
                     j += cuda.blockDim.x
             i += cuda.gridDim.x * cuda.blockDim.y
 
-    return kernel
+    return cached(kernel, "cuda.sparse.sparse_kernel", flags)
 
 
 def sparse_step(tables: tuple, indices, values, flags: Flags, coef: tuple, stream) -> None:
