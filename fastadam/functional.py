@@ -1,6 +1,9 @@
-"""The functional core: one Adam/AdamW update on caller-owned arrays."""
+"""The functional core: one Adam/AdamW update on caller-owned arrays, and the global
+gradient norm that clipping needs."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -12,6 +15,7 @@ from ._backends.dispatch import (
     prepare_sparse,
     resolve,
     step_flags,
+    sum_of_squares,
 )
 from ._core import array_checks, checks
 from ._core.hyper import hyper
@@ -224,3 +228,31 @@ def sparse_adam_step(
                                         master_params)
     prepare_sparse(kind, arrays, cuda_stream)
     apply_sparse(kind, arrays, h, step, num_threads=threads, stream=cuda_stream)
+
+
+def grad_norm(grads, *, num_threads: int | None = None, stream=None) -> float:
+    """The global L2 norm of ``grads`` (an array, or a list of arrays of any float dtypes
+    and shapes; host NumPy arrays or GPU arrays, all in one place), as
+    ``torch.nn.utils.clip_grad_norm_`` computes it, in one fused read (float64 sums, in
+    an order fixed whatever the thread count: the same bits every time). NaN or inf when
+    an element is. On the GPU ``stream`` is the CUDA stream to read on, and the result is
+    read back (a wait).
+
+    To clip in the functional API, fold the coefficient into the step's loss scale::
+
+        norm = fastadam.grad_norm(grads)
+        coef = min(1.0, max_norm / (norm + 1e-6))
+        fastadam.adam_step(param, grad, m, v, step=t, grad_scale=1.0 / coef)  # coef > 0
+    """
+    arrays = [grads] if not isinstance(grads, (list, tuple)) else list(grads)
+    if not arrays:
+        return 0.0
+    kind = resolve("auto", arrays[0])
+    device = kind == "cuda"
+    checked = [(array_checks.device_array if device else array_checks.host_array)(
+        "grads" if len(arrays) == 1 and not isinstance(grads, (list, tuple)) else f"grads[{i}]",
+        a, writable=False) for i, a in enumerate(arrays)]
+    threads = checks.num_threads(num_threads)
+    cuda_stream = checks.stream(stream, kind)
+    return math.sqrt(sum_of_squares(kind, [a.reshape(-1) for a in checked],
+                                    num_threads=threads, stream=cuda_stream))

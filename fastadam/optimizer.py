@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._backends.dispatch import resolve
+from ._backends.shared.convert import rounding_key
 from ._core import array_checks, checks
 from ._core.gpu import is_device
 from ._state import checkpoint as _checkpoint
@@ -56,9 +57,23 @@ class Adam:
       block (``absmax1`` ...) and the maps (``qmap1``, ``qmap2``), bitsandbytes'
       names; 32-bit moments load into it quantized, and its state into a 32-bit
       optimizer decoded.
+    - ``stochastic_rounding`` (with ``seed``): 16-bit params are rounded up or down with
+      probability proportional to the distance, unbiased, with no compensation buffer
+      and no master copy (2 bytes per param fewer than Kahan summation, which stays the
+      default). The random bits come from a counter-based hash of (seed, params array,
+      step, element): the same for any thread count and on the GPU as on the CPU; the
+      seed travels in the state_dict. Excludes ``kahan_summation=True`` and
+      ``master_weights=True``.
     - ``skip_nonfinite``: a step whose gradient holds NaN or inf changes nothing
       and ``step`` returns False. It costs one extra read of the gradient (on
       the GPU also a wait for the result).
+    - ``max_grad_norm``: clip the gradients by their global norm first, exactly as
+      ``torch.nn.utils.clip_grad_norm_(all params, max_grad_norm)`` followed by the
+      step: the coefficient ``min(1, max_grad_norm / (norm + 1e-6))`` over the norm
+      of the gradients after ``grad_scale`` unscales them. One extra read of the
+      gradients (shared with ``skip_nonfinite``'s check, which then skips a step
+      whose norm is NaN or inf); the coefficient joins the step's gradient scale, so
+      the gradients are never written. ``grad_norm`` holds the norm before clipping.
 
     ``lr`` may be set between steps (schedules). ``state_dict()`` and
     ``load_state_dict()`` use plain NumPy arrays and numbers, laid out as torch's.
@@ -86,6 +101,9 @@ class Adam:
         kahan_summation: bool | None = None,
         master_weights: bool = False,
         skip_nonfinite: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
+        max_grad_norm: float | None = None,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
@@ -97,24 +115,37 @@ class Adam:
         self._backend = resolve(checks.backend(backend), specs[0]["params"][0])
         self._num_threads = checks.num_threads(num_threads)
         self._skip_nonfinite = checks.flag("skip_nonfinite", skip_nonfinite)
-        options = self._options = Options(state_dtype, kahan_summation, master_weights)
+        self._max_grad_norm = checks.max_grad_norm(max_grad_norm)
+        options = self._options = Options(state_dtype, kahan_summation, master_weights,
+                                          stochastic_rounding, seed)
         arrays = [a for spec in specs for a in spec["params"]]
         names = ["params"] if self._single else [f"params[{i}]" for i in range(len(arrays))]
         views = [self._checked(name, a) for name, a in zip(names, arrays)]
         array_checks.disjoint(dict(zip(names, views)))
+        options.check_params(views)
         self._groups, it = [], iter(views)
         for h, spec in zip(hypers, specs):
             self._groups.append(
                 (h, [Slot.new(next(it), h, self._backend, options) for _ in spec["params"]]))
         self._slots = [slot for _, group in self._groups for slot in group]
+        self._seed(options.seed)
         self.params = params if self._single else arrays
         self._adopted = False
         self._replan()
 
+    def _seed(self, seed: int) -> None:
+        """Give every params array its rounding key under ``seed``."""
+        self._options.seed = seed
+        for i, slot in enumerate(self._slots):
+            slot.key = rounding_key(seed, i)
+
     def _replan(self) -> None:
+        norm = getattr(getattr(self, "_plans", None), "grad_norm", None)
         self._plans = Plans(self._groups, self._slots, single=self._single,
                             backend=self._backend, num_threads=self._num_threads,
-                            skip_nonfinite=self._skip_nonfinite, adopted=self._adopted)
+                            skip_nonfinite=self._skip_nonfinite, adopted=self._adopted,
+                            max_grad_norm=self._max_grad_norm)
+        self._plans.grad_norm = norm
 
     def _checked(self, name: str, array):
         if self._backend == "cuda":
@@ -179,7 +210,17 @@ class Adam:
             "kahan_summation": flags.kahan,
             "master_weights": flags.master,
             "skip_nonfinite": self._skip_nonfinite,
+            "stochastic_rounding": flags.stochastic,
+            "seed": self._options.seed,
+            "max_grad_norm": self._max_grad_norm,
         }
+
+    @property
+    def grad_norm(self) -> float | None:
+        """With ``max_grad_norm``: the total norm of the last step's gradients, before
+        clipping (after ``grad_scale``; NaN or inf where one held NaN or inf). None
+        before the first step and without clipping."""
+        return self._plans.grad_norm
 
     # --- stepping -----------------------------------------------------------
 
@@ -197,6 +238,11 @@ class Adam:
         refused step (bad arguments) raises and changes nothing.
         """
         return self._plans.step(grads, grad_scale, stream)
+
+    def _step_prescaled(self, grads, grad_scale: float | None, stream=None) -> bool:
+        """``step`` with a loss scale already worked out by a wrapper (the sharded step's,
+        with its clip coefficient: it may be inf, or NaN as torch's clip makes it)."""
+        return self._plans.step(grads, grad_scale, stream, prescaled=True)
 
     def _step_addresses(self, kinds: list, addresses: np.ndarray, stream=None) -> bool:
         """For wrappers that check GPU gradients themselves (``fastadam.torch``): step with
@@ -217,10 +263,13 @@ class Adam:
 
         Moments are copied and cast to this optimizer's state dtypes. The layout
         (groups, params, shapes) and the options (``kahan_summation``,
-        ``master_weights``) must match this optimizer's.
+        ``master_weights``, ``stochastic_rounding``) must match this optimizer's; a
+        ``seed`` in the state_dict becomes this optimizer's, so that a resumed run
+        draws the bits it would have drawn.
         """
         hypers, loaded = _state_dict.checked(state_dict, self._groups, self._slots,
                                              self.param_groups, self.options, self._backend)
+        seed = _state_dict.seed_of(state_dict, self._options.seed)
         if self._plans.steps is not None and len({step for step, *_ in loaded}) > 1:
             raise ValueError("state_dict['state'] entries differ in 'step'; on the GPU with "
                              "skip_nonfinite the optimizer keeps one step count")
@@ -229,6 +278,7 @@ class Adam:
         slot_hypers = [h for h, slots in self._groups for _ in slots]
         for slot, h, (step, arrays, absmax) in zip(self._slots, slot_hypers, loaded):
             slot.restore(h, step, arrays, absmax)
+        self._seed(seed)
         self._replan()
 
     def _adopt_state(self, steps: list[int], moments: list[tuple]) -> None:

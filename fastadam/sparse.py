@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from ._backends.dispatch import apply_sparse, prepare_sparse, resolve
+from ._backends.shared.convert import rounding_key
 from ._core import array_checks, checks
 from ._core.hyper import hyper
 from ._state import checkpoint as _checkpoint
 from ._state.slots import EIGHT_BIT, Options, Slot
 
-_OPTION_KEYS = ("state_dtype", "kahan_summation", "master_weights")
+_OPTION_KEYS = ("state_dtype", "kahan_summation", "master_weights", "stochastic_rounding")
 
 
 class SparseAdam:
@@ -26,9 +27,10 @@ class SparseAdam:
     empty one included: exactly torch's SparseAdam (see
     :func:`fastadam.sparse_adam_step`). The table may be float16, bfloat16
     (ml_dtypes), float32 or float64, a NumPy array or a GPU array. For 16-bit
-    tables ``state_dtype``, ``kahan_summation`` and ``master_weights`` are as in
-    :class:`fastadam.Adam`; the 8-bit state format does not apply (its blocks of
-    256 would span rows that a step does not touch).
+    tables ``state_dtype``, ``kahan_summation``, ``master_weights`` and
+    ``stochastic_rounding`` (with ``seed``; the bits of an element are drawn by its
+    position in the table) are as in :class:`fastadam.Adam`; the 8-bit state format does
+    not apply (its blocks of 256 would span rows that a step does not touch).
     """
 
     def __init__(
@@ -44,6 +46,8 @@ class SparseAdam:
         state_dtype=None,
         kahan_summation: bool | None = None,
         master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
     ) -> None:
         self._h = hyper(lr, betas, eps, 0.0, False, False, maximize)
         self._backend = resolve(checks.backend(backend), table)
@@ -51,14 +55,17 @@ class SparseAdam:
         if isinstance(state_dtype, str) and state_dtype == EIGHT_BIT:
             raise ValueError("state_dtype='8bit' does not apply to the row-sparse step: a "
                              "block of 256 spans rows it does not touch")
-        self._options = Options(state_dtype, kahan_summation, master_weights)
+        self._options = Options(state_dtype, kahan_summation, master_weights,
+                                stochastic_rounding, seed)
         device = self._backend == "cuda"
         table = (array_checks.device_array if device else array_checks.host_array)("table", table,
                                                                       writable=True)
         if table.ndim != 2:
             raise ValueError(f"table must be a (rows, dim) array, got shape {table.shape}")
+        self._options.check_params([table])
         self.table = table
         self._slot = Slot.new(table, self._h, self._backend, self._options)
+        self._slot.key = rounding_key(self._options.seed, 0)
 
     # --- hyperparameters ----------------------------------------------------
 
@@ -88,7 +95,8 @@ class SparseAdam:
         """What the state holds: fixed at construction."""
         flags = self._slot.flags
         return {"state_dtype": self._slot.state_dtype.name, "kahan_summation": flags.kahan,
-                "master_weights": flags.master}
+                "master_weights": flags.master, "stochastic_rounding": flags.stochastic,
+                "seed": self._options.seed}
 
     def _tables(self) -> list:
         """The state arrays as tables of the table's shape (None where off)."""
@@ -109,7 +117,8 @@ class SparseAdam:
                                             master)
         prepare_sparse(kind, arrays, cuda_stream)
         apply_sparse(kind, arrays, self._h, self._slot.step + 1,
-                     num_threads=self._num_threads, stream=cuda_stream)
+                     num_threads=self._num_threads, stream=cuda_stream,
+                     stochastic=self._slot.flags.stochastic, key=self._slot.key)
         self._slot.step += 1
 
     # --- state --------------------------------------------------------------
@@ -146,12 +155,17 @@ class SparseAdam:
         if not isinstance(state, dict) or set(state) - {0} or not all(
                 isinstance(e, dict) for e in state.values()):
             raise ValueError("state_dict['state'] must be {} or {0: {...}}")
+        try:
+            seed = checks.seed(group.get("seed", self._options.seed))
+        except TypeError as e:
+            raise TypeError(f"state_dict['param_groups'][0]: {e}") from e
         if state:
             step, arrays, _ = self._slot.loaded(0, state[0], h, self._backend)
         else:  # torch's before its first step: fresh state
             step, arrays = 0, Slot.new(self.table, h, self._backend, self._options).state
         self._h = h
         self._slot.restore(h, step, arrays, None)
+        self._options.seed, self._slot.key = seed, rounding_key(seed, 0)
 
     def save(self, path) -> None:
         """Write ``state_dict()`` to one ``.npz`` file with a format version, atomically."""

@@ -17,7 +17,8 @@ from .._core.dtypes import compute_dtype, kind
 from .._core.gpu import is_device
 from .._core.hyper import Flags, Hyper, coefficients, flags
 from .reference import adam_step_8bit_numpy, adam_step_numpy, sparse_adam_step_numpy
-from .views import as_kernel_array, kernel_views
+from .shared.convert import noise_of
+from .views import as_kernel_array, data_address, kernel_views
 
 _loaded: dict = {}
 
@@ -26,11 +27,11 @@ def cpu() -> SimpleNamespace:
     """The CPU backend's entry points (numba loads here, on the first CPU step)."""
     found = _loaded.get("cpu")
     if found is None:
-        from .cpu import batches, dense, eight_bit, runtime, sparse  # numba: on first use
+        from .cpu import batches, dense, eight_bit, norm, runtime, sparse  # numba: first use
 
         found = _loaded["cpu"] = SimpleNamespace(batches=batches, dense=dense,
-                                                 eight_bit=eight_bit, runtime=runtime,
-                                                 sparse=sparse)
+                                                 eight_bit=eight_bit, norm=norm,
+                                                 runtime=runtime, sparse=sparse)
     return found
 
 
@@ -39,7 +40,7 @@ def cuda() -> SimpleNamespace:
     found = _loaded.get("cuda")
     if found is None:
         try:  # numba-cuda is optional
-            from .cuda import batches, dense, eight_bit, memory, runtime, sparse  # numba.cuda
+            from .cuda import batches, dense, eight_bit, memory, norm, runtime, sparse  # cuda
         except ImportError as e:
             raise ImportError(
                 "backend='cuda' needs numba-cuda: pip install 'fastadam[cuda]'"
@@ -48,7 +49,7 @@ def cuda() -> SimpleNamespace:
             raise RuntimeError("backend='cuda' needs an NVIDIA GPU and driver; none was found")
         found = _loaded["cuda"] = SimpleNamespace(batches=batches, dense=dense,
                                                   eight_bit=eight_bit, memory=memory,
-                                                  runtime=runtime, sparse=sparse)
+                                                  norm=norm, runtime=runtime, sparse=sparse)
     return found
 
 
@@ -68,36 +69,45 @@ def resolve(backend: str, param) -> str:
     return backend
 
 
-def step_flags(h: Hyper, arrays: tuple) -> Flags:
+def step_flags(h: Hyper, arrays: tuple, stochastic: bool = False) -> Flags:
     """The kernel flags for validated ``(param, grad, m, v, v_max, comp, master)``."""
     param, grad, m = arrays[:3]
     return flags(h, kind(param.dtype), kind(grad.dtype), kind(m.dtype),
-                 kahan=arrays[5] is not None, master=arrays[6] is not None)
+                 kahan=arrays[5] is not None, master=arrays[6] is not None,
+                 stochastic=stochastic)
 
 
 def apply(backend: str, arrays: tuple, h: Hyper, flags: Flags, step: int, *,
-          grad_scale: float | None = None, num_threads: int | None = None, stream=None) -> None:
+          grad_scale: float | None = None, num_threads: int | None = None, stream=None,
+          key: int = 0) -> None:
     """One update in place with a concrete backend.
 
     ``arrays`` is ``(param, grad, m, v, v_max, comp, master)``, validated and 1-D;
-    ``flags`` is ``step_flags(h, arrays)``.
+    ``flags`` is ``step_flags(h, arrays)``; ``key``, with ``flags.stochastic``, the
+    params' rounding key (``convert.rounding_key``): with the step, their random bits.
     """
     if arrays[0].size == 0:
         return
     if backend == "numpy":
-        adam_step_numpy(*arrays, h, step, grad_scale)
+        adam_step_numpy(*arrays, h, step, grad_scale, noise=_noise(flags, key, step))
         return
     coef = coefficients(h, step, grad_scale)
     if backend == "cpu":
         coef = np.array(coef, dtype=compute_dtype(flags.param))
-        cpu().dense.adam_step_cpu(kernel_views(arrays), flags, coef, num_threads)
+        cpu().dense.adam_step_cpu(kernel_views(arrays), flags, coef, num_threads,
+                                  _noise(flags, key, step) or 0)
     else:
-        cuda().dense.adam_step_cuda(kernel_views(arrays), flags, coef, stream)
+        cuda().dense.adam_step_cuda(kernel_views(arrays), flags, coef, stream, key, step)
+
+
+def _noise(flags: Flags, key: int, step: int) -> int | None:
+    """The params' random bits at ``step`` with stochastic rounding, else None."""
+    return noise_of(key, step) if flags.stochastic else None
 
 
 def apply_8bit(backend: str, arrays: tuple, codes: tuple, absmax: tuple, h: Hyper,
                flags: Flags, step: int, *, grad_scale: float | None = None,
-               num_threads: int | None = None, stream=None, steps=None) -> None:
+               num_threads: int | None = None, stream=None, steps=None, key: int = 0) -> None:
     """One update with 8-bit moments: ``arrays`` is ``(param, grad, comp, master)`` and
     ``codes``/``absmax`` are (m, v, v_max), all validated and 1-D; ``flags`` is
     ``step_flags`` with the moments' compute kind as the state kind. ``steps``: on the
@@ -107,7 +117,7 @@ def apply_8bit(backend: str, arrays: tuple, codes: tuple, absmax: tuple, h: Hype
     param, grad, comp, master = arrays
     if backend == "numpy":
         adam_step_8bit_numpy(param, grad, list(codes), list(absmax), comp, master, h, step,
-                             grad_scale)
+                             grad_scale, noise=_noise(flags, key, step))
         return
     views = kernel_views((param, grad, param, param, None, comp, master))
     m, v = codes[0], codes[1]
@@ -118,13 +128,15 @@ def apply_8bit(backend: str, arrays: tuple, codes: tuple, absmax: tuple, h: Hype
     if backend == "cuda":
         eight_bit = cuda().eight_bit
         if steps is not None:
-            eight_bit.adam_step_8bit_cuda_counted(arrays, flags, h, grad_scale, steps, stream)
+            eight_bit.adam_step_8bit_cuda_counted(arrays, flags, h, grad_scale, steps, stream,
+                                                  key)
         else:
             eight_bit.adam_step_8bit_cuda(arrays, flags, coefficients(h, step, grad_scale),
-                                          stream)
+                                          stream, key, step)
         return
     coef = np.array(coefficients(h, step, grad_scale), dtype=compute_dtype(flags.param))
-    cpu().eight_bit.adam_step_8bit_cpu(arrays, flags, coef, num_threads)
+    cpu().eight_bit.adam_step_8bit_cpu(arrays, flags, coef, num_threads,
+                                       _noise(flags, key, step) or 0)
 
 
 def prepare_sparse(backend: str, arrays: tuple, stream=None) -> None:
@@ -137,37 +149,43 @@ def prepare_sparse(backend: str, arrays: tuple, stream=None) -> None:
 
 
 def apply_sparse(backend: str, arrays: tuple, h: Hyper, step: int, *,
-                 num_threads: int | None = None, stream=None) -> None:
+                 num_threads: int | None = None, stream=None, stochastic: bool = False,
+                 key: int = 0) -> None:
     """One row-sparse update (``torch.optim.SparseAdam``'s) on validated
-    ``(param, indices, values, m, v, comp, master)``."""
+    ``(param, indices, values, m, v, comp, master)``; with ``stochastic``, the params
+    rounded stochastically by the bits of rounding ``key`` at this step."""
     param, indices, values, m, v, comp, master = arrays
     if indices.size == 0:
         return
     step_size = h.lr * math.sqrt(1 - h.beta2**step) / (1 - h.beta1**step)
     if backend == "numpy":
-        sparse_adam_step_numpy(param, indices, values, m, v, comp, master, h, step_size)
+        sparse_adam_step_numpy(param, indices, values, m, v, comp, master, h, step_size,
+                               noise=noise_of(key, step) if stochastic else None)
         return
     compute = compute_dtype(kind(param.dtype))
     coef = (1 - h.beta1, 1 - h.beta2, h.eps, -step_size)
     dense_layout = (param, values, m, v, None, comp, master)  # values in grad's place
-    f = step_flags(h, dense_layout)
+    f = step_flags(h, dense_layout, stochastic)
     p, g, m, v, _, comp, master = kernel_views(dense_layout)
     tables = (p, m, v, comp, master)
     if backend == "cuda":
         cuda().sparse.sparse_step(tables, indices, g, f,
-                                tuple(np.dtype(compute).type(c) for c in coef), stream)
+                                tuple(np.dtype(compute).type(c) for c in coef), stream, key,
+                                step)
         return
     sparse = cpu().sparse
     order, starts = sparse.group_rows(indices, param.shape[0], sparse.scratch(indices.size))
     cpu().runtime.with_threads(num_threads, sparse.sparse_kernel(f), *tables, indices, order,
-                               starts, g, np.array(coef, dtype=compute))
+                               starts, g, np.array(coef, dtype=compute),
+                               np.uint32(noise_of(key, step) if stochastic else 0))
 
 
-def flags_8bit(h: Hyper, param, grad, kahan: bool, master: bool) -> Flags:
+def flags_8bit(h: Hyper, param, grad, kahan: bool, master: bool,
+               stochastic: bool = False) -> Flags:
     """The kernel flags of an 8-bit step: the moments decode to the compute kind."""
     param_kind = kind(param.dtype)
     return flags(h, param_kind, kind(grad.dtype), compute_dtype(param_kind), kahan=kahan,
-                 master=master)
+                 master=master, stochastic=stochastic)
 
 
 def all_finite(backend: str, grads: list, *, num_threads=None, stream=None) -> bool:
@@ -181,6 +199,25 @@ def all_finite(backend: str, grads: list, *, num_threads=None, stream=None) -> b
         dense = cpu().dense
         return all(dense.count_nonfinite(v, k, num_threads) == 0 for v, k in views)
     return cuda().dense.count_nonfinite(views, stream) == 0
+
+
+def sum_of_squares(backend: str, grads: list, *, num_threads=None, stream=None):
+    """The float64 sum of the squares of every element of the gradients (validated, 1-D),
+    in one read of each: NaN or inf where an element is. A float on the host (on the GPU
+    read back: a wait)."""
+    grads = [g for g in grads if g.size]
+    if not grads:
+        return 0.0
+    if backend == "numpy":
+        return float(sum(np.sum(np.square(g.astype(np.float64))) for g in grads))
+    if backend == "cpu":
+        addresses = np.array([data_address(g) for g in grads], dtype=np.int64)
+        sizes = np.array([g.size for g in grads], dtype=np.int64)
+        return cpu().norm.sum_of_squares(addresses, sizes, [kind(g.dtype) for g in grads],
+                                         num_threads)
+    total = cuda().norm.sum_of_squares([(as_kernel_array(g), kind(g.dtype)) for g in grads],
+                                       stream)
+    return float(total.copy_to_host(stream=stream)[0])  # a wait: the clip needs it here
 
 
 def zeros(backend: str, n: int, dtype):

@@ -3,7 +3,8 @@
 Written as the textbook formulas read, one array expression per line: each line
 is a pass over memory and most allocate a temporary. That is the point.
 Arithmetic is float32 (float64 for float64 params); 16-bit arrays are converted
-on the way in and rounded to nearest even on the way out.
+on the way in and rounded to nearest even on the way out, or stochastically by the
+same counter-based bits as the kernels (``stochastic_round``).
 """
 
 from __future__ import annotations
@@ -11,12 +12,48 @@ from __future__ import annotations
 import numpy as np
 
 from .._core import quant8
+from .._core.dtypes import numpy_dtype
 from .._core.hyper import Hyper
+from .shared.convert import mix32_array
+
+
+def random_bits(noise: int, index: np.ndarray) -> np.ndarray:
+    """The kernels' ``random(noise, index)`` for an array of element indices."""
+    index = np.asarray(index, dtype=np.uint64)
+    low = (index & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    high = (index >> np.uint64(32)).astype(np.uint32)
+    rotated = (high << np.uint32(16)) | (high >> np.uint32(16))
+    return mix32_array(low ^ np.uint32(noise) ^ rotated)
+
+
+def stochastic_round(x: np.ndarray, kind: str, r: np.ndarray) -> np.ndarray:
+    """float32 ``x`` rounded to ``kind`` (float16 or bfloat16) by uniform uint32 ``r``, as the
+    kernels round: up with probability proportional to the distance from below."""
+    x = np.asarray(x, dtype=np.float32)
+    nearest = x.astype(numpy_dtype(kind))
+    bits = x.view(np.uint32)
+    if kind == "bfloat16":
+        out = ((bits + (r & np.uint32(0xFFFF))) >> np.uint32(16)).astype(np.uint16)
+        special = (bits & np.uint32(0x7F800000)) == np.uint32(0x7F800000)
+    else:
+        sign = bits & np.uint32(0x80000000)
+        f = bits ^ sign
+        normal = ((f - np.uint32(0x38000000) + (r & np.uint32(0x1FFF))) >> np.uint32(13))
+        with np.errstate(over="ignore", invalid="ignore"):  # the subnormal branch, computed
+            units = f.view(np.float32) * np.float32(2.0**24)  # everywhere, then selected
+            low = np.floor(units)
+            up = (r >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24) < units - low
+            subnormal = low.astype(np.uint32) + up.astype(np.uint32)
+        out = (np.where(f < np.uint32(0x38800000), subnormal, normal)
+               | (sign >> np.uint32(16))).astype(np.uint16)
+        special = f >= np.uint32(0x47800000)
+    return np.where(special, nearest.view(np.uint16), out).view(nearest.dtype)
 
 
 def adam_step_numpy(param, grad, m, v, v_max, comp, master, h: Hyper, step: int,
-                    grad_scale: float | None = None) -> None:
-    """One Adam/AdamW update in place, with NumPy array expressions."""
+                    grad_scale: float | None = None, noise: int | None = None) -> None:
+    """One Adam/AdamW update in place, with NumPy array expressions; with ``noise`` (the
+    params' random bits at this step), 16-bit params rounded stochastically."""
     compute = np.float64 if param.dtype == np.float64 else np.float32
     g = grad.astype(compute, copy=False)
     if grad_scale is not None:
@@ -54,7 +91,10 @@ def adam_step_numpy(param, grad, m, v, v_max, comp, master, h: Hyper, step: int,
     if h.eps_root != 0.0:
         v_hat = v_hat + h.eps_root
     p -= h.lr * m_hat / (np.sqrt(v_hat) + h.eps)
-    if comp is not None:
+    if noise is not None:
+        param[...] = stochastic_round(p, param.dtype.name,
+                                      random_bits(noise, np.arange(param.size)))
+    elif comp is not None:
         param[...] = p
         comp[...] = p - param.astype(compute)
     elif p is not param:
@@ -62,20 +102,21 @@ def adam_step_numpy(param, grad, m, v, v_max, comp, master, h: Hyper, step: int,
 
 
 def adam_step_8bit_numpy(param, grad, codes: list, absmax: list, comp, master, h: Hyper,
-                         step: int, grad_scale: float | None = None) -> None:
+                         step: int, grad_scale: float | None = None,
+                         noise: int | None = None) -> None:
     """The 8-bit step as three passes: decode the moments, the NumPy step above on
     them, encode them against their new absmax (``quant8``)."""
     signed = (True, False, False)
     moments = [None if c is None else quant8.dequantize(c, a, s)
                for c, a, s in zip(codes, absmax, signed)]
-    adam_step_numpy(param, grad, *moments, comp, master, h, step, grad_scale)
+    adam_step_numpy(param, grad, *moments, comp, master, h, step, grad_scale, noise)
     for c, a, s, x in zip(codes, absmax, signed, moments):
         if c is not None:
             c[...], a[...] = quant8.quantize(x, s)
 
 
 def sparse_adam_step_numpy(param, indices, values, m, v, comp, master, h: Hyper,
-                           step_size: float) -> None:
+                           step_size: float, noise: int | None = None) -> None:
     """``torch.optim.SparseAdam``'s update, as torch writes it: coalesce (sum duplicate
     rows, in their order), then the rows present move, with eps on the uncorrected
     sqrt(v). Arithmetic in the compute dtype, as ``adam_step_numpy``."""
@@ -101,6 +142,10 @@ def sparse_adam_step_numpy(param, indices, values, m, v, comp, master, h: Hyper,
     p = p + compute(-step_size) * (numer / denom)
     if master is not None:
         master[rows] = p
+    if noise is not None:
+        index = rows[:, None] * param.shape[1] + np.arange(param.shape[1])
+        param[rows] = stochastic_round(p, param.dtype.name, random_bits(noise, index))
+        return
     param[rows] = p
     if comp is not None:
         comp[rows] = p - param[rows].astype(compute)

@@ -39,6 +39,18 @@ def real(name: str, value, *, below_one: bool = False) -> float:
     return value
 
 
+def max_grad_norm(value) -> float | None:
+    """None (no clipping), or the largest total gradient norm: a finite real >= 0."""
+    return None if value is None else real("max_grad_norm", value)
+
+
+def seed(value) -> int:
+    """A stochastic-rounding seed: an int (Python's or NumPy's, not a bool), any size."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(value).__name__}")
+    return int(value) % (1 << 64)
+
+
 def grad_scale(value) -> float | None:
     """None, or a finite loss scale > 0 that the gradients are divided by."""
     return None if value is None else positive("grad_scale", value)

@@ -49,6 +49,7 @@ class Flags(NamedTuple):
     param: str
     grad: str
     state: str
+    stochastic: bool = False  # 16-bit params rounded stochastically (no compensation)
 
 
 # Order of the coefficient vector handed to the kernels.
@@ -67,12 +68,13 @@ COEFFICIENTS = (
 )
 
 
-def flags(h: Hyper, param: str, grad: str, state: str, kahan: bool, master: bool) -> Flags:
+def flags(h: Hyper, param: str, grad: str, state: str, kahan: bool, master: bool,
+          stochastic: bool = False) -> Flags:
     """The kernel specialization for these hyperparameters and dtypes."""
     decay = h.weight_decay != 0.0
     decoupled = h.decoupled_weight_decay or h.decouple_lr
     return Flags(h.maximize, h.amsgrad, decay and not decoupled, decay and decoupled,
-                 h.nesterov, kahan, master, param, grad, state)
+                 h.nesterov, kahan, master, param, grad, state, stochastic)
 
 
 STEP_DEPENDENT = slice(4, 8)  # m_coef, g_coef, scaled_eps_root, scaled_eps
@@ -101,6 +103,23 @@ def step_terms(step, lr, beta1, beta2, eps, eps_root, bias_correction, nesterov)
         m_coef = lr * sqrt_bc2 / bias_correction1
         g_coef = 0.0
     return m_coef, g_coef, eps_root * bias_correction2, eps * sqrt_bc2
+
+
+def clip_factor(norm: float, max_norm: float) -> float:
+    """``torch.nn.utils.clip_grad_norm_``'s coefficient for a total gradient ``norm``:
+    ``min(1, max_norm / (norm + 1e-6))``; 0 for an infinite norm, NaN for a NaN one
+    (which then spreads to the step, as in torch)."""
+    factor = max_norm / (norm + 1e-6)
+    return factor if factor < 1.0 or factor != factor else 1.0
+
+
+def clipped_scale(grad_scale: float | None, factor: float) -> float | None:
+    """The loss scale that divides the gradients by ``grad_scale`` and multiplies them by
+    the clip ``factor`` (infinite for a factor of 0: the kernels multiply by 1/scale)."""
+    if factor == 1.0:
+        return grad_scale
+    scale = 1.0 if grad_scale is None else grad_scale
+    return scale / factor if factor != 0.0 else math.inf
 
 
 def coefficients(h: Hyper, step: int, grad_scale: float | None = None) -> tuple[float, ...]:

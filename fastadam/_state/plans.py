@@ -11,13 +11,21 @@ question), so a refused step changes nothing. A new kind of step (row-sparse,
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .._backends.dispatch import all_finite, apply, apply_8bit, cpu, cuda
+from .._backends.dispatch import all_finite, apply, apply_8bit, cpu, cuda, sum_of_squares
 from .._backends.views import as_kernel_array, kernel_views
 from .._core import array_checks, checks
 from .._core.dtypes import compute_dtype, kind
-from .._core.hyper import STEP_DEPENDENT, coefficients, step_coefficients
+from .._core.hyper import (
+    STEP_DEPENDENT,
+    clip_factor,
+    clipped_scale,
+    coefficients,
+    step_coefficients,
+)
 from .slots import STATE_KEYS
 
 
@@ -25,13 +33,16 @@ class Plans:
     """The stepping plans of one optimizer's groups (``[(hyper, [Slot, ...]), ...]``)."""
 
     def __init__(self, groups: list, slots: list, *, single: bool, backend: str,
-                 num_threads: int | None, skip_nonfinite: bool, adopted: bool) -> None:
+                 num_threads: int | None, skip_nonfinite: bool, adopted: bool,
+                 max_grad_norm: float | None = None) -> None:
         self.groups, self.slots, self.single = groups, slots, single
         self.backend, self.device = backend, backend == "cuda"
         self.num_threads, self.skip_nonfinite = num_threads, skip_nonfinite
+        self.max_grad_norm, self.grad_norm = max_grad_norm, None
         self.guarded = _guarded(slots, single, adopted)
         self.host = self.gpu = self.one = self.steps = None
-        if single and backend == "cpu" and not skip_nonfinite and slots[0].absmax is None:
+        if (single and backend == "cpu" and not skip_nonfinite and slots[0].absmax is None
+                and max_grad_norm is None):
             self.one = OneHostArray(slots[0], num_threads)
         if backend == "cuda" and skip_nonfinite:  # decided on the device: no waiting
             self.steps = cuda().dense.StepCount(slots[0].step)  # all equal: load_state_dict checks
@@ -42,25 +53,32 @@ class Plans:
 
             self.gpu = cuda().batches.DeviceBatches(groups)
 
-    def step(self, grads, grad_scale, stream) -> bool:
+    def step(self, grads, grad_scale, stream, prescaled: bool = False) -> bool:
         """Check ``grads`` and everything else, then step; False when ``skip_nonfinite``
         found NaN or inf (nothing changed); None on the GPU with ``skip_nonfinite``, where
-        that is decided on the device."""
+        that is decided on the device. ``prescaled``: ``grad_scale`` comes from a wrapper
+        that checked it (and may carry a clip coefficient)."""
         if self.one is not None and grad_scale is None and stream is None and self.one.step(
                 grads, self.groups[0][0]):
             return True
         fast = None if self.host is None else self.host.check(grads)
         if fast is not None:
-            return self._step_host_batches(grads, *fast, grad_scale, stream)
+            return self._step_host_batches(grads, *fast, grad_scale, stream, prescaled)
         flats = self._checked_grads(grads)
-        scale = checks.grad_scale(grad_scale)
+        scale = grad_scale if prescaled else checks.grad_scale(grad_scale)
         cuda_stream = checks.stream(stream, self.backend)
-        if self.steps is not None:
+        if self.max_grad_norm is not None:
+            squares = sum_of_squares(self.backend, flats, num_threads=self.num_threads,
+                                     stream=cuda_stream)
+            scale = self._clipped(squares, scale)
+            if scale is False:
+                return False
+        elif self.steps is not None:
             self._step_counted(flats, scale, cuda_stream)
             return None
-        if self.skip_nonfinite and not all_finite(self.backend, flats,
-                                                  num_threads=self.num_threads,
-                                                  stream=cuda_stream):
+        elif self.skip_nonfinite and not all_finite(self.backend, flats,
+                                                    num_threads=self.num_threads,
+                                                    stream=cuda_stream):
             return False
         found = None if self.gpu is None else _device_grads(flats)
         first = 0
@@ -75,7 +93,8 @@ class Plans:
         device, contiguity, no shared memory), given by their device ``addresses``: one
         launch per batch, no Python per array. False, nothing done, unless every batch can
         step as one (the caller then passes the arrays to ``step``)."""
-        if self.gpu is None or self.steps is not None or self.skip_nonfinite:
+        if (self.gpu is None or self.steps is not None or self.skip_nonfinite
+                or self.max_grad_norm is not None):
             return False
         if not self.gpu.ready(kinds):
             return False
@@ -126,11 +145,28 @@ class Plans:
         array_checks.apart_from_all(list(zip(names, grads)), list(self.guarded.items()))
         return [g.reshape(-1) for g in grads]
 
-    def _step_host_batches(self, grads, codes, addresses, grad_scale, stream) -> bool:
+    def _clipped(self, squares: float, scale: float | None):
+        """After the norm pass: record the total norm of the unscaled gradients; False to
+        skip (a non-finite norm under ``skip_nonfinite``), else the loss scale that also
+        applies the clip coefficient."""
+        norm = math.sqrt(squares) / (1.0 if scale is None else scale)
+        self.grad_norm = norm
+        if self.skip_nonfinite and not math.isfinite(norm):
+            return False
+        return clipped_scale(scale, clip_factor(norm, self.max_grad_norm))
+
+    def _step_host_batches(self, grads, codes, addresses, grad_scale, stream,
+                           prescaled: bool) -> bool:
         # Lists of host arrays that passed the fast checks: batches in one region each.
-        scale = checks.grad_scale(grad_scale)
+        scale = grad_scale if prescaled else checks.grad_scale(grad_scale)
         checks.stream(stream, self.backend)
-        if self.skip_nonfinite and not self.host.all_finite(codes, addresses, self.num_threads):
+        if self.max_grad_norm is not None:
+            scale = self._clipped(self.host.sum_of_squares(codes, addresses, self.num_threads),
+                                  scale)
+            if scale is False:
+                return False
+        elif self.skip_nonfinite and not self.host.all_finite(codes, addresses,
+                                                              self.num_threads):
             return False
         first = 0
         for g, (h, slots) in enumerate(self.groups):
@@ -156,17 +192,17 @@ class Plans:
                 apply_8bit(self.backend, (slot.flat, flat, *slot.state[3:]),
                            tuple(slot.state[:3]), tuple(slot.absmax), h, slot.flags,
                            slot.step + 1, grad_scale=scale, num_threads=self.num_threads,
-                           stream=stream, steps=steps)
+                           stream=stream, steps=steps, key=slot.key)
                 if steps is None:  # else the device counts
                     slot.step += 1
                 continue
             arrays = (slot.flat, flat, *slot.state)
             if steps is not None:
                 cuda().dense.adam_step_cuda_counted(kernel_views(arrays), slot.flags, h, scale,
-                                                    steps, stream)
+                                                    steps, stream, slot.key)
                 continue
             apply(self.backend, arrays, h, slot.flags, slot.step + 1, grad_scale=scale,
-                  num_threads=self.num_threads, stream=stream)
+                  num_threads=self.num_threads, stream=stream, key=slot.key)
             slot.step += 1
 
 
@@ -229,11 +265,12 @@ class OneHostArray:
             self.coef[:] = coefficients(h, slot.step + 1)
             self.hyper = h
         param, _, m, v, v_max, comp, master = self.views
+        noise = np.uint32(slot.noise(slot.step + 1))
         if self.num_threads is None:
-            refused = kernel(param, flat, m, v, v_max, comp, master, self.coef)
+            refused = kernel(param, flat, m, v, v_max, comp, master, self.coef, noise)
         else:
             refused = cpu().runtime.with_threads(self.num_threads, kernel, param, flat, m, v,
-                                                 v_max, comp, master, self.coef)
+                                                 v_max, comp, master, self.coef, noise)
         if refused:
             raise ValueError("grads and params (or their state) overlap in memory; "
                              "pass separate arrays")

@@ -16,6 +16,7 @@ import numbers
 import numpy as np
 
 from .._backends.dispatch import as_float32, flags_8bit, from_host, step_flags, to_host, zeros
+from .._backends.shared.convert import noise_of
 from .._core import checks, quant8
 from .._core.dtypes import SIXTEEN_BIT, compute_dtype, dtype_kind, kind
 
@@ -30,15 +31,29 @@ EIGHT_BIT = "8bit"  # state_dtype: m and v (and v_max) in bitsandbytes' 8-bit bl
 class Options:
     """What the state of every slot holds, fixed at construction."""
 
-    __slots__ = ("state_kind", "kahan", "master")
+    __slots__ = ("state_kind", "kahan", "master", "stochastic", "seed")
 
-    def __init__(self, state_dtype, kahan_summation, master_weights) -> None:
+    def __init__(self, state_dtype, kahan_summation, master_weights,
+                 stochastic_rounding=False, seed=0) -> None:
         self.master = checks.flag("master_weights", master_weights)
         self.kahan = None if kahan_summation is None else checks.flag(
             "kahan_summation", kahan_summation)
+        self.stochastic = checks.flag("stochastic_rounding", stochastic_rounding)
+        self.seed = checks.seed(seed)
+        for name, on in (("kahan_summation", self.kahan), ("master_weights", self.master)):
+            if self.stochastic and on:
+                raise ValueError(f"stochastic_rounding and {name} exclude each other: "
+                                 "stochastic rounding needs no compensation or master copy")
         named = isinstance(state_dtype, str) and state_dtype in (PARAM_DTYPE, EIGHT_BIT)
         self.state_kind = (None if state_dtype is None else state_dtype if named
                            else dtype_kind("state_dtype", state_dtype))
+
+    def check_params(self, views: list) -> None:
+        """Refuse options that none of ``views`` (the params arrays) can take."""
+        if self.stochastic and not any(kind(v.dtype) in SIXTEEN_BIT for v in views):
+            kinds = sorted({str(v.dtype) for v in views})
+            raise ValueError("stochastic_rounding is for float16 and bfloat16 params; the "
+                             f"params are {', '.join(kinds)}")
 
     def name(self, slot: Slot) -> str:
         """How ``options`` reports the state dtype (of ``slot``, the first)."""
@@ -60,16 +75,18 @@ class Slot:
     """One params array (``array``, and ``flat``, its 1-D view), its state arrays (1-D, in
     ``STATE_KEYS`` order, None where an option is off), kernel flags and step count."""
 
-    __slots__ = ("array", "flat", "state", "flags", "step", "state_dtype", "absmax")
+    __slots__ = ("array", "flat", "state", "flags", "step", "state_dtype", "absmax", "key")
 
     @classmethod
     def new(cls, view, h, backend: str, options: Options) -> Slot:
         """Zeroed state for ``view`` (a validated params array) under ``h``'s options."""
         slot = cls()
-        slot.array, slot.flat, slot.step = view, view.reshape(-1), 0
+        slot.array, slot.flat, slot.step, slot.key = view, view.reshape(-1), 0, 0
         param_kind = kind(view.dtype)
         sixteen = param_kind in SIXTEEN_BIT
-        kahan = (sixteen and not options.master) if options.kahan is None else options.kahan
+        stochastic = options.stochastic and sixteen  # (wider params round exactly enough)
+        kahan = (sixteen and not (options.master or stochastic) if options.kahan is None
+                 else options.kahan)
         if (kahan or options.master) and not sixteen:
             raise ValueError("kahan_summation and master_weights are for 16-bit params; "
                              f"params are {view.dtype}")
@@ -80,7 +97,7 @@ class Slot:
         slot.absmax = None
         if state_kind == EIGHT_BIT:
             if n >= quant8.MIN_8BIT_SIZE:
-                return slot._eight_bit(h, kahan, options.master, backend)
+                return slot._eight_bit(h, kahan, options.master, backend, stochastic)
             state_kind = compute_dtype(param_kind)  # small arrays: 32-bit moments
         if state_kind is None:
             state_kind = "float32" if sixteen else param_kind
@@ -94,10 +111,10 @@ class Slot:
             zeros(backend, n, view.dtype) if kahan else None,
             as_float32(backend, slot.flat) if options.master else None,
         ]
-        slot.flags = slot._flags(h, slot.state)
+        slot.flags = slot._flags(h, slot.state, stochastic)
         return slot
 
-    def _eight_bit(self, h, kahan: bool, master: bool, backend: str) -> Slot:
+    def _eight_bit(self, h, kahan: bool, master: bool, backend: str, stochastic: bool) -> Slot:
         n, blocks = self.flat.size, quant8.blocks(self.flat.size)
         self.state_dtype = np.dtype(np.uint8)
         self.state = [zeros(backend, n, np.uint8), zeros(backend, n, np.uint8),
@@ -106,14 +123,18 @@ class Slot:
                       as_float32(backend, self.flat) if master else None]
         self.absmax = [zeros(backend, blocks, np.float32), zeros(backend, blocks, np.float32),
                        zeros(backend, blocks, np.float32) if h.amsgrad else None]
-        self.flags = self._flags(h, self.state)
+        self.flags = self._flags(h, self.state, stochastic)
         return self
 
-    def _flags(self, h, state: list):
+    def _flags(self, h, state: list, stochastic: bool):
         if self.absmax is not None:
             return flags_8bit(h, self.flat, self.flat, state[3] is not None,
-                              state[4] is not None)
-        return step_flags(h, (self.flat, self.flat, *state))
+                              state[4] is not None, stochastic)
+        return step_flags(h, (self.flat, self.flat, *state), stochastic)
+
+    def noise(self, step: int) -> int:
+        """The params' random bits at update ``step`` (stochastic rounding; else 0)."""
+        return noise_of(self.key, step) if self.flags.stochastic else 0
 
     def dtypes(self) -> tuple:
         """The dtype of each state array, in ``STATE_KEYS`` order."""
@@ -216,4 +237,4 @@ class Slot:
     def restore(self, h, step: int, arrays: list, absmax: list | None) -> None:
         """Take loaded state (from ``loaded``) under the hyperparameters ``h``."""
         self.step, self.state, self.absmax = step, arrays, absmax
-        self.flags = self._flags(h, arrays)._replace(grad=self.flags.grad)
+        self.flags = self._flags(h, arrays, self.flags.stochastic)._replace(grad=self.flags.grad)

@@ -7,11 +7,12 @@ objects first, so that a refused state_dict changes nothing.
 
 from __future__ import annotations
 
+from .._core import checks
 from .._core.hyper import hyper
 from . import groups as _groups
 
 _REQUIRED = {"lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"}
-_OPTIONS = ("kahan_summation", "master_weights")
+_OPTIONS = ("kahan_summation", "master_weights", "stochastic_rounding")
 
 
 def build(slots: list, param_groups: list, options: dict, backend: str) -> dict:
@@ -42,6 +43,17 @@ def checked(state_dict, groups: list, slots: list, param_groups: list, options: 
     loaded = [slot.loaded(i, state[i], h, backend)
               for i, (slot, h) in enumerate(zip(slots, slot_hypers))]
     return hypers, loaded
+
+
+def seed_of(state_dict: dict, current: int) -> int:
+    """The stochastic-rounding seed ``state_dict`` carries (its first group's), checked;
+    ``current`` where it carries none."""
+    value = state_dict["param_groups"][0].get("seed", current) if state_dict[
+        "param_groups"] else current
+    try:
+        return checks.seed(value)
+    except TypeError as e:
+        raise TypeError(f"state_dict['param_groups'][0]: {e}") from e
 
 
 def _group(i: int, group: dict, current: dict, options: dict):

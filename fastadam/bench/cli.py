@@ -25,7 +25,7 @@ from .plot import plot
 from .report import _header, format_table, machine
 from .sparse_suite import SPARSE_CASES, sparse_rows
 from .startup import format_startup, startup_seconds
-from .suites import call_rows, many_tensor_rows, run_case, transformer_rows
+from .suites import call_rows, clip_rows, many_tensor_rows, run_case, transformer_rows
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,6 +65,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--calls", action="store_true",
                    help="also time Adam.step on 1K float32 elements back to back (the cost "
                         "of a call), against the bare kernel and, with --peers, torch fused")
+    p.add_argument("--clip", action="store_true",
+                   help="also time the step clipped by the global gradient norm against "
+                        "the unclipped one and, with --peers, torch's clip_grad_norm_ + "
+                        "fused AdamW (float32, at each --sizes, default 64M)")
     p.add_argument("--transformer", action="store_true",
                    help="also time fastadam.torch.AdamW against torch's fused AdamW on a "
                         "6-layer TransformerEncoder (float32 and bfloat16; needs torch)")
@@ -211,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
         print("\nOne call on 1,024 float32 elements, back to back (median ms is per call; "
               "'% roofline': % of the bare kernel call's speed)")
         print(format_table(calls))
+    clip = []
+    if args.clip:
+        for n in args.sizes or [1 << 26]:
+            clip += clip_rows(n, repeats=args.repeats, peers=args.peers, rng=rng)
+        print("\nClipping by the global norm in the step (GB/s counts 32 bytes per element; "
+              "'x numpy': how many times faster than the clipped step, i.e. its time / "
+              "theirs; '% roofline': % of the memory-only pass)")
+        print(format_table(clip))
     transformer = []
     if args.transformer:
         transformer = transformer_rows(["float32", "bfloat16"], repeats=args.repeats)
@@ -223,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + format_startup(startup))
     if args.json:
         with open(args.json, "w") as f:
-            records = [asdict(r) for r in rows + many + calls + transformer]
+            records = [asdict(r) for r in rows + many + calls + clip + transformer]
             json.dump({"machine": info, "rows": records, "startup_s": startup}, f, indent=1)
     if args.plot:
         plot(rows, args.plot)

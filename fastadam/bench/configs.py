@@ -21,10 +21,11 @@ CONFIGS = {
     "master": {"master_weights": True},
     "bf16_state": {"state_dtype": "bfloat16"},
     "8bit": {"state_dtype": "8bit"},
+    "stochastic": {"stochastic_rounding": True},
 }
 
 
-SIXTEEN_BIT_ONLY = ("kahan", "no_kahan", "master")
+SIXTEEN_BIT_ONLY = ("kahan", "no_kahan", "master", "stochastic")
 
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -34,8 +35,8 @@ DEFAULT_DTYPES = ("float32", "bfloat16", "float16")
 
 
 # Every option on every param dtype, each with the user's defaults, so no cliff can hide.
-_SIXTEEN_BIT_CONFIGS = ("adam", "no_kahan", "master", "amsgrad", "skip_nonfinite", "bf16_state",
-                        "8bit")
+_SIXTEEN_BIT_CONFIGS = ("adam", "no_kahan", "stochastic", "master", "amsgrad", "skip_nonfinite",
+                        "bf16_state", "8bit")
 
 
 DEFAULT_CONFIGS = {"float32": ("adam", "adamw", "amsgrad", "skip_nonfinite", "bf16_state",

@@ -93,7 +93,9 @@ def call_rows(*, repeats: int, peers: bool, n: int = 1024, calls: int = 2000) ->
     kernel = dense.fused_kernel(slot.flags._replace(grad="float32"))
     views = list(kernel_views((slot.flat, grad, *slot.state)))
     coef = np.array(coefficients(opt._groups[0][0], 1), np.float32)
-    steps = [("cpu-kernel", lambda: kernel(*views, coef)), ("Adam.step", partial(opt.step, grad))]
+    quiet = np.uint32(0)  # no stochastic rounding
+    steps = [("cpu-kernel", lambda: kernel(*views, coef, quiet)),
+             ("Adam.step", partial(opt.step, grad))]
     if peers:
         import torch  # optional
 
@@ -115,6 +117,46 @@ def call_rows(*, repeats: int, peers: bool, n: int = 1024, calls: int = 2000) ->
                 speedup_vs_numpy=None, roofline_fraction=t.speedup(contenders[0], c),
                 compile_s=None, repeats=repeats, bytes_per_element=28.0)
             for c in contenders]
+
+
+def clip_rows(n: int, *, repeats: int, peers: bool, rng) -> list[Row]:
+    """Clipping by the global norm at ``n`` float32 elements: ``Adam(max_grad_norm)`` (one
+    extra read of the gradient: 32 bytes per element) against the unclipped step, a
+    memory-only pass of the clipped step's traffic and, with ``peers``, torch's
+    ``clip_grad_norm_`` then ``AdamW(fused=True)`` on the same memory. '% roofline': %
+    of the memory-only pass's speed; 'x numpy' here is x the clipped step's time."""
+    param = rng.standard_normal(n).astype(np.float32)
+    grad = (3 * rng.standard_normal(n)).astype(np.float32)
+    threads = all_threads()
+    clipped, plain = Adam(param, max_grad_norm=1.0), Adam(param.copy())
+    scratch = [np.zeros(n, np.uint32) for _ in range(3)]
+    limit = memory_only_kernel(2, 3)
+    bits = grad.view(np.uint32)
+    contenders = [Contender("cpu-clipped", threads, partial(clipped.step, grad)),
+                  Contender("cpu-unclipped", threads, partial(plain.step, grad)),
+                  Contender("roofline", threads, lambda: limit(bits, bits, *scratch))]
+    if peers:
+        import torch  # optional
+
+        torch.set_num_threads(threads)
+        p = torch.nn.Parameter(torch.from_numpy(param.copy()))
+        g = torch.from_numpy(grad.copy())
+        opt = torch.optim.AdamW([p], fused=True)
+
+        def torch_step():
+            p.grad = g  # clip_grad_norm_ scales in place: the same memory each time
+            torch.nn.utils.clip_grad_norm_([p], 1.0)
+            opt.step()
+
+        contenders.append(Contender("torch-clip+fused", threads, torch_step))
+    t = measure(contenders, repeats)
+    mine = contenders[0]
+    return [Row(backend=c.backend, threads=c.threads, n=n, dtype="float32", config="clip",
+                median_s=t.median(c), gb_per_s=32 * n / t.median(c) / 1e9,
+                speedup_vs_numpy=t.speedup(mine, c) if c is not mine else None,
+                roofline_fraction=None if c.backend == "roofline"
+                else t.speedup(contenders[2], c), compile_s=None, repeats=repeats,
+                bytes_per_element=32.0) for c in contenders]
 
 
 def transformer_rows(dtypes: list[str], *, repeats: int) -> list[Row]:

@@ -18,11 +18,14 @@ waiting in a collective.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .._backends.dispatch import all_finite
+from .._backends.dispatch import all_finite, sum_of_squares
 from .._core import array_checks, checks
 from .._core.gpu import is_device
+from .._core.hyper import clip_factor, clipped_scale
 from .._state import checkpoint as _checkpoint
 from .._state import groups as _groups
 from ..optimizer import Adam
@@ -32,7 +35,8 @@ from .pieces import cut_entry, float_moments, shard_counts
 __all__ = ["ShardedAdam", "ShardedAdamW"]
 
 _OPTION_KEYS = ("bias_correction", "eps_root", "nesterov", "decouple_lr", "max_lr",
-                "state_dtype", "kahan_summation", "master_weights", "skip_nonfinite")
+                "state_dtype", "kahan_summation", "master_weights", "skip_nonfinite",
+                "stochastic_rounding", "seed", "max_grad_norm")
 
 
 class ShardedAdam:
@@ -123,6 +127,8 @@ class ShardedAdam:
         self._options = dict(options)
         self._skip_nonfinite = checks.flag("skip_nonfinite",
                                           self._options.pop("skip_nonfinite", False))
+        self._max_grad_norm = checks.max_grad_norm(self._options.pop("max_grad_norm", None))
+        self.grad_norm = None  # with max_grad_norm: the last step's global norm
         self._num_threads = checks.num_threads(num_threads)
         self.params = params if self._single else arrays
         sizes = [a.size for a in views]
@@ -149,7 +155,7 @@ class ShardedAdam:
         return {"sizes": [a.shape for a in self._arrays], "dtype": self._arrays[0].dtype.name,
                 "groups": self._group_of, "hyperparameters": [tuple(h) for h in self._hypers],
                 "options": repr(sorted(self._options.items())),
-                "skip_nonfinite": self._skip_nonfinite}
+                "skip_nonfinite": self._skip_nonfinite, "max_grad_norm": self._max_grad_norm}
 
     def _piece_views(self, source: list) -> list:
         """Each piece of this rank as a 1-D view into ``source`` (arrays, flattened)."""
@@ -243,13 +249,22 @@ class ShardedAdam:
             raise ValueError("the step was refused on another rank (its gradients); nothing "
                              "changed on any rank")
         self._comm.reduce_scatter_sum(self._send, self._grad_shard, self._counts)
-        if self._skip_nonfinite:
+        inner_scale = self._comm.size * (scale or 1.0)  # the mean's 1/N: no extra pass
+        if self._max_grad_norm is not None:  # the global norm: one scalar from each rank
+            squares = sum_of_squares("cpu", [self._grad_shard], num_threads=self._num_threads)
+            # Summed in rank order on every rank: the same norm everywhere.
+            norm = math.sqrt(sum(self._comm.allgather_object(squares))) / inner_scale
+            self.grad_norm = norm
+            if self._skip_nonfinite and not math.isfinite(norm):
+                return False
+            inner_scale = clipped_scale(inner_scale, clip_factor(norm, self._max_grad_norm))
+        elif self._skip_nonfinite:
             found = not all_finite("cpu", [self._grad_shard], num_threads=self._num_threads)
             if self._comm.any(found):
                 return False
-        if self._inner is not None:  # the mean's 1/N rides on grad_scale: no extra pass
+        if self._inner is not None:
             shard = [self._grad_shard[a - self._lo:b - self._lo] for a, b in self._ranges()]
-            self._inner.step(shard, grad_scale=self._comm.size * (scale or 1.0))
+            self._inner._step_prescaled(shard, inner_scale)
         self._steps += 1
         if not self._single:
             for piece, (a, b) in zip(self._piece_views(self._arrays), self._ranges()):

@@ -15,6 +15,7 @@ batch on torch's current stream.
 
 from __future__ import annotations
 
+import math
 import operator
 from itertools import chain
 from operator import itemgetter
@@ -22,11 +23,12 @@ from operator import itemgetter
 import numpy as np
 import torch
 
-from .._backends.dispatch import apply, resolve, step_flags
+from .._backends.dispatch import apply, resolve, step_flags, sum_of_squares
 from .._backends.owned import Owned
-from .._core import array_checks
+from .._backends.shared.convert import rounding_key
+from .._core import array_checks, checks
 from .._core.gpu import to_stream
-from .._core.hyper import hyper
+from .._core.hyper import clip_factor, clipped_scale, hyper
 from .._state import groups as _groups
 from .._state.slots import PARAM_DTYPE
 from ..optimizer import Adam as _ArrayAdam
@@ -50,11 +52,19 @@ def _hyper(group: dict):
 class _FusedStep:
     """The step shared by :class:`Adam` and :class:`AdamW`."""
 
-    def _fastadam_init(self) -> None:
+    def _fastadam_init(self, stochastic_rounding, seed, max_grad_norm) -> None:
         # torch's fused Adam lets GradScaler hand it the unscaling; this step does not,
         # so the scaler unscales and skips non-finite steps itself, as for foreach.
         self._step_supports_amp_scaling = False
         self._plan = None
+        self._max_grad_norm = checks.max_grad_norm(max_grad_norm)
+        self.grad_norm = None  # with max_grad_norm: the last step's total norm, unclipped
+        # In every group, so that they travel in state_dicts (the first group's rules).
+        options = {"stochastic_rounding": checks.flag("stochastic_rounding", stochastic_rounding),
+                   "seed": checks.seed(seed)}
+        self.defaults.update(options)
+        for group in self.param_groups:
+            group.update(options)
 
     def add_param_group(self, param_group: dict) -> None:
         """torch's ``add_param_group``, refusing options fastadam cannot honour."""
@@ -83,12 +93,19 @@ class _FusedStep:
             self._step_each()
         return loss
 
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)  # unpickled: the options fastadam adds, their defaults
+        self.__dict__.setdefault("_max_grad_norm", None)
+        self.__dict__.setdefault("grad_norm", None)
+
     def _step_each(self) -> None:
         """Tensor by tensor (CUDA tensors, and what the list plan does not take)."""
-        planned = []
+        planned, index = [], -1
+        stochastic, seed = _rounding(self)
         for group in self.param_groups:
             h = _hyper(group)
             for p in group["params"]:
+                index += 1
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
@@ -103,15 +120,34 @@ class _FusedStep:
                     backend, param, as_array(real_view(p.grad.contiguous())),
                     *(as_array(real_view(m)) for m in new), None, None, h.amsgrad)
                 step = int(state["step"].item()) + 1 if "step" in state else 1
-                planned.append((p, new, backend, arrays, h, step))
-        for p, new, backend, arrays, h, step in planned:  # all checked: write
+                sixteen = p.dtype in (torch.float16, torch.bfloat16)
+                flags = step_flags(h, arrays, stochastic and sixteen)
+                planned.append((p, new, backend, arrays, h, step, flags, index))
+        scale = self._clip_scale(planned)
+        if scale is False:
+            return
+        for p, new, backend, arrays, h, step, flags, index in planned:  # all checked: write
             stream = current_stream(p) if backend == "cuda" else None
-            apply(backend, arrays, h, step_flags(h, arrays), step, stream=stream)
+            apply(backend, arrays, h, flags, step, stream=stream, key=rounding_key(seed, index),
+                  grad_scale=scale)
             state = self.state[p]
             state["exp_avg"], state["exp_avg_sq"] = new[0], new[1]
             if h.amsgrad:
                 state["max_exp_avg_sq"] = new[2]
             state["step"] = torch.tensor(float(step), dtype=torch.float32)
+
+
+    def _clip_scale(self, planned: list):
+        """With ``max_grad_norm``: the loss scale that applies the clip coefficient of the
+        checked gradients' total norm (one read of each, per device); None without."""
+        if getattr(self, "_max_grad_norm", None) is None:
+            return None
+        squares = 0.0
+        for backend in dict.fromkeys(backend for _, _, backend, *_ in planned):
+            grads = [arrays[1] for _, _, b, arrays, *_ in planned if b == backend]
+            squares += sum_of_squares(backend, grads)
+        self.grad_norm = math.sqrt(squares)
+        return clipped_scale(None, clip_factor(self.grad_norm, self._max_grad_norm))
 
 
 class _ListPlan:
@@ -192,12 +228,22 @@ class _ListPlan:
                 entries.append((p, entry, new))
                 steps.append(float(entry["step"]))
                 moments.append([as_array(real_view(m)) for m in moment] + [None] * (4 - len(keys)))
+        stochastic, seed = _rounding(opt)
+        sixteen = [p.dtype in (torch.float16, torch.bfloat16) for p in params]
         try:
             inner = _ArrayAdam(specs, backend=backend, state_dtype=PARAM_DTYPE,
-                               kahan_summation=False)
+                               kahan_summation=False,
+                               max_grad_norm=getattr(opt, "_max_grad_norm", None))
             inner._adopt_state([int(s) for s in steps], moments)
         except (TypeError, ValueError, ImportError, RuntimeError):  # no numba-cuda, no GPU
             return None
+        if stochastic:  # the 16-bit params, each with the key of its place in the groups
+            index = {id(p): i for i, p in enumerate(chain.from_iterable(
+                g["params"] for g in opt.param_groups))}
+            for slot, p, on in zip(inner._slots, params, sixteen):
+                slot.flags = slot.flags._replace(stochastic=on)
+                slot.key = rounding_key(seed, index[id(p)])
+            inner._replan()
         return cls(opt, live, params, groups, inner, tensors, entries, steps)
 
     def _held(self, entries) -> list:
@@ -248,6 +294,7 @@ class _ListPlan:
                 return False
             self.inner._set_hyper(hypers)
             self.inner.step(grads, stream=stream)
+        opt.grad_norm = self.inner.grad_norm
         if not self.committed:  # the first step: the plan's state tensors enter opt.state
             for (p, entry, new), view in zip(self.entries, self.step_views):
                 entry["step"] = view
@@ -310,8 +357,14 @@ def _fresh_state(p: torch.Tensor, keys: tuple) -> dict:
 def _options(param_groups) -> list:
     """What a plan compiles in: the options that select a kernel. lr, betas, eps and the
     size of weight_decay are read at every step."""
-    return [(g["amsgrad"], g["maximize"], g["decoupled_weight_decay"], g["weight_decay"] == 0)
-            for g in param_groups]
+    return [(g["amsgrad"], g["maximize"], g["decoupled_weight_decay"], g["weight_decay"] == 0,
+             g.get("stochastic_rounding", False), g.get("seed", 0)) for g in param_groups]
+
+
+def _rounding(opt) -> tuple[bool, int]:
+    """(stochastic rounding on?, its seed): the first group's (a loaded state_dict's too)."""
+    group = opt.param_groups[0] if opt.param_groups else {}
+    return bool(group.get("stochastic_rounding", False)), checks.seed(group.get("seed", 0))
 
 
 def _addresses(tensors) -> np.ndarray:
@@ -323,7 +376,12 @@ class Adam(_FusedStep, torch.optim.Adam):
 
     ``foreach`` and ``fused`` are accepted and kept in the param groups; the step
     is always fastadam's fused kernel. ``capturable`` and ``differentiable`` are
-    refused at construction.
+    refused at construction. Beyond torch's: ``stochastic_rounding`` (with ``seed``)
+    rounds float16 and bfloat16 params stochastically instead of to nearest (other
+    params as torch does), as :class:`fastadam.Adam` does; both travel in the param
+    groups, so in state_dicts. ``max_grad_norm`` clips the gradients by their global
+    norm inside the step, exactly as ``torch.nn.utils.clip_grad_norm_(params,
+    max_grad_norm)`` before it, without writing them; ``grad_norm`` holds the norm.
     """
 
     def __init__(self, params, lr: float | torch.Tensor = 1e-3,
@@ -331,12 +389,13 @@ class Adam(_FusedStep, torch.optim.Adam):
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
                  foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
-                 decoupled_weight_decay: bool = False) -> None:
+                 decoupled_weight_decay: bool = False, stochastic_rounding: bool = False,
+                 seed: int = 0, max_grad_norm: float | None = None) -> None:
         torch.optim.Adam.__init__(self, params, lr, betas, eps, weight_decay, amsgrad,
                                   foreach=foreach, maximize=maximize, capturable=capturable,
                                   differentiable=differentiable, fused=fused,
                                   decoupled_weight_decay=decoupled_weight_decay)
-        self._fastadam_init()
+        self._fastadam_init(stochastic_rounding, seed, max_grad_norm)
 
 
 class AdamW(_FusedStep, torch.optim.AdamW):
@@ -346,10 +405,12 @@ class AdamW(_FusedStep, torch.optim.AdamW):
                  betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
                  maximize: bool = False, foreach: bool | None = None, capturable: bool = False,
-                 differentiable: bool = False, fused: bool | None = None) -> None:
+                 differentiable: bool = False, fused: bool | None = None,
+                 stochastic_rounding: bool = False, seed: int = 0,
+                 max_grad_norm: float | None = None) -> None:
         torch.optim.AdamW.__init__(self, params, lr, betas, eps, weight_decay, amsgrad,
                                    maximize=maximize, foreach=foreach, capturable=capturable,
                                    differentiable=differentiable, fused=fused)
-        self._fastadam_init()
+        self._fastadam_init(stochastic_rounding, seed, max_grad_norm)
 
 

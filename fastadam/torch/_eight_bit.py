@@ -14,14 +14,22 @@ param's device; CUDA tensors step on torch's current stream, one launch per tens
 from __future__ import annotations
 
 import copy
+import math
 from itertools import chain
 
 import numpy as np
 import torch
 
-from .._backends.dispatch import apply, apply_8bit, flags_8bit, resolve, step_flags
-from .._core import array_checks, quant8
-from .._core.hyper import hyper
+from .._backends.dispatch import (
+    apply,
+    apply_8bit,
+    flags_8bit,
+    resolve,
+    step_flags,
+    sum_of_squares,
+)
+from .._core import array_checks, checks, quant8
+from .._core.hyper import clip_factor, clipped_scale, hyper
 from ._tensors import as_array, current_stream
 
 __all__ = ["Adam8bit", "AdamW8bit"]
@@ -39,8 +47,11 @@ def _stream(p: torch.Tensor):
 
 class _Adam8bit(torch.optim.Optimizer):
     def __init__(self, params, lr: float, betas: tuple[float, float], eps: float,
-                 weight_decay: float, maximize: bool, min_8bit_size: int) -> None:
+                 weight_decay: float, maximize: bool, min_8bit_size: int,
+                 max_grad_norm: float | None = None) -> None:
         hyper(lr, betas, eps, weight_decay, True, False, maximize)  # torch-style early errors
+        self._max_grad_norm = checks.max_grad_norm(max_grad_norm)
+        self.grad_norm = None  # with max_grad_norm: the last step's total norm, unclipped
         if isinstance(min_8bit_size, bool) or not isinstance(min_8bit_size, int) or \
                 min_8bit_size < 0:
             raise ValueError(f"min_8bit_size must be an int >= 0, got {min_8bit_size!r}")
@@ -98,18 +109,33 @@ class _Adam8bit(torch.optim.Optimizer):
                         backend, param, grad, as_array(state["state1"]),
                         as_array(state["state2"]), None, None, None, False)
                 planned.append((p, state, h, eight, backend, arrays))
+        scale = self._clip_scale(planned)
         for p, state, h, eight, backend, arrays in planned:  # all checked: write
             step = int(state["step"]) + 1
             stream = _stream(p)
             if eight:
                 *views, codes, absmax = arrays
                 flags = flags_8bit(h, views[0], views[1], False, False)
-                apply_8bit(backend, tuple(views), codes, absmax, h, flags, step, stream=stream)
+                apply_8bit(backend, tuple(views), codes, absmax, h, flags, step, stream=stream,
+                           grad_scale=scale)
             else:
-                apply(backend, arrays, h, step_flags(h, arrays), step, stream=stream)
+                apply(backend, arrays, h, step_flags(h, arrays), step, stream=stream,
+                      grad_scale=scale)
             state["step"] = step
             self.state[p] = state
         return loss
+
+    def _clip_scale(self, planned: list):
+        """With ``max_grad_norm``: the loss scale that applies torch's clip coefficient of
+        the checked gradients' total norm (one read of each); None without."""
+        if getattr(self, "_max_grad_norm", None) is None:
+            return None
+        squares = 0.0
+        for backend in dict.fromkeys(backend for *_, backend, _ in planned):
+            squares += sum_of_squares(backend, [arrays[1] for *_, b, arrays in planned
+                                                if b == backend])
+        self.grad_norm = math.sqrt(squares)
+        return clipped_scale(None, clip_factor(self.grad_norm, self._max_grad_norm))
 
     def state_dict(self) -> dict:
         """torch's state_dict, with the 8-bit entries nested as bitsandbytes nests them."""
@@ -198,13 +224,17 @@ class Adam8bit(_Adam8bit):
 
     Params under ``min_8bit_size`` elements keep float32 states. ``weight_decay``
     is decoupled, as in bitsandbytes. One fused pass per tensor: on the CPU in parallel
-    blocks, on a GPU in one launch on torch's current stream.
+    blocks, on a GPU in one launch on torch's current stream. ``max_grad_norm`` clips the
+    gradients by their global norm inside the step, as ``torch.nn.utils.clip_grad_norm_``
+    before it would (``grad_norm`` holds the norm), without writing them.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
-                 min_8bit_size: int = quant8.MIN_8BIT_SIZE) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, maximize, min_8bit_size)
+                 min_8bit_size: int = quant8.MIN_8BIT_SIZE,
+                 max_grad_norm: float | None = None) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, maximize, min_8bit_size,
+                         max_grad_norm)
 
 
 class AdamW8bit(_Adam8bit):
@@ -212,5 +242,7 @@ class AdamW8bit(_Adam8bit):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, *, maximize: bool = False,
-                 min_8bit_size: int = quant8.MIN_8BIT_SIZE) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, maximize, min_8bit_size)
+                 min_8bit_size: int = quant8.MIN_8BIT_SIZE,
+                 max_grad_norm: float | None = None) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, maximize, min_8bit_size,
+                         max_grad_norm)

@@ -48,18 +48,19 @@ KINDS = [("float32", "float32", "float32"), ("float64", "float64", "float64"),
          ("bfloat16", "bfloat16", "float32"), ("float16", "float32", "float16"),
          ("bfloat16", "float32", "bfloat16"), ("float32", "bfloat16", "float32")]
 OPTIONS = [dict(), dict(amsgrad=True, nesterov=True, l2=True, maximize=True),
-           dict(kahan=True, decoupled=True), dict(master=True, decoupled=True)]
-
+           dict(kahan=True, decoupled=True), dict(master=True, decoupled=True),
+           dict(stochastic=True, decoupled=True)]
+SIXTEEN_BIT_ONLY = ("kahan", "master", "stochastic")
 
 CASES = [(k, o) for k, o in itertools.product(KINDS, OPTIONS)
-         if not (o.get("kahan") or o.get("master")) or k[0] in ("float16", "bfloat16")]
+         if not any(o.get(x) for x in SIXTEEN_BIT_ONLY) or k[0] in ("float16", "bfloat16")]
 
 
 def make_flags(kinds, options) -> Flags:
     return Flags(options.get("maximize", False), options.get("amsgrad", False),
                  options.get("l2", False), options.get("decoupled", False),
                  options.get("nesterov", False), options.get("kahan", False),
-                 options.get("master", False), *kinds)
+                 options.get("master", False), *kinds, options.get("stochastic", False))
 
 
 @pytest.mark.parametrize("kinds,options", CASES)
@@ -68,7 +69,7 @@ def test_fused_kernel_compiles(compile_ptx, kinds, options):
     flags = make_flags(kinds, options)
     compute = types.float64 if param == "float64" else types.float32
     sig = (ARRAY[param][::1], ARRAY[grad][::1], ARRAY[state][::1], ARRAY[state][::1],
-           ARRAY[state][::1], ARRAY[param][::1], types.float32[::1]) + (compute,) * 11
+           ARRAY[state][::1], ARRAY[param][::1], types.float32[::1]) + (compute,) * 11 + NOISE
     ptx = compile_ptx(dense.fused_kernel(flags).py_func, sig)
     assert "sqrt.rn" in ptx
     if param != "float64" and "float64" not in kinds:
@@ -80,13 +81,15 @@ def test_one_launch_list_kernel_compiles(compile_ptx, kinds, options):
     flags = make_flags(kinds, options)
     compute = types.float64 if kinds[0] == "float64" else types.float32
     sig = (types.uint64[:, ::1], types.uint64[::1], types.int64[:, ::1]) + (compute,) * 11
-    ptx = compile_ptx(dense.multi_kernel(flags).py_func, sig)
+    ptx = compile_ptx(dense.multi_kernel(flags).py_func, sig + NOISES)
     assert "sqrt.rn" in ptx and "st.global" in ptx  # stores through the table's addresses
     if kinds[0] != "float64" and "float64" not in kinds:
         assert ".f64" not in ptx
 
 
 COUNTED = (types.int64[::1], types.int32[::1])  # the step count and the skip flag
+NOISE = (types.uint32, types.int64)  # a rounding key and the step (stochastic rounding)
+NOISES = (types.uint32[::1], types.int64)  # one key per array of a batch, the step
 
 
 @pytest.mark.parametrize("kinds,options", CASES)
@@ -99,10 +102,12 @@ def test_counted_kernels_compile(compile_ptx, kinds, options):
     scalars = (compute,) * 7 + (types.float64,) * 6
     arrays = (ARRAY[param][::1], ARRAY[grad][::1], ARRAY[state][::1], ARRAY[state][::1],
               ARRAY[state][::1], ARRAY[param][::1], types.float32[::1])
-    ptx = compile_ptx(dense.fused_kernel(flags, True).py_func, arrays + COUNTED + scalars)
+    ptx = compile_ptx(dense.fused_kernel(flags, True).py_func,
+                      arrays + COUNTED + scalars + NOISE[:1])
     assert "sqrt.rn" in ptx and ".f64" in ptx  # float64 coefficients, as on the host
     tables = (types.uint64[:, ::1], types.uint64[::1], types.int64[:, ::1])
-    ptx = compile_ptx(dense.multi_kernel(flags, True).py_func, tables + COUNTED + scalars)
+    ptx = compile_ptx(dense.multi_kernel(flags, True).py_func,
+                      tables + COUNTED + scalars + NOISES[:1])
     assert "sqrt.rn" in ptx and "st.global" in ptx
 
 
@@ -148,7 +153,8 @@ def test_8bit_kernel_compiles(compile_ptx, kinds, options, counted):
     sig = ((ARRAY[param][::1], ARRAY[grad][::1]) + (codes,) * 3 + (absmax,) * 3
            + (ARRAY[param][::1], types.float32[::1], absmax, absmax, types.uint32[::1],
               types.uint32[::1]))
-    sig += COUNTED + (compute,) * 7 + (types.float64,) * 6 if counted else (compute,) * 11
+    sig += (COUNTED + (compute,) * 7 + (types.float64,) * 6 + NOISE[:1] if counted
+            else (compute,) * 11 + NOISE)
     ptx = compile_ptx(eight_bit.fused_kernel(flags, counted).py_func, sig)
     assert "sqrt.rn" in ptx and "bar.sync" in ptx and "atom.shared.max.u32" in ptx
     assert "st.global.u8" in ptx
@@ -165,7 +171,8 @@ def test_8bit_list_kernel_compiles(compile_ptx, kinds, options, counted):
     compute = types.float64 if kinds[0] == "float64" else types.float32
     sig = (types.uint64[:, ::1], types.uint64[::1], types.int64[::1], types.int64[::1],
            types.float32[::1], types.float32[::1], types.uint32[::1], types.uint32[::1])
-    sig += COUNTED + (compute,) * 7 + (types.float64,) * 6 if counted else (compute,) * 11
+    sig += (COUNTED + (compute,) * 7 + (types.float64,) * 6 + NOISES[:1] if counted
+            else (compute,) * 11 + NOISES)
     ptx = compile_ptx(eight_bit.multi_kernel(flags, counted).py_func, sig)
     assert "sqrt.rn" in ptx and "atom.shared.max.u32" in ptx
     assert "st.global.u8" in ptx and "ld.global" in ptx
@@ -186,7 +193,7 @@ def test_sparse_kernel_compiles(compile_ptx, kinds, options):
     compute = types.float64 if param == "float64" else types.float32
     table = lambda kind: ARRAY[kind][:, ::1]  # noqa: E731
     sig = (table(param), table(state), table(state), table(param), types.float32[:, ::1],
-           types.uint64[::1], table(grad)) + (compute,) * 4
+           types.uint64[::1], table(grad)) + (compute,) * 4 + NOISE
     ptx = compile_ptx(sparse.sparse_kernel(make_flags(kinds, options)).py_func, sig)
     assert "sqrt.rn" in ptx and "st.global" in ptx
     if param != "float64" and "float64" not in kinds:

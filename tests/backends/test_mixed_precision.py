@@ -111,7 +111,8 @@ def test_master_weights_are_the_float32_run(dtype):
 def test_sixteen_bit_defaults():
     opt = fastadam.Adam(np.zeros(5, BF16))
     assert opt.options == {"state_dtype": "float32", "kahan_summation": True,
-                           "master_weights": False, "skip_nonfinite": False}
+                           "master_weights": False, "skip_nonfinite": False,
+                           "stochastic_rounding": False, "seed": 0, "max_grad_norm": None}
     assert fastadam.Adam(np.zeros(5, F16), master_weights=True).options["kahan_summation"] is False
     light = fastadam.AdamW(np.zeros(5, BF16), state_dtype=ml_dtypes.bfloat16)
     assert light.state_dict()["state"][0]["exp_avg"].dtype == BF16
@@ -262,7 +263,7 @@ def test_sixteen_bit_kernels_vectorize(param, f16c, state, option):
     u16 = np.zeros(64, np.uint16)
     moments = np.zeros(64, np.uint16 if state == "bfloat16" else F32)
     kernel(u16, u16.copy(), moments, moments.copy(), moments.copy(), u16.copy(),
-           np.zeros(64, F32), np.zeros(11, F32))
+           np.zeros(64, F32), np.zeros(11, F32), np.uint32(0))
     (asm,) = kernel.inspect_asm().values()
     assert re.search(r"vsqrtps\s+%[yz]mm", asm), "the loop did not vectorize"
     assert not re.search(r"^_ZN8fastadam8_element4make.*update.*:$", asm, re.M), \

@@ -215,3 +215,8 @@ def test_first_step_in_a_new_process_cold_and_warm():
     assert s["cold"] > s["warm"] > 0 and s["floor"] > 0
     line = startup.format_startup(s)
     assert "cold" in line and "warm" in line and "floor" in line
+
+
+def test_clip_rows(capsys):
+    out = run(capsys, "--sizes", "3000", "--dtypes", "float32", "--configs", "adam", "--clip")
+    assert "cpu-clipped" in out and "cpu-unclipped" in out and "Clipping by the global norm" in out

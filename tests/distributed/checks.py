@@ -84,6 +84,30 @@ def check_matches_single_process(comm, rank, size):
     assert loaded.param_groups[1]["lr"] == 3e-2
 
 
+def check_clipping_by_the_global_norm(comm, rank, size):
+    """max_grad_norm: the norm across every rank's shard (one scalar from each), equal to
+    one process clipping the mean gradient; a NaN anywhere skips on every rank."""
+    shapes = [(1001,), (7,), (13, 5)]
+    start = [np.random.default_rng(9).standard_normal(s).astype(F32) for s in shapes]
+    ours_params = [a.copy() for a in start]
+    ours = ShardedAdamW(ours_params, comm, lr=1e-2, max_grad_norm=0.5, skip_nonfinite=True)
+    ref = fastadam.AdamW([a.copy() for a in start], lr=1e-2, max_grad_norm=0.5)
+    for step in range(4):
+        scale = 8.0 if step == 2 else None
+        ours.step([g * F32(scale or 1) for g in grads_of(rank, step, shapes)], grad_scale=scale)
+        ref.step(mean_grads(size, step, shapes))
+        close(ours.grad_norm, ref.grad_norm, "grad_norm", rtol=1e-6)
+    for mine, theirs in zip(ours_params, ref.params):
+        close(mine, theirs, "clipped params")
+    bad = grads_of(rank, 9, shapes)
+    if rank == size - 1:
+        bad[0][3] = np.nan
+    before = [a.copy() for a in ours_params]
+    assert ours.step(bad) is False and np.isnan(ours.grad_norm)
+    for a, b in zip(ours_params, before):
+        np.testing.assert_array_equal(a, b)
+
+
 def check_mixed_precision_and_8bit(comm, rank, size):
     """bfloat16 params with fp32 master weights in the shard; 8-bit moments (the shard's
     pieces quantized blockwise, as an unsharded Adam over the same pieces)."""
@@ -217,6 +241,7 @@ def run_all(comm, rank, size, folder, other_comm):
     """Every check; ``other_comm``: another way to name the ranks (comm=None, the default,
     under MPI; an explicit process group under torch)."""
     check_matches_single_process(comm, rank, size)
+    check_clipping_by_the_global_norm(comm, rank, size)
     check_mixed_precision_and_8bit(comm, rank, size)
     check_skip_nonfinite_and_refusal(other_comm, rank, size)
     check_disagreement_fails_on_every_rank(comm, rank, size)

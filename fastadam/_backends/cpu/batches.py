@@ -14,8 +14,9 @@ from ..._core.dtypes import KINDS, compute_dtype, kind
 from ..._core.hyper import coefficients
 from ..grouping import advance, batched, chunk_table, ready_to_batch
 from ..owned import Owned
+from ..shared.convert import noises_of
 from ..views import data_address, kernel_views
-from . import dense
+from . import dense, norm
 from .headers import Table
 from .runtime import with_threads
 
@@ -31,6 +32,12 @@ class HostBatch:
                                dtype=np.int64)
         self.sizes = np.array([s.flat.size for s in slots], dtype=np.int64)
         self.chunks = chunk_table(self.sizes)
+        self.keys = np.array([s.key for s in slots], dtype=np.uint32)
+        self.stochastic = slots[0].flags.stochastic  # (one option set per batch)
+
+    def noises(self, step: int) -> np.ndarray:
+        """Each array's random bits at update ``step`` (zeros without stochastic rounding)."""
+        return noises_of(self.keys, step) if self.stochastic else np.zeros_like(self.keys)
 
 
 class HostBatches:
@@ -81,6 +88,12 @@ class HostBatches:
                 return False
         return True
 
+    def sum_of_squares(self, codes: np.ndarray, addresses: np.ndarray, num_threads) -> float:
+        """The float64 sum of the squares of every checked gradient: one parallel read per
+        dtype (the clip's norm, NaN or inf where an element is)."""
+        kinds = [kind(self.table.dtypes[c]) for c in codes]
+        return norm.sum_of_squares(addresses, self.sizes, kinds, num_threads, self.chunks)
+
     def step(self, group: int, h, codes, addresses, grad_scale, num_threads) -> set:
         """Step the batches of ``group``; returns the indices of the arrays it stepped."""
         done = set()
@@ -91,7 +104,8 @@ class HostBatches:
             flags, step = ready
             coef = np.array(coefficients(h, step, grad_scale), dtype=compute_dtype(flags.param))
             with_threads(num_threads, dense.multi_kernel(flags), batch.tables,
-                         addresses[batch.indices], batch.sizes, batch.chunks, coef)
+                         addresses[batch.indices], batch.sizes, batch.chunks, coef,
+                         batch.noises(step))
             advance(batch, done)
         return done
 

@@ -19,7 +19,7 @@ from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
 from ..cache import cached
 from ..shared import element, pointers
-from .runtime import _shares, at, converters, with_threads
+from .runtime import _shares, at, converters, rounding, with_threads
 
 # Below this many elements one thread beats waking the pool: a parallel region costs
 # ~2 us on one thread and 2.3-5 us on two, about what 16K float32 elements take. Set by
@@ -37,23 +37,23 @@ OVERLAP = 1  # the kernel's refusal: the gradient shares memory with an array it
 
 @cache
 def fused_kernel(flags: Flags, f16c: bool | None = None):
-    """The compiled kernel ``(param, grad, m, v, v_max, comp, master, coef) -> 0``.
+    """The compiled kernel ``(param, grad, m, v, v_max, comp, master, coef, noise) -> 0``.
 
     Arrays are 1-D; 16-bit ones are uint16 views. Unused arrays (v_max, comp,
     master when their option is off) may be any placeholder. ``coef`` holds
-    ``_scalars.COEFFICIENTS`` rounded once to the compute dtype. ``f16c``: as in
+    ``hyper.COEFFICIENTS`` rounded once to the compute dtype. ``f16c``: as in
     ``converters``. Before anything is written it returns ``OVERLAP``, changing
     nothing, if grad shares memory with an array the step writes.
     """
     # Inlined by Numba itself: left to LLVM, the float16 Kahan body (three 16-bit loads,
     # two stores) stayed a call per element, unvectorized, at 3% of the memory limit.
     update = element.make(numba.njit(inline="always"), flags,
-                           converters(compute_dtype(flags.param), f16c))
+                           converters(compute_dtype(flags.param), f16c), rounding(f16c))
 
     # prange also lets LLVM vectorize: a plain range loop over several arrays
     # stays scalar, because the arrays might alias.
     @numba.njit(parallel=True, nogil=True)
-    def kernel(param, grad, m, v, v_max, comp, master, coef):
+    def kernel(param, grad, m, v, v_max, comp, master, coef, noise):
         if (_shares(grad, param) or _shares(grad, m) or _shares(grad, v)
                 or _shares(grad, v_max) or _shares(grad, comp) or _shares(grad, master)):
             return OVERLAP
@@ -61,7 +61,7 @@ def fused_kernel(flags: Flags, f16c: bool | None = None):
         c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]
         for i in prange(param.size):
             update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7,
-                   c8, c9, c10)
+                   c8, c9, c10, noise, 0)
         return 0
 
     return cached(kernel, "cpu.fused_kernel", flags, f16c)
@@ -84,11 +84,13 @@ def nonfinite_kernel(grad_kind: str):
     return cached(count, "cpu.nonfinite_kernel", grad_kind)
 
 
-def adam_step_cpu(arrays: tuple, flags: Flags, coef: np.ndarray, num_threads: int | None) -> None:
+def adam_step_cpu(arrays: tuple, flags: Flags, coef: np.ndarray, num_threads: int | None,
+                  noise: int = 0) -> None:
     """Run the fused kernel on ``(param, grad, m, v, v_max, comp, master)`` kernel views
-    (checked: none overlaps another)."""
+    (checked: none overlaps another); ``noise``: the params' random bits at this step,
+    for stochastic rounding."""
     threads = threads_for(arrays[0].size, num_threads)
-    if with_threads(threads, fused_kernel(flags), *arrays, coef) == OVERLAP:
+    if with_threads(threads, fused_kernel(flags), *arrays, coef, np.uint32(noise)) == OVERLAP:
         raise ValueError("grad overlaps an array the step writes")  # checked before: a bug
 
 
@@ -101,21 +103,22 @@ def count_nonfinite(grad, grad_kind: str, num_threads: int | None) -> int:
 def multi_kernel(flags: Flags):
     """One parallel region over many arrays of one option set and dtypes.
 
-    ``kernel(tables, grad_addresses, sizes, chunks, coef)``: ``tables`` rows hold the
+    ``kernel(tables, grad_addresses, sizes, chunks, coef, noises)``: ``tables`` rows hold the
     data addresses of (param, m, v, v_max, comp, master) per array (a placeholder's
     where an option is off), ``grad_addresses`` the gradients', ``sizes`` the arrays'
     elements, and ``chunks`` rows of (array index, start, stop) that split the work
-    evenly across threads. Addresses, not numba containers: nothing to build per process.
+    evenly across threads, ``noises`` each array's random bits at this step (stochastic
+    rounding). Addresses, not numba containers: nothing to build per process.
     """
     # Inlined by Numba itself: an inner range loop around a call stays scalar.
     update = element.make(numba.njit(inline="always"), flags,
-                           converters(compute_dtype(flags.param)))
+                           converters(compute_dtype(flags.param)), rounding())
 
     param_t, grad_t, state_t = map(pointers.pointee, (flags.param, flags.grad, flags.state))
     master_t = np.float32
 
     @numba.njit(parallel=True, nogil=True)
-    def kernel(tables, grad_addresses, sizes, chunks, coef):
+    def kernel(tables, grad_addresses, sizes, chunks, coef, noises):
         c0, c1, c2, c3, c4, c5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
         c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]
         for c in prange(chunks.shape[0]):
@@ -131,7 +134,7 @@ def multi_kernel(flags: Flags):
             master = numba.carray(at(tables[5, t], master_t), size)[start:stop]
             for i in range(stop - start):
                 update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6,
-                       c7, c8, c9, c10)
+                       c7, c8, c9, c10, noises[t], start)
 
     return cached(kernel, "cpu.multi_kernel", flags)
 

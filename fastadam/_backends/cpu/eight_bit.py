@@ -21,7 +21,14 @@ from ..._core.hyper import Flags
 from ..cache import cached
 from ..shared import element
 from ..shared.codes import element_functions
-from .runtime import _bits_from_f32, _f32_from_bits, _shares, converters, with_threads
+from .runtime import (
+    _bits_from_f32,
+    _f32_from_bits,
+    _shares,
+    converters,
+    rounding,
+    with_threads,
+)
 
 OVERLAP = 1
 BLOCKS_PER_TASK = 64  # 16K elements per parallel task: its scratch is allocated once
@@ -68,7 +75,7 @@ def fused_kernel(flags: Flags):
     step writes.
     """
     update = element.make(numba.njit(inline="always"), flags,
-                           converters(compute_dtype(flags.param)))
+                           converters(compute_dtype(flags.param)), rounding())
     compute = np.dtype(compute_dtype(flags.param)).type
     amsgrad = flags.amsgrad
     signed, unsigned = quant8.encoder(True), quant8.encoder(False)
@@ -77,7 +84,7 @@ def fused_kernel(flags: Flags):
 
     @numba.njit(parallel=True, nogil=True)
     def kernel(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax, v_max_absmax,
-               comp, master, coef, m_map, v_map):
+               comp, master, coef, m_map, v_map, noise):
         if (_shares(grad, param) or _shares(grad, m_codes) or _shares(grad, v_codes)
                 or _shares(grad, v_max_codes) or _shares(grad, m_absmax)
                 or _shares(grad, v_absmax) or _shares(grad, v_max_absmax)
@@ -104,7 +111,7 @@ def fused_kernel(flags: Flags):
                 k, w = comp[s:e], master[s:e]
                 for j in range(size):
                     update(j, p, g, m, v, v_max, k, w, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
-                           c10)
+                           c10, noise, s)
                 top = _absmax(m, size)
                 m_absmax[b] = top
                 _encode(m, size, top, m_codes[s:e], m_entries, m_zero, True)
@@ -122,9 +129,11 @@ def fused_kernel(flags: Flags):
 
 
 def adam_step_8bit_cpu(arrays: tuple, flags: Flags, coef: np.ndarray,
-                       num_threads: int | None) -> None:
+                       num_threads: int | None, noise: int = 0) -> None:
     """Run the kernel on checked kernel views ``(param, grad, m_codes, v_codes,
-    v_max_codes, m_absmax, v_absmax, v_max_absmax, comp, master)``."""
+    v_max_codes, m_absmax, v_absmax, v_max_absmax, comp, master)``; ``noise``: the
+    params' random noise at this step, for stochastic rounding."""
     if with_threads(num_threads, fused_kernel(flags), *arrays, coef,
-                    quant8.dynamic_map(True), quant8.dynamic_map(False)) == OVERLAP:
+                    quant8.dynamic_map(True), quant8.dynamic_map(False),
+                    np.uint32(noise)) == OVERLAP:
         raise ValueError("grad overlaps an array the step writes")  # checked before: a bug

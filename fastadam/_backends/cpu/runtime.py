@@ -97,6 +97,17 @@ def converters(compute: str, f16c: bool | None = None) -> dict:
     return found
 
 
+@cache
+def rounding(f16c: bool | None = None) -> tuple:
+    """``(stochastic stores, random)`` for the element update on the CPU (see
+    ``shared.convert``), the round-to-nearest stores those fall back on as
+    ``converters``'."""
+    jit = numba.njit(inline="always")
+    nearest = {k: store for k, (_, store) in converters("float32", f16c).items()}
+    _, random = convert.make_random(jit)
+    return convert.make_stochastic(jit, _f32_from_bits, _bits_from_f32, nearest), random
+
+
 def _float16_in_hardware(compute) -> tuple:
     # The same bits as the portable conversions (round to nearest even, subnormals kept),
     # in one instruction for 8 or 16 lanes instead of a dozen integer operations each.

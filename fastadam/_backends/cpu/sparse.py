@@ -21,7 +21,7 @@ from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
 from ..cache import cached, disk_cached
 from ..shared import element
-from .runtime import converters, prefetch_row
+from .runtime import converters, prefetch_row, rounding
 
 ROWS_PER_TASK = 64  # distinct rows per parallel task: its scratch row is allocated once
 AHEAD = 8  # rows prefetched ahead: rows are scattered, so each one is a cache (and TLB) miss
@@ -89,12 +89,12 @@ def sparse_kernel(flags: Flags):
     their option off); ``order``/``starts`` from ``group_rows``; ``coef``:
     (1 - beta1, 1 - beta2, eps, -step_size) in the compute dtype."""
     convert = converters(compute_dtype(flags.param))
-    update = element.make_sparse(numba.njit(inline="always"), flags, convert)
+    update = element.make_sparse(numba.njit(inline="always"), flags, convert, rounding())
     load_g = convert[flags.grad][0]
     compute = np.dtype(compute_dtype(flags.param))
 
     @numba.njit(parallel=True, nogil=True)
-    def kernel(param, m, v, comp, master, indices, order, starts, values, coef):
+    def kernel(param, m, v, comp, master, indices, order, starts, values, coef, noise):
         one_minus_beta1, one_minus_beta2, eps, neg_step = coef[0], coef[1], coef[2], coef[3]
         dim = param.shape[1]
         distinct = starts.size - 1
@@ -120,7 +120,7 @@ def sparse_kernel(flags: Flags):
                 p, m_row, v_row, c_row, w_row = param[row], m[row], v[row], comp[row], master[row]
                 for j in range(dim):
                     update(j, total[j], p, m_row, v_row, c_row, w_row, one_minus_beta1,
-                           one_minus_beta2, eps, neg_step)
+                           one_minus_beta2, eps, neg_step, noise, row * dim)
         return 0
 
     return cached(kernel, "cpu.sparse.sparse_kernel", flags)

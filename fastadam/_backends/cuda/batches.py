@@ -26,14 +26,14 @@ class DeviceBatch:
                 for s in slots]
         self.tables = to_device(np.array(
             [[address(s.flat) for s in slots], *zip(*rows)], dtype=np.uint64))
-        self.chunks = to_device(chunk_table([s.flat.size for s in slots],
-                                                       CHUNK))
+        self.chunks = to_device(chunk_table([s.flat.size for s in slots], CHUNK))
+        self.keys = to_device(np.array([s.key for s in slots], dtype=np.uint32))
         self.grads = Addresses(len(slots))
 
     def launch(self, flags, h, step: int, grad_addresses, grad_scale, stream, steps) -> None:
         adam_step_cuda_many(self.tables, self.chunks, self.grads, grad_addresses, flags,
-                                  coefficients(h, step, grad_scale), stream, steps, h,
-                                  grad_scale)
+                            coefficients(h, step, grad_scale), stream, steps, h, grad_scale,
+                            self.keys, step)
 
 
 class DeviceBatch8bit:
@@ -56,12 +56,13 @@ class DeviceBatch8bit:
         self.blocks = sum(counts)
         self.firsts = to_device(np.cumsum([0, *counts], dtype=np.int64))
         self.sizes = to_device(np.array([s.flat.size for s in slots], dtype=np.int64))
+        self.keys = to_device(np.array([s.key for s in slots], dtype=np.uint32))
         self.grads = Addresses(len(slots))
 
     def launch(self, flags, h, step: int, grad_addresses, grad_scale, stream, steps) -> None:
         adam_step_8bit_cuda_many(self, grad_addresses, flags,
                                  coefficients(h, step, grad_scale), stream, steps, h,
-                                 grad_scale)
+                                 grad_scale, step)
 
 
 class DeviceBatches:

@@ -30,6 +30,7 @@ from .runtime import (
     converters,
     forget,
     launch_shape,
+    rounding,
 )
 
 _step_terms = _device(hyper.step_terms)  # the host's definition, compiled for the GPU
@@ -56,29 +57,34 @@ def fused_kernel(flags: Flags, counted: bool = False):
     """The kernel ``(param, grad, m, v, v_max, comp, master, *coefficients)``: the element
     update of ``shared/element.py`` over a grid-stride loop (see the CPU's ``fused_kernel``).
 
-    ``counted``: the step count lives on the device instead, and the kernel is
-    ``(param, ..., master, count, found, c0, c1, c2, c3, c8, c9, c10, lr, beta1, beta2,
-    eps, eps_root, bias_correction)``: it does nothing when ``found[0]`` is set (a
-    gradient held NaN or inf), and computes coefficients 4-7 from ``count[0]`` itself.
+    The last arguments are the params' rounding ``key`` and the ``step``: their random
+    bits there, for stochastic rounding. ``counted``: the step count lives on the device
+    instead, and the kernel is ``(param, ..., master, count, found, c0, c1, c2, c3, c8,
+    c9, c10, lr, beta1, beta2, eps, eps_root, bias_correction, key)``: it does nothing
+    when ``found[0]`` is set (a gradient held NaN or inf), and computes coefficients 4-7
+    from ``count[0]`` itself.
     """
-    update = element.make(_device, flags, converters(compute_dtype(flags.param)))
+    element_rounding, noise_of = rounding()
+    update = element.make(_device, flags, converters(compute_dtype(flags.param)),
+                          element_rounding)
 
     @_inlined
     def run(param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
-            c10):
+            c10, key, step):
+        noise = noise_of(key, step)
         i = cuda.grid(1)
         stride = cuda.gridsize(1)
         while i < param.size:
             update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7,
-                   c8, c9, c10)
+                   c8, c9, c10, noise, 0)
             i += stride
 
     if not counted:
         @cuda.jit
         def kernel(param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7,
-                   c8, c9, c10):
+                   c8, c9, c10, key, step):
             run(param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7, c8,
-                c9, c10)
+                c9, c10, key, step)
 
         return cached(kernel, "cuda.fused_kernel", flags, counted)
 
@@ -86,12 +92,12 @@ def fused_kernel(flags: Flags, counted: bool = False):
 
     @cuda.jit
     def counted_kernel(param, grad, m, v, v_max, comp, master, count, found, c0, c1, c2, c3,
-                       c8, c9, c10, lr, beta1, beta2, eps, eps_root, bias_correction):
+                       c8, c9, c10, lr, beta1, beta2, eps, eps_root, bias_correction, key):
         if found[0] != 0:
             return
         c4, c5, c6, c7 = coefficients(count, lr, beta1, beta2, eps, eps_root, bias_correction)
         run(param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
-            c10)
+            c10, key, count[0] + 1)
 
     return cached(counted_kernel, "cuda.fused_kernel", flags, counted)
 
@@ -100,21 +106,25 @@ def fused_kernel(flags: Flags, counted: bool = False):
 def multi_kernel(flags: Flags, counted: bool = False):
     """One launch over many arrays of one option set and dtypes.
 
-    ``kernel(tables, grads, chunks, *coefficients)``: ``tables`` rows hold the
+    ``kernel(tables, grads, chunks, *coefficients, keys, step)``: ``tables`` rows hold the
     device addresses of (param, m, v, v_max, comp, master) per array (unused ones
-    any valid address), ``grads`` the gradients' addresses, and ``chunks`` rows
-    (array index, start, stop); each block steps whole chunks. ``counted``: as in
-    ``fused_kernel``, ``(tables, grads, chunks, count, found, c0, ..., bias_correction)``.
+    any valid address), ``grads`` the gradients' addresses, ``chunks`` rows
+    (array index, start, stop), ``keys`` the arrays' rounding keys; each block steps
+    whole chunks. ``counted``: as in ``fused_kernel``, ``(tables, grads, chunks, count,
+    found, c0, ..., bias_correction, keys)``.
     """
-    update = element.make(_device, flags, converters(compute_dtype(flags.param)))
+    element_rounding, noise_of = rounding()
+    update = element.make(_device, flags, converters(compute_dtype(flags.param)),
+                          element_rounding)
     param_t, grad_t, state_t = map(pointers.pointee, (flags.param, flags.grad, flags.state))
     master_t = np.float32
 
     @_inlined
-    def run(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
+    def run(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, keys, step):
         row = cuda.blockIdx.x
         while row < chunks.shape[0]:
             t = chunks[row, 0]
+            noise = noise_of(keys[t], step)
             param, grad = _at(tables[0, t], param_t), _at(grads[t], grad_t)
             m, v, v_max = _at(tables[1, t], state_t), _at(tables[2, t], state_t), _at(
                 tables[3, t], state_t)
@@ -122,14 +132,15 @@ def multi_kernel(flags: Flags, counted: bool = False):
             i = chunks[row, 1] + cuda.threadIdx.x
             while i < chunks[row, 2]:
                 update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6,
-                       c7, c8, c9, c10)
+                       c7, c8, c9, c10, noise, 0)
                 i += cuda.blockDim.x
             row += cuda.gridDim.x
 
     if not counted:
         @cuda.jit
-        def kernel(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10):
-            run(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10)
+        def kernel(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, keys,
+                   step):
+            run(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, keys, step)
 
         return cached(kernel, "cuda.multi_kernel", flags, counted)
 
@@ -137,11 +148,12 @@ def multi_kernel(flags: Flags, counted: bool = False):
 
     @cuda.jit
     def counted_kernel(tables, grads, chunks, count, found, c0, c1, c2, c3, c8, c9, c10, lr,
-                       beta1, beta2, eps, eps_root, bias_correction):
+                       beta1, beta2, eps, eps_root, bias_correction, keys):
         if found[0] != 0:
             return
         c4, c5, c6, c7 = coefficients(count, lr, beta1, beta2, eps, eps_root, bias_correction)
-        run(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10)
+        run(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, keys,
+            count[0] + 1)
 
     return cached(counted_kernel, "cuda.multi_kernel", flags, counted)
 
@@ -164,11 +176,14 @@ def nonfinite_kernel(grad_kind: str):
     return cached(kernel, "cuda.nonfinite_kernel", grad_kind)
 
 
-def adam_step_cuda(arrays: tuple, flags: Flags, coefficients: tuple[float, ...], stream) -> None:
-    """Launch the fused kernel once over ``(param, grad, m, v, v_max, comp, master)`` views."""
+def adam_step_cuda(arrays: tuple, flags: Flags, coefficients: tuple[float, ...], stream,
+                   key: int = 0, step: int = 0) -> None:
+    """Launch the fused kernel once over ``(param, grad, m, v, v_max, comp, master)`` views
+    (``key`` and ``step``: the params' random bits, for stochastic rounding)."""
     scalar = np.dtype(compute_dtype(flags.param)).type  # round the float64 scalars once
     blocks, threads = launch_shape(arrays[0].size)
-    fused_kernel(flags)[blocks, threads, stream](*arrays, *(scalar(c) for c in coefficients))
+    fused_kernel(flags)[blocks, threads, stream](*arrays, *(scalar(c) for c in coefficients),
+                                                 np.uint32(key), np.int64(step))
 
 
 @disk_cached("cuda.advance")
@@ -217,28 +232,32 @@ def counted_scalars(flags: Flags, h, grad_scale: float | None) -> tuple:
 
 
 def adam_step_cuda_counted(arrays: tuple, flags: Flags, h, grad_scale, steps: StepCount,
-                           stream) -> None:
+                           stream, key: int = 0) -> None:
     """``adam_step_cuda`` with the step count and the skip flag on the device."""
     blocks, threads = launch_shape(arrays[0].size)
     fused_kernel(flags, True)[blocks, threads, stream](
-        *arrays, steps.count, steps.found, *counted_scalars(flags, h, grad_scale))
+        *arrays, steps.count, steps.found, *counted_scalars(flags, h, grad_scale),
+        np.uint32(key))
 
 
 def adam_step_cuda_many(tables, chunks, grads: Addresses, grad_addresses: np.ndarray,
                         flags: Flags, coefficients: tuple[float, ...], stream,
-                        steps: StepCount | None = None, h=None, grad_scale=None) -> None:
-    """Launch ``multi_kernel`` once: ``tables`` and ``chunks`` are on the device, the
-    gradients' addresses go there through ``grads``. With ``steps``, the counted kernel
-    (``coefficients`` unused: they come from ``h``, ``grad_scale`` and the device count)."""
+                        steps: StepCount | None = None, h=None, grad_scale=None, keys=None,
+                        step: int = 0) -> None:
+    """Launch ``multi_kernel`` once: ``tables``, ``chunks`` and ``keys`` (the arrays'
+    rounding keys) are on the device, the gradients' addresses go there through
+    ``grads``. With ``steps``, the counted kernel (``coefficients`` unused: they come
+    from ``h``, ``grad_scale`` and the device count)."""
     blocks = max(1, min(MAX_BLOCKS, chunks.shape[0]))
     launch = (blocks, THREADS_PER_BLOCK, stream)
     table = grads.send(grad_addresses, stream)
     if steps is None:
         scalar = np.dtype(compute_dtype(flags.param)).type
-        multi_kernel(flags)[launch](tables, table, chunks, *(scalar(c) for c in coefficients))
+        multi_kernel(flags)[launch](tables, table, chunks, *(scalar(c) for c in coefficients),
+                                    keys, np.int64(step))
     else:
         multi_kernel(flags, True)[launch](tables, table, chunks, steps.count, steps.found,
-                                          *counted_scalars(flags, h, grad_scale))
+                                          *counted_scalars(flags, h, grad_scale), keys)
     forget(grad_addresses)
 
 

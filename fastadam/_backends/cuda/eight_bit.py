@@ -33,6 +33,7 @@ from .runtime import (
     _f32_from_bits,
     converters,
     forget,
+    rounding,
 )
 
 BLOCK = quant8.BLOCK
@@ -48,7 +49,8 @@ def _block_step(flags: Flags):
     quantization block ``b`` of one array, by the thread block. ``p, g, k, w`` and the
     codes start at the block's first element (``size`` of them); the absmax arrays are
     the array's; ``m, v, v_max, tops`` the thread block's shared scratch."""
-    update = element.make(_device, flags, converters(compute_dtype(flags.param)))
+    update = element.make(_device, flags, converters(compute_dtype(flags.param)),
+                          rounding()[0])
     compute = np.dtype(compute_dtype(flags.param)).type
     amsgrad = flags.amsgrad
     m_zero = np.int32(quant8.encoder(True).zero)
@@ -57,7 +59,7 @@ def _block_step(flags: Flags):
     @_device
     def step(b, size, p, g, k, w, m_codes, v_codes, v_max_codes, m_absmax, v_absmax,
              v_max_absmax, m_map, v_map, m_entries, v_entries, m, v, v_max, tops, c0, c1, c2,
-             c3, c4, c5, c6, c7, c8, c9, c10):
+             c3, c4, c5, c6, c7, c8, c9, c10, noise):
         t = cuda.threadIdx.x
         if t < 3:
             tops[t] = 0
@@ -68,7 +70,8 @@ def _block_step(flags: Flags):
             v[j] = compute(v_map[v_codes[j]] * v_absmax[b])
             if amsgrad:
                 v_max[j] = compute(v_map[v_max_codes[j]] * v_max_absmax[b])
-            update(j, p, g, m, v, v_max, k, w, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10)
+            update(j, p, g, m, v, v_max, k, w, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10,
+                   noise, b * BLOCK)
             top_m = max(top_m, _magnitude_bits(m[j]))
             top_v = max(top_v, _magnitude_bits(v[j]))
             if amsgrad:
@@ -112,13 +115,15 @@ def fused_kernel(flags: Flags, counted: bool = False):
     device: ``(..., v_entries, count, found, c0, c1, c2, c3, c8, c9, c10, lr, beta1,
     beta2, eps, eps_root, bias_correction)``, and nothing changes when ``found[0]`` is set.
     """
-    step = _block_step(flags)
+    block_step = _block_step(flags)
     compute = np.dtype(compute_dtype(flags.param)).type
+    noise_of = rounding()[1]
 
     @cuda.jit(device=True, inline="always")
     def run(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax, v_max_absmax,
             comp, master, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3, c4, c5, c6, c7,
-            c8, c9, c10):
+            c8, c9, c10, key, step):
+        noise = noise_of(key, step)
         m = cuda.shared.array(BLOCK, compute)
         v = cuda.shared.array(BLOCK, compute)
         v_max = cuda.shared.array(BLOCK, compute)
@@ -128,20 +133,20 @@ def fused_kernel(flags: Flags, counted: bool = False):
         while b < (n + BLOCK - 1) // BLOCK:
             s = b * BLOCK
             e = min(s + BLOCK, n)
-            step(b, e - s, param[s:e], grad[s:e], comp[s:e], master[s:e], m_codes[s:e],
+            block_step(b, e - s, param[s:e], grad[s:e], comp[s:e], master[s:e], m_codes[s:e],
                  v_codes[s:e], v_max_codes[s:e], m_absmax, v_absmax, v_max_absmax, m_map,
                  v_map, m_entries, v_entries, m, v, v_max, tops, c0, c1, c2, c3, c4, c5, c6,
-                 c7, c8, c9, c10)
+                 c7, c8, c9, c10, noise)
             b += cuda.gridDim.x
 
     if not counted:
         @cuda.jit
         def kernel(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax,
                    v_max_absmax, comp, master, m_map, v_map, m_entries, v_entries, c0, c1, c2,
-                   c3, c4, c5, c6, c7, c8, c9, c10):
+                   c3, c4, c5, c6, c7, c8, c9, c10, key, step):
             run(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax, v_max_absmax,
                 comp, master, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3, c4, c5, c6,
-                c7, c8, c9, c10)
+                c7, c8, c9, c10, key, step)
 
         return cached(kernel, "cuda.eight_bit.fused_kernel", flags, counted)
 
@@ -151,13 +156,13 @@ def fused_kernel(flags: Flags, counted: bool = False):
     def counted_kernel(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax,
                        v_max_absmax, comp, master, m_map, v_map, m_entries, v_entries, count,
                        found, c0, c1, c2, c3, c8, c9, c10, lr, beta1, beta2, eps, eps_root,
-                       bias_correction):
+                       bias_correction, key):
         if found[0] != 0:
             return
         c4, c5, c6, c7 = coefficients(count, lr, beta1, beta2, eps, eps_root, bias_correction)
         run(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax, v_max_absmax, comp,
             master, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
-            c10)
+            c10, key, count[0] + 1)
 
     return cached(counted_kernel, "cuda.eight_bit.fused_kernel", flags, counted)
 
@@ -174,14 +179,15 @@ def multi_kernel(flags: Flags, counted: bool = False):
     first quantization block of each array in the batch's numbering, then their total,
     ``sizes`` the arrays' element counts. ``counted``: as ``fused_kernel``'s.
     """
-    step = _block_step(flags)
+    block_step = _block_step(flags)
     compute = np.dtype(compute_dtype(flags.param)).type
+    noise_of = rounding()[1]
     param_t, grad_t = pointers.pointee(flags.param), pointers.pointee(flags.grad)
     param_size, grad_size = np.dtype(param_t).itemsize, np.dtype(grad_t).itemsize
 
     @cuda.jit(device=True, inline="always")
     def run(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3,
-            c4, c5, c6, c7, c8, c9, c10):
+            c4, c5, c6, c7, c8, c9, c10, keys, step):
         m = cuda.shared.array(BLOCK, compute)
         v = cuda.shared.array(BLOCK, compute)
         v_max = cuda.shared.array(BLOCK, compute)
@@ -197,9 +203,10 @@ def multi_kernel(flags: Flags, counted: bool = False):
                 else:
                     high = middle
             a = low
+            noise = noise_of(keys[a], step)
             b = block - firsts[a]
             s = b * BLOCK
-            step(b, min(BLOCK, sizes[a] - s), _at_from(tables[0, a], s, param_size, param_t),
+            block_step(b, min(BLOCK, sizes[a] - s), _at_from(tables[0, a], s, param_size, param_t),
                  _at_from(grads[a], s, grad_size, grad_t),
                  _at_from(tables[7, a], s, param_size, param_t),
                  _at_from(tables[8, a], s, 4, np.float32),
@@ -207,15 +214,15 @@ def multi_kernel(flags: Flags, counted: bool = False):
                  _at_from(tables[3, a], s, 1, np.uint8), _at(tables[4, a], np.float32),
                  _at(tables[5, a], np.float32), _at(tables[6, a], np.float32), m_map, v_map,
                  m_entries, v_entries, m, v, v_max, tops, c0, c1, c2, c3, c4, c5, c6, c7, c8,
-                 c9, c10)
+                 c9, c10, noise)
             block += cuda.gridDim.x
 
     if not counted:
         @cuda.jit
         def kernel(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries, c0, c1,
-                   c2, c3, c4, c5, c6, c7, c8, c9, c10):
+                   c2, c3, c4, c5, c6, c7, c8, c9, c10, keys, step):
             run(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries, c0, c1, c2,
-                c3, c4, c5, c6, c7, c8, c9, c10)
+                c3, c4, c5, c6, c7, c8, c9, c10, keys, step)
 
         return cached(kernel, "cuda.eight_bit.multi_kernel", flags, counted)
 
@@ -224,12 +231,12 @@ def multi_kernel(flags: Flags, counted: bool = False):
     @cuda.jit
     def counted_kernel(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries,
                        count, found, c0, c1, c2, c3, c8, c9, c10, lr, beta1, beta2, eps,
-                       eps_root, bias_correction):
+                       eps_root, bias_correction, keys):
         if found[0] != 0:
             return
         c4, c5, c6, c7 = coefficients(count, lr, beta1, beta2, eps, eps_root, bias_correction)
         run(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3,
-            c4, c5, c6, c7, c8, c9, c10)
+            c4, c5, c6, c7, c8, c9, c10, keys, count[0] + 1)
 
     return cached(counted_kernel, "cuda.eight_bit.multi_kernel", flags, counted)
 
@@ -246,24 +253,26 @@ def _grid(n: int) -> int:
     return max(1, min(quant8.blocks(n), MAX_BLOCKS))
 
 
-def adam_step_8bit_cuda(arrays: tuple, flags: Flags, coefficients: tuple, stream) -> None:
+def adam_step_8bit_cuda(arrays: tuple, flags: Flags, coefficients: tuple, stream,
+                        key: int = 0, step: int = 0) -> None:
     """Launch the kernel once on checked kernel views ``(param, grad, m_codes, v_codes,
     v_max_codes, m_absmax, v_absmax, v_max_absmax, comp, master)``."""
     scalar = np.dtype(compute_dtype(flags.param)).type
     fused_kernel(flags)[_grid(arrays[0].size), THREADS, stream](
-        *arrays, *tables(), *(scalar(c) for c in coefficients))
+        *arrays, *tables(), *(scalar(c) for c in coefficients), np.uint32(key), np.int64(step))
 
 
 def adam_step_8bit_cuda_counted(arrays: tuple, flags: Flags, h, grad_scale, steps,
-                                stream) -> None:
+                                stream, key: int = 0) -> None:
     """``adam_step_8bit_cuda`` with the step count and skip flag of ``steps`` on the device."""
     fused_kernel(flags, True)[_grid(arrays[0].size), THREADS, stream](
-        *arrays, *tables(), steps.count, steps.found, *counted_scalars(flags, h, grad_scale))
+        *arrays, *tables(), steps.count, steps.found, *counted_scalars(flags, h, grad_scale),
+        np.uint32(key))
 
 
 def adam_step_8bit_cuda_many(batch, grad_addresses: np.ndarray, flags: Flags,
                              coefficients: tuple, stream, steps=None, h=None,
-                             grad_scale=None) -> None:
+                             grad_scale=None, step: int = 0) -> None:
     """Launch ``multi_kernel`` once over a batch (``_batches.DeviceBatch8bit``: its tables
     on the device); the gradients' addresses go there through ``batch.grads``. With
     ``steps``, the counted kernel (``coefficients`` unused, as in ``_cuda``)."""
@@ -272,8 +281,9 @@ def adam_step_8bit_cuda_many(batch, grad_addresses: np.ndarray, flags: Flags,
               batch.sizes, *tables())
     if steps is None:
         scalar = np.dtype(compute_dtype(flags.param)).type
-        multi_kernel(flags)[launch](*arrays, *(scalar(c) for c in coefficients))
+        multi_kernel(flags)[launch](*arrays, *(scalar(c) for c in coefficients), batch.keys,
+                                    np.int64(step))
     else:
         multi_kernel(flags, True)[launch](*arrays, steps.count, steps.found,
-                                          *counted_scalars(flags, h, grad_scale))
+                                          *counted_scalars(flags, h, grad_scale), batch.keys)
     forget(grad_addresses)

@@ -83,6 +83,16 @@ def converters(compute: str) -> dict:
     return convert.make(_device, _f32_from_bits, _bits_from_f32, np.dtype(compute).type)
 
 
+@cache
+def rounding() -> tuple:
+    """``((stochastic stores, random), noise)``: the element update's rounding pieces on the
+    GPU, and ``noise(key, step)``, an array's random bits at a step (as on the CPU)."""
+    nearest = {k: store for k, (_, store) in converters("float32").items()}
+    noise, random = convert.make_random(_device)
+    stores = convert.make_stochastic(_device, _f32_from_bits, _bits_from_f32, nearest)
+    return (stores, random), noise
+
+
 def launch_shape(n: int) -> tuple[int, int]:
     """(blocks, threads per block) for ``n`` elements; the loop strides over the rest."""
     blocks = min(MAX_BLOCKS, (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK)

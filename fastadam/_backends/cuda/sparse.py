@@ -21,7 +21,7 @@ from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
 from ..cache import cached, disk_cached
 from ..shared import element
-from .runtime import MAX_BLOCKS, SIMULATOR, _device, converters, launch_shape
+from .runtime import MAX_BLOCKS, SIMULATOR, _device, converters, launch_shape, rounding
 
 # Threads per block: across a row's elements (x) and over sorted positions (y).
 ROW_THREADS, POSITIONS = (8, 2) if SIMULATOR else (32, 8)
@@ -112,15 +112,18 @@ def sorted_keys(indices, stream):
 @cache
 def sparse_kernel(flags: Flags):
     """``kernel(param, m, v, comp, master, keys, values, one_minus_beta1, one_minus_beta2,
-    eps, neg_step_size)``: tables (rows, dim), 16-bit ones as uint16 views; ``keys``
-    from ``sorted_keys``; launched with (ROW_THREADS, POSITIONS) threads per block."""
+    eps, neg_step_size, key, step)``: tables (rows, dim), 16-bit ones as uint16 views;
+    ``keys`` from ``sorted_keys``; ``key`` and ``step`` the table's random bits (stochastic
+    rounding); launched with (ROW_THREADS, POSITIONS) threads per block."""
     convert = converters(compute_dtype(flags.param))
-    update = element.make_sparse(_device, flags, convert)
+    element_rounding, noise_of = rounding()
+    update = element.make_sparse(_device, flags, convert, element_rounding)
     load_g = convert[flags.grad][0]
 
     @cuda.jit
     def kernel(param, m, v, comp, master, keys, values, one_minus_beta1, one_minus_beta2,
-               eps, neg_step_size):
+               eps, neg_step_size, key, step):
+        noise = noise_of(key, step)
         dim = param.shape[1]
         i = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
         while i < keys.size:
@@ -136,19 +139,20 @@ def sparse_kernel(flags: Flags):
                         g += load_g(values[np.int64(keys[k] & _LOW), j])
                         k += 1
                     update(j, g, p, m_row, v_row, c_row, w_row, one_minus_beta1,
-                           one_minus_beta2, eps, neg_step_size)
+                           one_minus_beta2, eps, neg_step_size, noise, r * dim)
                     j += cuda.blockDim.x
             i += cuda.gridDim.x * cuda.blockDim.y
 
     return cached(kernel, "cuda.sparse.sparse_kernel", flags)
 
 
-def sparse_step(tables: tuple, indices, values, flags: Flags, coef: tuple, stream) -> None:
+def sparse_step(tables: tuple, indices, values, flags: Flags, coef: tuple, stream,
+                key: int = 0, step: int = 0) -> None:
     """The row-sparse step on checked device arrays: ``tables`` (param, m, v, comp,
     master) as kernel views, ``coef`` (1 - beta1, 1 - beta2, eps, -step_size) rounded
     to the compute dtype, ``indices`` checked by ``check_indices``. Asynchronous on
     ``stream``."""
     keys = sorted_keys(indices, stream)
     blocks = min(MAX_BLOCKS, (keys.size + POSITIONS - 1) // POSITIONS)
-    sparse_kernel(flags)[blocks, (ROW_THREADS, POSITIONS), stream](*tables, keys, values,
-                                                                    *coef)
+    sparse_kernel(flags)[blocks, (ROW_THREADS, POSITIONS), stream](
+        *tables, keys, values, *coef, np.uint32(key), np.int64(step))

@@ -15,13 +15,16 @@ from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
 
 
-def _param_access(jit, flags: Flags, converters: dict):
-    """``(load(i, param, comp, master), store(i, p, param, comp, master))``: the params in
-    the compute dtype, from the master params, params plus Kahan compensation, or params;
-    and back (the master params exact, the params rounded, the compensation what rounding
-    lost)."""
-    kahan, master = flags.kahan, flags.master
+def _param_access(jit, flags: Flags, converters: dict, rounding: tuple):
+    """``(load(i, param, comp, master), store(i, p, param, comp, master, noise, index))``:
+    the params in the compute dtype, from the master params, params plus Kahan
+    compensation, or params; and back (the master params exact, the params rounded to
+    nearest or stochastically by element ``index``'s bits of ``noise``, the compensation
+    what rounding lost). ``rounding`` is the target's ``(stochastic stores, random)``."""
+    kahan, master, stochastic = flags.kahan, flags.master, flags.stochastic
     load_p, store_p = converters[flags.param]
+    stores, random = rounding
+    store_sr = stores.get(flags.param, store_p)  # stochastic: 16-bit params only
     compute = np.dtype(compute_dtype(flags.param)).type
 
     @jit
@@ -33,8 +36,10 @@ def _param_access(jit, flags: Flags, converters: dict):
         return load_p(param[i])
 
     @jit
-    def store(i, p, param, comp, master_param):
-        if master:
+    def store(i, p, param, comp, master_param, noise, index):
+        if stochastic:
+            param[i] = store_sr(p, random(noise, index))
+        elif master:
             master_param[i] = p
             param[i] = store_p(p)
         elif kahan:
@@ -47,22 +52,25 @@ def _param_access(jit, flags: Flags, converters: dict):
     return load, store
 
 
-def make(jit, flags: Flags, converters: dict):
-    """``update(i, param, grad, m, v, v_max, comp, master, *coefficients)``, in place.
+def make(jit, flags: Flags, converters: dict, rounding: tuple):
+    """``update(i, param, grad, m, v, v_max, comp, master, *coefficients, noise, offset)``,
+    in place.
 
     Arrays are 1-D, 16-bit ones as uint16 views; unused ones (v_max, comp, master
     when their option is off) are never touched. The coefficients are
-    ``_scalars.COEFFICIENTS``, rounded once to the compute dtype.
+    ``hyper.COEFFICIENTS``, rounded once to the compute dtype. With stochastic
+    rounding, element ``i`` draws the bits of index ``offset + i`` in ``noise`` (the
+    array's random noise at this step), wherever the arrays were sliced.
     """
     maximize, amsgrad, l2_decay, decoupled_decay, nesterov = flags[:5]
-    load_param, store_param = _param_access(jit, flags, converters)
+    load_param, store_param = _param_access(jit, flags, converters, rounding)
     load_g = converters[flags.grad][0]
     load_s, store_s = converters[flags.state]
 
     @jit
     def update(i, param, grad, m, v, v_max, comp, master_param, beta1, one_minus_beta1, beta2,
                one_minus_beta2, m_coef, g_coef, scaled_eps_root, scaled_eps, weight_decay,
-               decay_factor, inv_grad_scale):
+               decay_factor, inv_grad_scale, noise, offset):
         g = load_g(grad[i]) * inv_grad_scale
         if maximize:
             g = -g
@@ -83,26 +91,28 @@ def make(jit, flags: Flags, converters: dict):
             p = p - (m_coef * m_i + g_coef * g) / denom
         else:
             p = p - m_coef * (m_i / denom)
-        store_param(i, p, param, comp, master_param)
+        store_param(i, p, param, comp, master_param, noise, offset + i)
 
     return update
 
 
-def make_sparse(jit, flags: Flags, converters: dict):
+def make_sparse(jit, flags: Flags, converters: dict, rounding: tuple):
     """``update(j, g, param, m, v, comp, master, one_minus_beta1, one_minus_beta2, eps,
-    neg_step_size)``: element ``j`` of one row of a row-sparse step, in place, with its
-    summed gradient ``g`` (compute dtype); torch.optim.SparseAdam's order of operations.
+    neg_step_size, noise, offset)``: element ``j`` of one row of a row-sparse step, in
+    place, with its summed gradient ``g`` (compute dtype); torch.optim.SparseAdam's
+    order of operations.
 
     The arrays are one row each (1-D, 16-bit ones as uint16 views); ``comp`` and
-    ``master`` are touched only with their option on.
+    ``master`` are touched only with their option on; ``offset`` is the row's first
+    element in the table (stochastic rounding draws by table position).
     """
     maximize = flags.maximize
-    load_param, store_param = _param_access(jit, flags, converters)
+    load_param, store_param = _param_access(jit, flags, converters, rounding)
     load_s, store_s = converters[flags.state]
 
     @jit
     def update(j, g, param, m, v, comp, master_param, one_minus_beta1, one_minus_beta2, eps,
-               neg_step_size):
+               neg_step_size, noise, offset):
         if maximize:
             g = -g
         old_m = load_s(m[j])
@@ -113,6 +123,6 @@ def make_sparse(jit, flags: Flags, converters: dict):
         v[j] = store_s(v_j)
         p = load_param(j, param, comp, master_param)
         store_param(j, p + neg_step_size * (m_j / (math.sqrt(v_j) + eps)), param, comp,
-                    master_param)
+                    master_param, noise, offset + j)
 
     return update

@@ -1,0 +1,81 @@
+"""Stochastic rounding and clipping on the CUDA kernels: the same bits as the CPU kernels
+for the rounding (dense, a list in one launch, 8-bit, row-sparse), the same clipped step
+and norm as the CPU's."""
+
+import numpy as np
+import pytest
+from helpers import on_device, to_host
+
+import fastadam
+
+cuda = pytest.importorskip("numba.cuda")
+pytest.importorskip("fastadam._backends.cuda.runtime")
+ml_dtypes = pytest.importorskip("ml_dtypes")
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+F16, F32 = np.dtype(np.float16), np.dtype(np.float32)
+
+
+def bits(a):
+    return np.asarray(a).view(np.uint16)
+
+
+@pytest.mark.parametrize("dtype,state_dtype", [(BF16, None), (F16, None), (F16, "8bit")])
+def test_stochastic_rounding_is_the_cpu_kernels_bit_for_bit(rng, dtype, state_dtype):
+    shapes = [(300,), (5000,)] if state_dtype else [(300,), (33, 7)]
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(F32) for s in shapes] for _ in range(2)]
+    kw = dict(lr=1e-2, stochastic_rounding=True, seed=21, state_dtype=state_dtype)
+    host = fastadam.AdamW([p.copy() for p in params], **kw)
+    device = fastadam.AdamW([on_device(p) for p in params], **kw)
+    single = fastadam.AdamW(on_device(params[-1]), **kw)  # one array: its own launch
+    for g in grads:
+        host.step(g)
+        device.step([on_device(x) for x in g])
+    for g in grads:
+        single.step(on_device(g[-1]))
+    for got, want in zip(device.params, host.params):
+        np.testing.assert_array_equal(bits(to_host(got, dtype)), bits(want))
+    alone = fastadam.AdamW(params[-1].copy(), **kw)
+    for g in grads:
+        alone.step(g[-1])
+    # A lone array is params array 0 of its optimizer: its own bits, as on the CPU.
+    np.testing.assert_array_equal(bits(to_host(single.params, dtype)), bits(alone.params))
+
+
+def test_sparse_stochastic_rounding_is_the_cpu_kernels(rng):
+    table = rng.standard_normal((97, 16)).astype(BF16)
+    indices = rng.integers(0, 97, 41)
+    values = rng.standard_normal((41, 16)).astype(F32)
+    host = fastadam.SparseAdam(table.copy(), lr=1e-2, stochastic_rounding=True, seed=4)
+    device = fastadam.SparseAdam(on_device(table), lr=1e-2, stochastic_rounding=True, seed=4)
+    for _ in range(2):
+        host.step(indices, values)
+        device.step(cuda.to_device(indices), cuda.to_device(values))
+    np.testing.assert_array_equal(bits(to_host(device.table, BF16)), bits(host.table))
+
+
+def test_clipping_on_the_device_follows_the_cpu(rng):
+    shapes = [(300,), (33, 7), (1001,)]
+    params = [rng.standard_normal(s).astype(F32) for s in shapes]
+    host = fastadam.AdamW([p.copy() for p in params], lr=1e-2, max_grad_norm=1.0)
+    device = fastadam.AdamW([cuda.to_device(p) for p in params], lr=1e-2, max_grad_norm=1.0)
+    for _ in range(3):
+        grads = [(3 * rng.standard_normal(s)).astype(F32) for s in shapes]
+        host.step(grads)
+        device.step([cuda.to_device(g) for g in grads])
+        assert device.grad_norm == pytest.approx(host.grad_norm, rel=1e-13)
+        assert fastadam.grad_norm([cuda.to_device(g) for g in grads]) == pytest.approx(
+            fastadam.grad_norm(grads), rel=1e-13)
+    for got, want in zip(device.params, host.params):
+        np.testing.assert_allclose(got.copy_to_host(), want, rtol=1e-6, atol=1e-7)
+
+
+def test_a_non_finite_norm_skips_on_the_device(rng):
+    g = rng.standard_normal(300).astype(F32)
+    g[5] = np.nan
+    p = rng.standard_normal(300).astype(F32)
+    opt = fastadam.Adam(cuda.to_device(p), max_grad_norm=1.0, skip_nonfinite=True)
+    assert opt.step(cuda.to_device(g)) is False
+    assert np.isnan(opt.grad_norm) and opt.step_count == 0
+    np.testing.assert_array_equal(opt.params.copy_to_host(), p)
