@@ -71,7 +71,9 @@ def load(path) -> dict:
             json.JSONDecodeError) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        raise ValueError(f"{path} is not a readable fastadam checkpoint: {e}") from e
+        # (numpy's own message may suggest allow_pickle: never load pickles from a file)
+        raise ValueError(f"{path} is not a fastadam checkpoint (not an .npz file fastadam "
+                         "wrote, or a damaged one)") from e
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(f"{path} is not a fastadam checkpoint")
     if header.get("version") != VERSION:

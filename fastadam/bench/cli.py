@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
-import time
 from dataclasses import asdict
 
 import numpy as np
@@ -22,6 +22,7 @@ from .configs import (
 from .contenders import gpu_available
 from .harness import Row, all_threads
 from .plot import plot
+from .progress import Progress, parse_size
 from .report import _header, format_table, machine
 from .sparse_suite import SPARSE_CASES, sparse_rows
 from .startup import format_startup, startup_seconds
@@ -34,7 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Time the fused Adam step against naive NumPy and the memory-only limit.",
     )
     p.add_argument(
-        "--sizes", help="comma-separated element counts (default: 1K up to what memory allows)"
+        "--sizes", help="comma-separated element counts: 4096, 1e6, 2**26, 16M, 1G (K, M, G "
+                        "are 2**10, 2**20, 2**30; default: 1K up to what memory allows)"
     )
     p.add_argument("--dtypes", default=None,
                    help=f"comma-separated param dtypes, from {DTYPES} (default: float32,bfloat16)")
@@ -98,18 +100,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.configs = listed(args.configs, CONFIGS, "configs") if args.configs else None
     if args.quick and args.configs is None:
         args.configs = ["adam"]
-    if "bfloat16" in args.dtypes or (args.configs and "bf16_state" in args.configs):
-        try:
-            import ml_dtypes  # noqa: F401
-        except ImportError:
-            p.error("bfloat16 needs ml_dtypes: pip install ml_dtypes")
     if args.sizes:
         try:
-            args.sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
-        except ValueError:
-            p.error(f"--sizes: expected comma-separated integers, got {args.sizes!r}")
-        if not args.sizes or min(args.sizes) < 1:
-            p.error("--sizes: every size must be >= 1")
+            args.sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+        except ValueError as e:
+            p.error(f"--sizes: {e}")
+        if not args.sizes:
+            p.error("--sizes: give at least one size")
     elif args.quick:
         args.sizes = list(QUICK_SIZES)
     if args.repeats is None:
@@ -118,12 +115,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--repeats must be >= 1")
     if args.threads is not None and not 1 <= args.threads <= all_threads():
         p.error(f"--threads must be in [1, {all_threads()}]")
-    for wanted, flag in ((args.peers, "--peers"), (args.transformer, "--transformer")):
-        try:
-            if wanted:
-                import torch  # noqa: F401
-        except ImportError:
-            p.error(f"{flag} needs torch: pip install torch")
     if args.many is not None:
         try:
             count, size = (int(x) for x in args.many.lower().split("x"))
@@ -158,6 +149,67 @@ def sparse_main(args) -> int:
     return 0
 
 
+def _missing(module: str) -> bool:
+    return importlib.util.find_spec(module) is None
+
+
+def plan(args) -> tuple[list, list[str]]:
+    """(the dense cases to run, the reasons for what is skipped), decided before anything
+    is measured: a row whose optional package is missing is skipped, never fatal."""
+    skipped = []
+    wanted = [(n, dtype, config)
+              for dtype in args.dtypes
+              for config in (args.configs or DEFAULT_CONFIGS[dtype])
+              if applies(dtype, config)
+              for n in (args.sizes or default_sizes(dtype, args.peers))]
+    cases = []
+    if _missing("ml_dtypes"):
+        for n, dtype, config in wanted:
+            if dtype == "bfloat16" or config == "bf16_state":
+                what = f"{dtype} {config}"
+                if not any(what in s for s in skipped):
+                    skipped.append(f"{what}: needs ml_dtypes (pip install ml_dtypes)")
+            else:
+                cases.append((n, dtype, config))
+    else:
+        cases = wanted
+    if (args.peers or args.transformer) and _missing("torch"):
+        skipped.append("the torch peers and --transformer: torch is not installed "
+                       "(pip install torch)")
+        args.peers = args.transformer = False
+    if args.plot and _missing("matplotlib"):
+        skipped.append(f"--plot {args.plot}: needs matplotlib (pip install 'fastadam[plot]')")
+        args.plot = None
+    return cases, skipped
+
+
+def threads_warning(rows: list[Row]) -> str | None:
+    """A hint when more threads ran slower than one: a shared or oversubscribed machine."""
+    by_case: dict = {}
+    for r in rows:
+        if r.backend == "cpu":
+            by_case.setdefault((r.n, r.dtype, r.config), {})[r.threads] = r.median_s
+    slower = [case for case, t in by_case.items()
+              if len(t) > 1 and t[max(t)] > 1.05 * t[min(t)]]
+    if not slower:
+        return None
+    n, dtype, config = slower[0]
+    return (f"warning: more threads ran slower than one in {len(slower)} case(s) (first: "
+            f"n={n:,} {dtype} {config}). This machine looks shared or oversubscribed: try "
+            "num_threads=1, or OMP_WAIT_POLICY=PASSIVE so that idle workers sleep.")
+
+
+LEGEND = """\
+  median ms   median time of one step, from interleaved repeats after two warm-up steps
+  GB/s        bytes the step must move (each array read once, each state written once;
+              28 per float32 element for Adam) over the time
+  x numpy     how many times faster than the naive multi-pass NumPy Adam (median of the
+              ratios within each repeat)
+  roofline    a memory-only kernel moving exactly the step's bytes: the physical limit
+  % roofline  the row's speed as % of the roofline at the same thread count
+  compile s   the first call's extra time (compiling, or loading from the kernel cache)"""
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``python -m fastadam bench`` command."""
     args = parse_args(argv)
@@ -165,78 +217,75 @@ def main(argv: list[str] | None = None) -> int:
     threads_list = sorted({1, threads})
     if args.sparse:
         return sparse_main(args)
-    cases = [
-        (n, dtype, config)
-        for dtype in args.dtypes
-        for config in (args.configs or DEFAULT_CONFIGS[dtype])
-        if applies(dtype, config)
-        for n in (args.sizes or default_sizes(dtype, args.peers))
-    ]
+    cases, skipped = plan(args)
+    for reason in skipped:
+        print(f"skipped: {reason}")
     rng = np.random.default_rng(args.seed)
     gpu = not args.no_cuda and gpu_available()
-    progress = not args.no_progress
-    tty = sys.stderr.isatty()
+    clip_sizes = (args.sizes or [1 << 26]) if args.clip else []
+    phases = (len(cases) + (args.many is not None) + args.calls + len(clip_sizes)
+              + args.transformer + (not args.no_startup))
+    progress = Progress(phases, not args.no_progress)
     rows: list[Row] = []
-    started = time.perf_counter()
-    for i, (n, dtype, config) in enumerate(cases, 1):
-        if progress:
-            elapsed = time.perf_counter() - started
-            msg = f"[{i}/{len(cases)}] n={n:,} {dtype} {config}  ({elapsed:.0f} s)"
-            print(
-                ("\r" + msg.ljust(70)) if tty else msg,
-                end="" if tty else "\n",
-                file=sys.stderr,
-                flush=True,
-            )
-        rows += run_case(
-            n,
-            dtype,
-            config,
-            repeats=args.repeats,
-            threads_list=threads_list,
-            peers=args.peers,
-            rng=rng,
-            gpu=gpu,
-        )
-    if progress and tty:
-        print(file=sys.stderr)
-    info = machine()
-    print(_header(info, args.repeats))
-    print(format_table(rows))
-    many = []
+    failed: list[str] = []
+    for n, dtype, config in cases:
+        progress.step(f"n={n:,} {dtype} {config}" + (" with peers" if args.peers else ""))
+        try:
+            rows += run_case(n, dtype, config, repeats=args.repeats, threads_list=threads_list,
+                             peers=args.peers, rng=rng, gpu=gpu)
+        except Exception as e:  # a contender that fails loses its row, not the run
+            failed.append(f"n={n:,} {dtype} {config}: {type(e).__name__}: {e}")
+    extra: dict[str, list[Row]] = {}
     if args.many is not None:
-        many = many_tensor_rows(*args.many, repeats=args.repeats, peers=args.peers, rng=rng)
-        print(f"\n{args.many[0]} arrays of {args.many[1]:,} float32 elements as one list, "
-              "against one flat buffer ('% roofline': % of the flat buffer's speed)")
-        print(format_table(many))
-    calls = []
+        progress.step(f"--many {args.many[0]}x{args.many[1]}")
+        extra["many"] = many_tensor_rows(*args.many, repeats=args.repeats, peers=args.peers,
+                                         rng=rng)
     if args.calls:
-        calls = call_rows(repeats=args.repeats, peers=args.peers)
-        print("\nOne call on 1,024 float32 elements, back to back (median ms is per call; "
-              "'% roofline': % of the bare kernel call's speed)")
-        print(format_table(calls))
-    clip = []
-    if args.clip:
-        for n in args.sizes or [1 << 26]:
-            clip += clip_rows(n, repeats=args.repeats, peers=args.peers, rng=rng)
-        print("\nClipping by the global norm in the step (GB/s counts 32 bytes per element; "
-              "'x numpy': how many times faster than the clipped step, i.e. its time / "
-              "theirs; '% roofline': % of the memory-only pass)")
-        print(format_table(clip))
-    transformer = []
+        progress.step("--calls: 1,024 elements, call after call")
+        extra["calls"] = call_rows(repeats=args.repeats, peers=args.peers)
+    for n in clip_sizes:
+        progress.step(f"--clip n={n:,}")
+        extra.setdefault("clip", []).extend(clip_rows(n, repeats=args.repeats, peers=args.peers,
+                                                      rng=rng))
     if args.transformer:
-        transformer = transformer_rows(["float32", "bfloat16"], repeats=args.repeats)
-        print("\nA 6-layer TransformerEncoder's optimizer step, against torch's fused AdamW "
-              "('% roofline': % of torch fused's speed)")
-        print(format_table(transformer))
+        progress.step("--transformer: float32 and bfloat16")
+        extra["transformer"] = transformer_rows(["float32", "bfloat16"], repeats=args.repeats)
     startup = None
     if not args.no_startup:
+        progress.step("first step in a new process: cold, then warm")
         startup = startup_seconds(torch=args.peers)
+    progress.done()
+    info = machine()
+    print(_header(info, args.repeats, threads))
+    print(format_table(rows))
+    print(LEGEND)
+    for line in failed:
+        print(f"failed: {line}")
+    warning = threads_warning(rows)
+    if warning:
+        print(warning)
+    titles = {
+        "many": f"{(args.many or (0, 0))[0]} arrays of {(args.many or (0, 0))[1]:,} float32 "
+                "elements as one list, against one flat buffer ('% roofline': % of the flat "
+                "buffer's speed)",
+        "calls": "One call on 1,024 float32 elements, back to back (median ms is per call; "
+                 "'% roofline': % of the bare kernel call's speed)",
+        "clip": "Clipping by the global norm in the step (GB/s counts 32 bytes per element; "
+                "'x numpy': the clipped step's time over the row's; '% roofline': % of the "
+                "memory-only pass)",
+        "transformer": "A 6-layer TransformerEncoder's optimizer step, against torch's fused "
+                       "AdamW ('% roofline': % of torch fused's speed)",
+    }
+    for name, table in extra.items():
+        print(f"\n{titles[name]}")
+        print(format_table(table))
+    if startup is not None:
         print("\n" + format_startup(startup))
     if args.json:
         with open(args.json, "w") as f:
-            records = [asdict(r) for r in rows + many + calls + clip + transformer]
-            json.dump({"machine": info, "rows": records, "startup_s": startup}, f, indent=1)
+            records = [asdict(r) for r in rows + [r for t in extra.values() for r in t]]
+            json.dump({"machine": info, "rows": records, "startup_s": startup,
+                       "skipped": skipped, "failed": failed}, f, indent=1)
     if args.plot:
         plot(rows, args.plot)
     return 0

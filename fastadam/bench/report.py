@@ -87,7 +87,10 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(text)
 
 
-def _header(info: dict, repeats: int) -> str:
+def _header(info: dict, repeats: int, threads: int | None = None) -> str:
     return (f"fastadam {info['fastadam']}, numba {info['numba']}, numpy {info['numpy']}"
             + (f", torch {info['torch']}" if "torch" in info else "")
-            + f"; {info['cpu']}, {info['cores']} cores; median of {repeats} interleaved repeats")
+            + f", Python {info['python']}; {info['cpu']}, {info['cores']} cores"
+            + (f", {threads} Numba threads" if threads else "")
+            + (f", GPU {info['gpu']}" if "gpu" in info else "")
+            + f"; median of {repeats} interleaved repeats")

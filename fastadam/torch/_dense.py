@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from itertools import chain
 from operator import itemgetter
 
@@ -102,9 +103,9 @@ class _FusedStep:
         """Tensor by tensor (CUDA tensors, and what the list plan does not take)."""
         planned, index = [], -1
         stochastic, seed = _rounding(self)
-        for group in self.param_groups:
+        for g, group in enumerate(self.param_groups):
             h = _hyper(group)
-            for p in group["params"]:
+            for j, p in enumerate(group["params"]):
                 index += 1
                 if p.grad is None:
                     continue
@@ -114,11 +115,14 @@ class _FusedStep:
                 moments = [state.get(k) for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")]
                 new = [torch.zeros_like(p, memory_format=torch.preserve_format)
                        if m is None else m for m in moments]
-                param = as_array(real_view(p))
-                backend = resolve("auto", param)
-                arrays = array_checks.step_arrays(
-                    backend, param, as_array(real_view(p.grad.contiguous())),
-                    *(as_array(real_view(m)) for m in new), None, None, h.amsgrad)
+                try:
+                    param = as_array(real_view(p))
+                    backend = resolve("auto", param)
+                    arrays = array_checks.step_arrays(
+                        backend, param, as_array(real_view(p.grad.contiguous())),
+                        *(as_array(real_view(m)) for m in new), None, None, h.amsgrad)
+                except (TypeError, ValueError) as e:
+                    raise type(e)(_in_torch_words(e, group, g, j)) from e
                 step = int(state["step"].item()) + 1 if "step" in state else 1
                 sixteen = p.dtype in (torch.float16, torch.bfloat16)
                 flags = step_flags(h, arrays, stochastic and sixteen)
@@ -341,6 +345,25 @@ def _grad_reader(p: torch.Tensor):
     if p.is_complex() or p.dtype == torch.bfloat16:
         return lambda g: as_array(real_view(g.contiguous()))
     return lambda g: g.contiguous().numpy()
+
+
+_STATE_NAMES = {"m": "exp_avg", "v": "exp_avg_sq", "v_max": "max_exp_avg_sq"}
+
+
+def _in_torch_words(error: Exception, group: dict, g: int, j: int) -> str:
+    """A check's message as a torch user reads it: the state by torch's names, the param
+    by group and index (and name, for named params), and what to check."""
+    message = str(error)
+    for ours, theirs in _STATE_NAMES.items():
+        message = re.sub(rf"\b{ours}\b", theirs, message)
+    names = group.get("param_names")
+    name = f" ({names[j]!r})" if names and j < len(names) else ""
+    where = f"param_groups[{g}]['params'][{j}]{name}"
+    hint = ""
+    if "shape" in message and any(k in message for k in _STATE_NAMES.values()):
+        hint = ("; its state does not fit it: was this state_dict saved from another model, "
+                "or the params given in another order?")
+    return f"{where}: {message}{hint}"
 
 
 def _keys(amsgrad: bool) -> tuple:

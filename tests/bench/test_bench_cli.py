@@ -127,7 +127,8 @@ def test_module_entry_point():
          "--configs", "adam", "--repeats", "1"],
         capture_output=True, text=True, check=True,
     )
-    assert "roofline" in out.stdout and "[1/1]" in out.stderr
+    assert "roofline" in out.stdout and "[1/2]" in out.stderr and "[2/2]" in out.stderr
+    assert "s left" in out.stderr and "% roofline  the row's speed" in out.stdout
     assert "First step in a new process" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "fastadam"], capture_output=True, text=True)
     assert bad.returncode == 2 and "usage" in bad.stderr
@@ -220,3 +221,51 @@ def test_first_step_in_a_new_process_cold_and_warm():
 def test_clip_rows(capsys):
     out = run(capsys, "--sizes", "3000", "--dtypes", "float32", "--configs", "adam", "--clip")
     assert "cpu-clipped" in out and "cpu-unclipped" in out and "Clipping by the global norm" in out
+
+
+@pytest.mark.parametrize("text,n", [("4096", 4096), ("1e6", 1_000_000), ("2**26", 1 << 26),
+                                    ("16M", 1 << 24), ("1G", 1 << 30), ("4k", 4096),
+                                    ("1_000", 1000)])
+def test_sizes_in_every_common_spelling(text, n):
+    from fastadam.bench.progress import parse_size
+
+    assert parse_size(text) == n
+
+
+@pytest.mark.parametrize("bad", ["abc", "0", "1.5", "-4M", "2**"])
+def test_bad_sizes_are_refused_with_the_spellings(bad):
+    from fastadam.bench.progress import parse_size
+
+    with pytest.raises(ValueError, match="size|whole number"):
+        parse_size(bad)
+
+
+def test_a_missing_optional_package_skips_its_rows_up_front(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_missing", lambda module: module in ("ml_dtypes", "torch"))
+    out = run(capsys, "--sizes", "2000", "--dtypes", "float32,bfloat16",
+              "--configs", "adam,bf16_state", "--peers")
+    lines = out.splitlines()
+    assert lines[0].startswith("skipped: ") and "ml_dtypes" in out and "torch" in out
+    assert "float32     adam" in out.replace("  ", " ") or " float32 " in out
+    assert "bfloat16" not in "".join(line for line in lines if line.strip().startswith("cpu"))
+
+
+def test_a_failing_case_reports_its_error_and_the_rest_runs(capsys, monkeypatch):
+    real = cli.run_case
+
+    def failing(n, dtype, config, **kw):
+        if config == "amsgrad":
+            raise RuntimeError("boom")
+        return real(n, dtype, config, **kw)
+
+    monkeypatch.setattr(cli, "run_case", failing)
+    out = run(capsys, "--sizes", "2000", "--dtypes", "float32", "--configs", "adam,amsgrad")
+    assert "failed: n=2,000 float32 amsgrad: RuntimeError: boom" in out
+    assert "adam" in out
+
+
+def test_more_threads_slower_than_one_is_flagged():
+    row = lambda threads, s: harness.Row("cpu", threads, 1000, "float32", "adam", s, 1.0,  # noqa: E731
+                                         None, None, None, 1, 28.0)
+    assert cli.threads_warning([row(1, 1.0), row(2, 1.5)]).startswith("warning: more threads")
+    assert cli.threads_warning([row(1, 1.0), row(2, 0.6)]) is None

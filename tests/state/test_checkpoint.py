@@ -159,3 +159,13 @@ def test_killed_save_leaves_a_readable_file(rng, tmp_path):
         proc.kill()
         proc.wait()
     assert checkpoint.load(path)["state"][0]["step"] >= 1
+
+
+def test_a_file_that_is_not_a_checkpoint_says_so_with_its_path(tmp_path):
+    opt = fastadam.Adam(np.zeros(3, np.float32))
+    for name, data in (("garbage.npz", b"not a checkpoint"), ("empty.npz", b"")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(ValueError, match="is not a fastadam checkpoint") as e:
+            opt.load(path)
+        assert str(path) in str(e.value) and "pickle" not in str(e.value)

@@ -325,3 +325,22 @@ def test_plan_survives_pickling():
     opt.step()
     assert float(clone.state[copies[0]]["step"]) == 2
     assert_close(copies, a, 0.0)
+
+
+def test_another_models_state_is_refused_in_torchs_words():
+    """The state by torch's names, the param by group and index, and what to check; the
+    step changes nothing."""
+    big, small = torch.nn.Linear(64, 32), torch.nn.Linear(16, 8)
+    opt_big, opt_small = ft.AdamW(big.parameters()), ft.AdamW(small.parameters())
+    for net, opt in ((big, opt_big), (small, opt_small)):
+        net(torch.randn(2, net.in_features)).sum().backward()
+        opt.step()
+    opt_small.load_state_dict(opt_big.state_dict())
+    small(torch.randn(2, 16)).sum().backward()
+    before = [p.detach().clone() for p in small.parameters()]
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[0\]: exp_avg has "
+                                         r"shape \(32, 64\), but param has shape \(8, 16\)") as e:
+        opt_small.step()
+    assert "saved from another model" in str(e.value)
+    for p, b in zip(small.parameters(), before):
+        assert torch.equal(p.detach(), b)
