@@ -87,6 +87,9 @@ class _FusedStep:
             with torch.enable_grad():
                 loss = closure()
         live = [[p for p in group["params"] if p.grad is not None] for group in self.param_groups]
+        if any(p.is_meta for ps in live for p in ps):  # shapes only: torch's own step
+            super().step()
+            return loss
         plan = getattr(self, "_plan", None)  # unpickled optimizers have none yet
         if plan is None or not plan.matches(self, live):
             plan = self._plan = _ListPlan.build(self, live)
@@ -115,25 +118,29 @@ class _FusedStep:
                 moments = [state.get(k) for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")]
                 new = [torch.zeros_like(p, memory_format=torch.preserve_format)
                        if m is None else m for m in moments]
+                stepped, write_back = _memory_views(p, p.grad, new[:3 if h.amsgrad else 2])
                 try:
-                    param = as_array(real_view(p))
+                    param = as_array(real_view(stepped[0]))
                     backend = resolve("auto", param)
                     arrays = array_checks.step_arrays(
-                        backend, param, as_array(real_view(p.grad.contiguous())),
-                        *(as_array(real_view(m)) for m in new), None, None, h.amsgrad)
+                        backend, param, as_array(real_view(stepped[1])),
+                        *(as_array(real_view(m)) for m in stepped[2:]),
+                        *([None] if not h.amsgrad else []), None, None, h.amsgrad)
                 except (TypeError, ValueError) as e:
                     raise type(e)(_in_torch_words(e, group, g, j)) from e
                 step = int(state["step"].item()) + 1 if "step" in state else 1
                 sixteen = p.dtype in (torch.float16, torch.bfloat16)
                 flags = step_flags(h, arrays, stochastic and sixteen)
-                planned.append((p, new, backend, arrays, h, step, flags, index))
+                planned.append((p, new, backend, arrays, h, step, flags, index, write_back))
         scale = self._clip_scale(planned)
         if scale is False:
             return
-        for p, new, backend, arrays, h, step, flags, index in planned:  # all checked: write
+        for p, new, backend, arrays, h, step, flags, index, write_back in planned:  # all checked
             stream = current_stream(p) if backend == "cuda" else None
             apply(backend, arrays, h, flags, step, stream=stream, key=rounding_key(seed, index),
                   grad_scale=scale)
+            for original, copy in write_back:  # layouts no flat view covers: copied back
+                original.copy_(copy)
             state = self.state[p]
             state["exp_avg"], state["exp_avg_sq"] = new[0], new[1]
             if h.amsgrad:
@@ -348,6 +355,35 @@ def _grad_reader(p: torch.Tensor):
 
 
 _STATE_NAMES = {"m": "exp_avg", "v": "exp_avg_sq", "v_max": "max_exp_avg_sq"}
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor | None:
+    """A 1-D view of a dense tensor's memory in memory order, whatever its stride order
+    (channels_last, transposed), or None where the tensor has gaps (a slice)."""
+    expected = 1
+    for d in sorted(range(t.dim()), key=t.stride):
+        if t.size(d) != 1 and t.stride(d) != expected:
+            return None
+        expected *= t.size(d)
+    return t.as_strided((t.numel(),), (1,))
+
+
+def _memory_views(p: torch.Tensor, grad: torch.Tensor, moments: list) -> tuple[list, list]:
+    """([param, grad, *moments] as tensors the kernels take, [(original, copy), ...] to
+    copy back after the step). A param stepped in place in its own layout where it and its
+    moments share one dense layout (the gradient copied into it if it has another);
+    otherwise contiguous copies, stepped, then copied back."""
+    if p.is_contiguous() and all(m.is_contiguous() for m in moments):
+        return [p, grad.contiguous(), *moments], []
+    flat = _flat(p)
+    if flat is not None and all(m.stride() == p.stride() for m in moments):
+        if grad.stride() != p.stride():
+            grad = torch.empty_like(p).copy_(grad)  # p's layout (empty_like preserves it)
+        return [flat, _flat(grad), *(_flat(m) for m in moments)], []
+    tensors = [p, *moments]
+    copies = [t if t.is_contiguous() else t.contiguous() for t in tensors]
+    write_back = [(t, c) for t, c in zip(tensors, copies) if c is not t]
+    return [copies[0], grad.contiguous(), *copies[1:]], write_back
 
 
 def _in_torch_words(error: Exception, group: dict, g: int, j: int) -> str:

@@ -109,18 +109,25 @@ def test_bfloat16_parameters_zero_copy():
 
 
 def test_refused_step_changes_nothing():
+    """A param whose state does not fit it refuses the step for every param; a strided
+    param (a slice with gaps) steps, as in torch."""
     good = torch.nn.Parameter(torch.randn(10))
-    strided = torch.nn.Parameter(torch.randn(10, 2)[:, 0])  # can't be updated in place
+    strided = torch.nn.Parameter(torch.randn(10, 2)[:, 0])
     assert not strided.is_contiguous()
     opt = ft.Adam([good, strided])
-    good.grad = torch.randn(10)
-    opt.step()  # strided has no grad yet: skipped, as in torch
-    before = good.detach().clone(), opt.state[good]["exp_avg"].clone()
     good.grad, strided.grad = torch.randn(10), torch.randn(10)
-    with pytest.raises(ValueError, match="param"):
+    twin = torch.nn.Parameter(strided.detach().clone())
+    twin.grad = strided.grad.clone()
+    opt.step()
+    torch.optim.Adam([twin], foreach=False).step()
+    torch.testing.assert_close(strided.detach(), twin.detach())
+    opt.state[strided]["exp_avg"] = torch.zeros(11)  # another model's state
+    before = good.detach().clone(), opt.state[good]["exp_avg"].clone(), strided.detach().clone()
+    good.grad, strided.grad = torch.randn(10), torch.randn(10)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[1\]: exp_avg"):
         opt.step()
-    assert float(opt.state[good]["step"]) == 1 and strided not in opt.state
-    assert torch.equal(good.detach(), before[0])
+    assert float(opt.state[good]["step"]) == 1
+    assert torch.equal(good.detach(), before[0]) and torch.equal(strided.detach(), before[2])
     assert torch.equal(opt.state[good]["exp_avg"], before[1])
 
 

@@ -344,3 +344,49 @@ def test_another_models_state_is_refused_in_torchs_words():
     assert "saved from another model" in str(e.value)
     for p, b in zip(small.parameters(), before):
         assert torch.equal(p.detach(), b)
+
+
+def _layouts():
+    """Params as CNN users and slicing code meet them: channels_last convolution weights,
+    a transposed view, a slice of a bigger tensor (gaps between rows), a contiguous one."""
+    torch.manual_seed(3)
+    conv = torch.randn(8, 3, 5, 5).to(memory_format=torch.channels_last)
+    transposed = torch.randn(20, 7).t()
+    sliced = torch.randn(10, 20)[:, 3:10]
+    return [conv, transposed, sliced, torch.randn(33)]
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_params_of_any_layout_step_as_torch_steps_them(amsgrad):
+    mine = [torch.nn.Parameter(t.clone()) for t in _layouts()]
+    # clone keeps dense layouts (channels_last, transposed) and closes gaps: re-slice
+    base = torch.randn(10, 20)
+    base[:, 3:10] = mine[2].detach()
+    mine[2] = torch.nn.Parameter(base[:, 3:10])
+    theirs = [torch.nn.Parameter(t.detach().clone()) for t in mine]
+    assert mine[0].stride() == (75, 1, 15, 3) and not mine[2].is_contiguous()
+    opt, ref = ft.AdamW(mine, lr=1e-2, amsgrad=amsgrad), torch.optim.AdamW(
+        theirs, lr=1e-2, amsgrad=amsgrad, foreach=False)
+    for step in range(3):
+        for a, b in zip(mine, theirs):
+            g = torch.randn_like(a)
+            a.grad, b.grad = g, g.clone()
+        if step == 1:  # a gradient in another layout than its param
+            mine[0].grad = mine[0].grad.contiguous()
+        opt.step()
+        ref.step()
+    for a, b in zip(mine, theirs):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=2e-6, atol=2e-7)
+        torch.testing.assert_close(opt.state[a]["exp_avg"], ref.state[b]["exp_avg"])
+    assert opt.state[mine[0]]["exp_avg"].stride() == mine[0].stride()  # its own layout
+    assert base[:, :3].abs().sum() > 0 and torch.equal(base[:, 3:10], mine[2].detach())
+
+
+def test_meta_params_step_as_torch_steps_them():
+    model = torch.nn.Linear(3, 4, device="meta")
+    opt = ft.AdamW(model.parameters())
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    state = opt.state[model.weight]
+    assert float(state["step"]) == 1.0 and state["exp_avg"].device.type == "meta"
