@@ -9,13 +9,20 @@ nox.options.default_venv_backend = "venv"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite: torch (CPU build) as a reference, MPI from wheels for the sharded
-    optimizer's multi-process tests, then the CUDA tests on the simulator."""
+    """The test suite: the import contracts, torch (CPU build) as a reference, MPI from
+    wheels for the sharded optimizer's multi-process tests, the README's and the docs'
+    code blocks, the docs site, then the CUDA tests on the simulator."""
     # numba-cuda's cu13 extra brings NVRTC, so the CUDA kernels compile to PTX here too.
-    session.install("-e", ".[test,plot,cuda,mpi]", "numba-cuda[cu13]")
+    session.install("-e", ".[test,plot,cuda,mpi,docs]", "numba-cuda[cu13]")
     env = {"CI": "true"}  # a missing reference fails instead of skipping
     session.run("lint-imports", "--no-cache")  # the layers (also a test: it fails the run)
     session.run("pytest", "tests", "--ignore=tests/cuda", *session.posargs, env=env)
+    # Every Python block of the README and the docs runs (GPU and multi-process ones are
+    # marked notest), and the site builds with no warning.
+    session.run("pytest", "--markdown-docs", "-m", "markdown-docs", "README.md", "docs",
+                env=env)
+    session.run("mkdocs", "build", "--strict", "--site-dir", f"{session.create_tmp()}/site",
+                env={"NO_MKDOCS_2_WARNING": "1"})
     # The simulator must be switched on before numba loads: its own process.
     session.run("pytest", "tests/cuda", *session.posargs, env={**env, "NUMBA_ENABLE_CUDASIM": "1"})
 
