@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import operator
-import re
 from itertools import chain
 from operator import itemgetter
 
@@ -33,7 +32,8 @@ from .._core.hyper import clip_factor, clipped_scale, hyper
 from .._state import groups as _groups
 from .._state.slots import PARAM_DTYPE
 from ..optimizer import Adam as _ArrayAdam
-from ._tensors import DTYPES, KINDS, as_array, current_stream, real_view
+from ._errors import in_torch_words
+from ._tensors import DTYPES, KINDS, as_array, current_stream, memory_views, real_view
 
 __all__ = ["Adam", "AdamW"]
 
@@ -118,7 +118,7 @@ class _FusedStep:
                 moments = [state.get(k) for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")]
                 new = [torch.zeros_like(p, memory_format=torch.preserve_format)
                        if m is None else m for m in moments]
-                stepped, write_back = _memory_views(p, p.grad, new[:3 if h.amsgrad else 2])
+                stepped, write_back = memory_views(p, p.grad, new[:3 if h.amsgrad else 2])
                 try:
                     param = as_array(real_view(stepped[0]))
                     backend = resolve("auto", param)
@@ -127,7 +127,7 @@ class _FusedStep:
                         *(as_array(real_view(m)) for m in stepped[2:]),
                         *([None] if not h.amsgrad else []), None, None, h.amsgrad)
                 except (TypeError, ValueError) as e:
-                    raise type(e)(_in_torch_words(e, group, g, j)) from e
+                    raise type(e)(in_torch_words(e, group, g, j)) from e
                 step = int(state["step"].item()) + 1 if "step" in state else 1
                 sixteen = p.dtype in (torch.float16, torch.bfloat16)
                 flags = step_flags(h, arrays, stochastic and sixteen)
@@ -352,54 +352,6 @@ def _grad_reader(p: torch.Tensor):
     if p.is_complex() or p.dtype == torch.bfloat16:
         return lambda g: as_array(real_view(g.contiguous()))
     return lambda g: g.contiguous().numpy()
-
-
-_STATE_NAMES = {"m": "exp_avg", "v": "exp_avg_sq", "v_max": "max_exp_avg_sq"}
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor | None:
-    """A 1-D view of a dense tensor's memory in memory order, whatever its stride order
-    (channels_last, transposed), or None where the tensor has gaps (a slice)."""
-    expected = 1
-    for d in sorted(range(t.dim()), key=t.stride):
-        if t.size(d) != 1 and t.stride(d) != expected:
-            return None
-        expected *= t.size(d)
-    return t.as_strided((t.numel(),), (1,))
-
-
-def _memory_views(p: torch.Tensor, grad: torch.Tensor, moments: list) -> tuple[list, list]:
-    """([param, grad, *moments] as tensors the kernels take, [(original, copy), ...] to
-    copy back after the step). A param stepped in place in its own layout where it and its
-    moments share one dense layout (the gradient copied into it if it has another);
-    otherwise contiguous copies, stepped, then copied back."""
-    if p.is_contiguous() and all(m.is_contiguous() for m in moments):
-        return [p, grad.contiguous(), *moments], []
-    flat = _flat(p)
-    if flat is not None and all(m.stride() == p.stride() for m in moments):
-        if grad.stride() != p.stride():
-            grad = torch.empty_like(p).copy_(grad)  # p's layout (empty_like preserves it)
-        return [flat, _flat(grad), *(_flat(m) for m in moments)], []
-    tensors = [p, *moments]
-    copies = [t if t.is_contiguous() else t.contiguous() for t in tensors]
-    write_back = [(t, c) for t, c in zip(tensors, copies) if c is not t]
-    return [copies[0], grad.contiguous(), *copies[1:]], write_back
-
-
-def _in_torch_words(error: Exception, group: dict, g: int, j: int) -> str:
-    """A check's message as a torch user reads it: the state by torch's names, the param
-    by group and index (and name, for named params), and what to check."""
-    message = str(error)
-    for ours, theirs in _STATE_NAMES.items():
-        message = re.sub(rf"\b{ours}\b", theirs, message)
-    names = group.get("param_names")
-    name = f" ({names[j]!r})" if names and j < len(names) else ""
-    where = f"param_groups[{g}]['params'][{j}]{name}"
-    hint = ""
-    if "shape" in message and any(k in message for k in _STATE_NAMES.values()):
-        hint = ("; its state does not fit it: was this state_dict saved from another model, "
-                "or the params given in another order?")
-    return f"{where}: {message}{hint}"
 
 
 def _keys(amsgrad: bool) -> tuple:

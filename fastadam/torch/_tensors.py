@@ -36,3 +36,32 @@ def as_array(t: torch.Tensor):
 def current_stream(t: torch.Tensor):
     """torch's current stream on ``t``'s GPU, as a numba stream."""
     return to_stream(torch.cuda.current_stream(t.device).cuda_stream)
+
+
+def flat_memory(t: torch.Tensor) -> torch.Tensor | None:
+    """A 1-D view of a dense tensor's memory in memory order, whatever its stride order
+    (channels_last, transposed), or None where the tensor has gaps (a slice)."""
+    expected = 1
+    for d in sorted(range(t.dim()), key=t.stride):
+        if t.size(d) != 1 and t.stride(d) != expected:
+            return None
+        expected *= t.size(d)
+    return t.as_strided((t.numel(),), (1,))
+
+
+def memory_views(p: torch.Tensor, grad: torch.Tensor, moments: list) -> tuple[list, list]:
+    """([param, grad, *moments] as tensors the kernels take, [(original, copy), ...] to
+    copy back after the step). A param stepped in place in its own layout where it and its
+    moments share one dense layout (the gradient copied into it if it has another);
+    otherwise contiguous copies, stepped, then copied back."""
+    if p.is_contiguous() and all(m.is_contiguous() for m in moments):
+        return [p, grad.contiguous(), *moments], []
+    flat = flat_memory(p)
+    if flat is not None and all(m.stride() == p.stride() for m in moments):
+        if grad.stride() != p.stride():
+            grad = torch.empty_like(p).copy_(grad)  # p's layout (empty_like preserves it)
+        return [flat, flat_memory(grad), *(flat_memory(m) for m in moments)], []
+    tensors = [p, *moments]
+    copies = [t if t.is_contiguous() else t.contiguous() for t in tensors]
+    write_back = [(t, c) for t, c in zip(tensors, copies) if c is not t]
+    return [copies[0], grad.contiguous(), *copies[1:]], write_back
