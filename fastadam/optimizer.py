@@ -261,9 +261,14 @@ class Adam:
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore state and hyperparameters from ``state_dict()``; refuses a mismatch unchanged.
 
-        Moments are copied and cast to this optimizer's state dtypes. The layout
-        (groups, params, shapes) and the options (``kahan_summation``,
-        ``master_weights``, ``stochastic_rounding``) must match this optimizer's; a
+        Moments are copied and cast to this optimizer's state dtypes. As torch's
+        ``load_state_dict`` takes the saved param groups, every hyperparameter comes from
+        ``state_dict`` (``lr``, ``betas``, ``eps``, ``weight_decay``, ``amsgrad``,
+        ``maximize`` and the rest of each group; a missing one keeps its current value):
+        an amsgrad state_dict makes this optimizer amsgrad, with its ``max_exp_avg_sq``,
+        and a non-amsgrad one drops it. The layout (groups, params, shapes) and the
+        options (``kahan_summation``, ``master_weights``, ``stochastic_rounding``) must
+        match this optimizer's; a
         ``seed`` in the state_dict becomes this optimizer's, so that a resumed run
         draws the bits it would have drawn.
         """

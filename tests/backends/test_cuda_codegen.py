@@ -225,3 +225,28 @@ def test_cuda_kernels_are_cached_on_disk_per_variant(tmp_path):
     paths = {k._cache._cache_file._index_path for k in kernels}
     assert len(paths) == len(kernels)
     assert all(type(k._cache).__name__ == "Keyed" for k in kernels)
+
+
+@pytest.mark.parametrize("kinds,options", [c for c in CASES if c[0][0] != "float64"][::3])
+def test_the_update_never_fuses_a_multiply_into_an_add(compile_ptx, kinds, options):
+    """NVVM contracts a * b + c into one FMA, which rounds once where the CPU rounds twice:
+    the element update's products are libdevice's round-to-nearest multiplies instead, so
+    the GPU gives the CPU's bits. (The counted variants compute their float64
+    coefficients with pow and sqrt, which are libdevice's own.)"""
+    flags = make_flags(kinds, options)
+    param, grad, state = kinds
+    sig = (ARRAY[param][::1], ARRAY[grad][::1], ARRAY[state][::1], ARRAY[state][::1],
+           ARRAY[state][::1], ARRAY[param][::1], types.float32[::1]) + (types.float32,) * 11
+    for ptx in (compile_ptx(dense.fused_kernel(flags).py_func, sig + NOISE),
+                compile_ptx(dense.multi_kernel(flags).py_func,
+                            (types.uint64[:, ::1], types.uint64[::1], types.int64[:, ::1])
+                            + (types.float32,) * 11 + NOISES)):
+        assert "fma.rn.f32" not in ptx and "mul.rn.f32" in ptx
+    if kinds[2] == "float32" and not options.get("amsgrad"):
+        table = lambda kind: ARRAY[kind][:, ::1]  # noqa: E731
+        sparse_sig = (table(param), table(state), table(state), table(param),
+                      types.float32[:, ::1], types.uint64[::1], table(grad)) + (types.float32,) * 4
+        assert "fma.rn.f32" not in compile_ptx(
+            sparse.sparse_kernel(make_flags(kinds, {k: v for k, v in options.items()
+                                                    if k not in ("decoupled", "l2")})).py_func,
+            sparse_sig + NOISE)

@@ -169,3 +169,19 @@ def test_a_file_that_is_not_a_checkpoint_says_so_with_its_path(tmp_path):
         with pytest.raises(ValueError, match="is not a fastadam checkpoint") as e:
             opt.load(path)
         assert str(path) in str(e.value) and "pickle" not in str(e.value)
+
+
+def test_loaded_hyperparameters_are_the_state_dicts_as_in_torch(rng):
+    """lr and amsgrad follow the state_dict, as torch's load_state_dict takes the saved
+    param groups (here against torch itself where it is installed)."""
+    saved = fastadam.Adam(rng.standard_normal(10).astype(np.float32), amsgrad=True, lr=0.1)
+    saved.step(rng.standard_normal(10).astype(np.float32))
+    other = fastadam.Adam(rng.standard_normal(10).astype(np.float32), lr=0.5)
+    other.load_state_dict(saved.state_dict())
+    assert other.hyperparameters["amsgrad"] is True and other.lr == 0.1
+    assert "max_exp_avg_sq" in other.state_dict()["state"][0]
+    torch = optional("torch")
+    theirs = torch.optim.Adam([torch.nn.Parameter(torch.zeros(10))], lr=0.5)
+    theirs.load_state_dict({"state": {}, "param_groups": [
+        {**theirs.state_dict()["param_groups"][0], "amsgrad": True, "lr": 0.1}]})
+    assert theirs.param_groups[0]["amsgrad"] is True and theirs.param_groups[0]["lr"] == 0.1

@@ -30,6 +30,7 @@ from .runtime import (
     converters,
     forget,
     launch_shape,
+    multiply,
     rounding,
 )
 
@@ -66,7 +67,7 @@ def fused_kernel(flags: Flags, counted: bool = False):
     """
     element_rounding, noise_of = rounding()
     update = element.make(_device, flags, converters(compute_dtype(flags.param)),
-                          element_rounding)
+                          element_rounding, multiply(compute_dtype(flags.param)))
 
     @_inlined
     def run(param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
@@ -115,7 +116,7 @@ def multi_kernel(flags: Flags, counted: bool = False):
     """
     element_rounding, noise_of = rounding()
     update = element.make(_device, flags, converters(compute_dtype(flags.param)),
-                          element_rounding)
+                          element_rounding, multiply(compute_dtype(flags.param)))
     param_t, grad_t, state_t = map(pointers.pointee, (flags.param, flags.grad, flags.state))
     master_t = np.float32
 

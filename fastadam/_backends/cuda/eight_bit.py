@@ -33,6 +33,7 @@ from .runtime import (
     _f32_from_bits,
     converters,
     forget,
+    multiply,
     rounding,
 )
 
@@ -50,7 +51,7 @@ def _block_step(flags: Flags):
     codes start at the block's first element (``size`` of them); the absmax arrays are
     the array's; ``m, v, v_max, tops`` the thread block's shared scratch."""
     update = element.make(_device, flags, converters(compute_dtype(flags.param)),
-                          rounding()[0])
+                          rounding()[0], multiply(compute_dtype(flags.param)))
     compute = np.dtype(compute_dtype(flags.param)).type
     amsgrad = flags.amsgrad
     m_zero = np.int32(quant8.encoder(True).zero)

@@ -83,6 +83,27 @@ def converters(compute: str) -> dict:
     return convert.make(_device, _f32_from_bits, _bits_from_f32, np.dtype(compute).type)
 
 
+if SIMULATOR:  # NumPy scalars: each product rounds on its own
+    @_device
+    def _mul32(a, b):
+        return a * b
+
+    _mul64 = _mul32
+else:  # NVVM would contract a * b + c into an FMA, which rounds once: the CPU rounds twice
+    @_device
+    def _mul32(a, b):
+        return libdevice.fmul_rn(a, b)
+
+    @_device
+    def _mul64(a, b):
+        return libdevice.dmul_rn(a, b)
+
+
+def multiply(compute: str):
+    """The element update's product for ``compute``: rounded on its own, never fused."""
+    return _mul64 if compute == "float64" else _mul32
+
+
 @cache
 def rounding() -> tuple:
     """``((stochastic stores, random), noise)``: the element update's rounding pieces on the

@@ -21,7 +21,15 @@ from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
 from ..cache import cached, disk_cached
 from ..shared import element
-from .runtime import MAX_BLOCKS, SIMULATOR, _device, converters, launch_shape, rounding
+from .runtime import (
+    MAX_BLOCKS,
+    SIMULATOR,
+    _device,
+    converters,
+    launch_shape,
+    multiply,
+    rounding,
+)
 
 # Threads per block: across a row's elements (x) and over sorted positions (y).
 ROW_THREADS, POSITIONS = (8, 2) if SIMULATOR else (32, 8)
@@ -117,7 +125,8 @@ def sparse_kernel(flags: Flags):
     rounding); launched with (ROW_THREADS, POSITIONS) threads per block."""
     convert = converters(compute_dtype(flags.param))
     element_rounding, noise_of = rounding()
-    update = element.make_sparse(_device, flags, convert, element_rounding)
+    update = element.make_sparse(_device, flags, convert, element_rounding,
+                                 multiply(compute_dtype(flags.param)))
     load_g = convert[flags.grad][0]
 
     @cuda.jit

@@ -52,7 +52,15 @@ def _param_access(jit, flags: Flags, converters: dict, rounding: tuple):
     return load, store
 
 
-def make(jit, flags: Flags, converters: dict, rounding: tuple):
+def _plain_multiply(jit):
+    @jit
+    def mul(a, b):
+        return a * b
+
+    return mul
+
+
+def make(jit, flags: Flags, converters: dict, rounding: tuple, mul=None):
     """``update(i, param, grad, m, v, v_max, comp, master, *coefficients, noise, offset)``,
     in place.
 
@@ -60,8 +68,12 @@ def make(jit, flags: Flags, converters: dict, rounding: tuple):
     when their option is off) are never touched. The coefficients are
     ``hyper.COEFFICIENTS``, rounded once to the compute dtype. With stochastic
     rounding, element ``i`` draws the bits of index ``offset + i`` in ``noise`` (the
-    array's random noise at this step), wherever the arrays were sliced.
+    array's random noise at this step), wherever the arrays were sliced. ``mul``: the
+    target's product of two compute-dtype values rounded on its own (on the GPU one that
+    never fuses with an add into an FMA, so that the GPU rounds as the CPU does); a
+    plain product by default.
     """
+    mul = _plain_multiply(jit) if mul is None else mul
     maximize, amsgrad, l2_decay, decoupled_decay, nesterov = flags[:5]
     load_param, store_param = _param_access(jit, flags, converters, rounding)
     load_g = converters[flags.grad][0]
@@ -71,16 +83,16 @@ def make(jit, flags: Flags, converters: dict, rounding: tuple):
     def update(i, param, grad, m, v, v_max, comp, master_param, beta1, one_minus_beta1, beta2,
                one_minus_beta2, m_coef, g_coef, scaled_eps_root, scaled_eps, weight_decay,
                decay_factor, inv_grad_scale, noise, offset):
-        g = load_g(grad[i]) * inv_grad_scale
+        g = mul(load_g(grad[i]), inv_grad_scale)
         if maximize:
             g = -g
         p = load_param(i, param, comp, master_param)
         if l2_decay:
-            g = g + weight_decay * p
+            g = g + mul(weight_decay, p)
         if decoupled_decay:
-            p = p * decay_factor
-        m_i = beta1 * load_s(m[i]) + one_minus_beta1 * g
-        v_i = beta2 * load_s(v[i]) + one_minus_beta2 * (g * g)
+            p = mul(p, decay_factor)
+        m_i = mul(beta1, load_s(m[i])) + mul(one_minus_beta1, g)
+        v_i = mul(beta2, load_s(v[i])) + mul(one_minus_beta2, mul(g, g))
         m[i] = store_s(m_i)
         v[i] = store_s(v_i)
         if amsgrad:
@@ -88,15 +100,15 @@ def make(jit, flags: Flags, converters: dict, rounding: tuple):
             v_max[i] = store_s(v_i)
         denom = math.sqrt(v_i + scaled_eps_root) + scaled_eps
         if nesterov:
-            p = p - (m_coef * m_i + g_coef * g) / denom
+            p = p - (mul(m_coef, m_i) + mul(g_coef, g)) / denom
         else:
-            p = p - m_coef * (m_i / denom)
+            p = p - mul(m_coef, m_i / denom)
         store_param(i, p, param, comp, master_param, noise, offset + i)
 
     return update
 
 
-def make_sparse(jit, flags: Flags, converters: dict, rounding: tuple):
+def make_sparse(jit, flags: Flags, converters: dict, rounding: tuple, mul=None):
     """``update(j, g, param, m, v, comp, master, one_minus_beta1, one_minus_beta2, eps,
     neg_step_size, noise, offset)``: element ``j`` of one row of a row-sparse step, in
     place, with its summed gradient ``g`` (compute dtype); torch.optim.SparseAdam's
@@ -104,8 +116,10 @@ def make_sparse(jit, flags: Flags, converters: dict, rounding: tuple):
 
     The arrays are one row each (1-D, 16-bit ones as uint16 views); ``comp`` and
     ``master`` are touched only with their option on; ``offset`` is the row's first
-    element in the table (stochastic rounding draws by table position).
+    element in the table (stochastic rounding draws by table position); ``mul`` as in
+    ``make``.
     """
+    mul = _plain_multiply(jit) if mul is None else mul
     maximize = flags.maximize
     load_param, store_param = _param_access(jit, flags, converters, rounding)
     load_s, store_s = converters[flags.state]
@@ -117,12 +131,12 @@ def make_sparse(jit, flags: Flags, converters: dict, rounding: tuple):
             g = -g
         old_m = load_s(m[j])
         old_v = load_s(v[j])
-        m_j = old_m + (g - old_m) * one_minus_beta1  # old + (new - old) * (1 - beta)
-        v_j = old_v + (g * g - old_v) * one_minus_beta2
+        m_j = old_m + mul(g - old_m, one_minus_beta1)  # old + (new - old) * (1 - beta)
+        v_j = old_v + mul(mul(g, g) - old_v, one_minus_beta2)
         m[j] = store_s(m_j)
         v[j] = store_s(v_j)
         p = load_param(j, param, comp, master_param)
-        store_param(j, p + neg_step_size * (m_j / (math.sqrt(v_j) + eps)), param, comp,
+        store_param(j, p + mul(neg_step_size, m_j / (math.sqrt(v_j) + eps)), param, comp,
                     master_param, noise, offset + j)
 
     return update
