@@ -238,3 +238,35 @@ def test_wide_params_refuse_stochastic_rounding(dtype):
         fastadam.Adam(np.zeros(3, dtype), stochastic_rounding=True)
     with pytest.raises(ValueError, match="stochastic_rounding"):
         fastadam.SparseAdam(np.zeros((3, 2), dtype), stochastic_rounding=True)
+
+
+@pytest.mark.parametrize("kind", ["8bit", "sparse"])
+def test_torch_8bit_and_sparse_drop_ins_round_stochastically(kind, rng):
+    torch = optional("torch")
+    import fastadam.torch as ft
+
+    n = 5000
+    start = torch.from_numpy(rng.standard_normal((n // 50, 50)).astype(np.float32))
+    start = start.to(torch.bfloat16)
+    rows = torch.from_numpy(rng.integers(0, n // 50, 30))
+    values = torch.from_numpy(rng.standard_normal((30, 50)).astype(np.float32)).to(torch.bfloat16)
+    dense = torch.from_numpy(rng.standard_normal((n // 50, 50)).astype(np.float32)).to(
+        torch.bfloat16)
+    results = []
+    for seed in (1, 1, 2, None):
+        p = torch.nn.Parameter(start.clone())
+        kw = {} if seed is None else {"stochastic_rounding": True, "seed": seed}
+        if kind == "8bit":
+            opt = ft.AdamW8bit([p], lr=1e-3, **kw)
+            p.grad = dense.clone()
+        else:
+            opt = ft.SparseAdam([p], lr=1e-3, **kw)
+            p.grad = torch.sparse_coo_tensor(rows[None], values, p.shape)
+        opt.step()
+        results.append(p.detach().clone())
+        if seed is not None:
+            assert opt.state_dict()["param_groups"][0]["seed"] == seed
+    same, again, other, nearest = results
+    assert torch.equal(same, again) and not torch.equal(same, other)
+    apart = (same.view(torch.int16).int() - nearest.view(torch.int16).int()).abs()
+    assert int(apart.max()) <= 1 and bool((apart == 1).any())

@@ -28,6 +28,7 @@ from .._backends.dispatch import (
     step_flags,
     sum_of_squares,
 )
+from .._backends.shared.convert import rounding_key
 from .._core import array_checks, checks, quant8
 from .._core.hyper import clip_factor, clipped_scale, hyper
 from ._tensors import as_array, current_stream
@@ -48,16 +49,20 @@ def _stream(p: torch.Tensor):
 class _Adam8bit(torch.optim.Optimizer):
     def __init__(self, params, lr: float, betas: tuple[float, float], eps: float,
                  weight_decay: float, maximize: bool, min_8bit_size: int,
-                 max_grad_norm: float | None = None) -> None:
+                 max_grad_norm: float | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         hyper(lr, betas, eps, weight_decay, True, False, maximize)  # torch-style early errors
         self._max_grad_norm = checks.max_grad_norm(max_grad_norm)
         self.grad_norm = None  # with max_grad_norm: the last step's total norm, unclipped
+        options = {"stochastic_rounding": checks.flag("stochastic_rounding",
+                                                      stochastic_rounding),
+                   "seed": checks.seed(seed)}
         if isinstance(min_8bit_size, bool) or not isinstance(min_8bit_size, int) or \
                 min_8bit_size < 0:
             raise ValueError(f"min_8bit_size must be an int >= 0, got {min_8bit_size!r}")
         self.min_8bit_size = min_8bit_size
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      maximize=maximize))
+                                      maximize=maximize, **options))
 
     def _fresh(self, p: torch.Tensor) -> dict:
         """Zeroed state for ``p``, on its device (contiguous, whatever ``p``'s layout)."""
@@ -82,11 +87,14 @@ class _Adam8bit(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        planned = []
+        planned, index = [], -1
+        first = self.param_groups[0] if self.param_groups else {}
+        stochastic, seed = first.get("stochastic_rounding", False), first.get("seed", 0)
         for group in self.param_groups:
             h = hyper(float(group["lr"]), tuple(float(b) for b in group["betas"]),
                       group["eps"], group["weight_decay"], True, False, group["maximize"])
             for p in group["params"]:
+                index += 1
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
@@ -108,19 +116,21 @@ class _Adam8bit(torch.optim.Optimizer):
                     arrays = array_checks.step_arrays(
                         backend, param, grad, as_array(state["state1"]),
                         as_array(state["state2"]), None, None, None, False)
-                planned.append((p, state, h, eight, backend, arrays))
+                rounded = bool(stochastic) and p.dtype in (torch.float16, torch.bfloat16)
+                planned.append((p, state, h, eight, backend, arrays, rounded,
+                                rounding_key(seed, index)))
         scale = self._clip_scale(planned)
-        for p, state, h, eight, backend, arrays in planned:  # all checked: write
+        for p, state, h, eight, backend, arrays, rounded, key in planned:  # all checked
             step = int(state["step"]) + 1
             stream = _stream(p)
             if eight:
                 *views, codes, absmax = arrays
-                flags = flags_8bit(h, views[0], views[1], False, False)
+                flags = flags_8bit(h, views[0], views[1], False, False, rounded)
                 apply_8bit(backend, tuple(views), codes, absmax, h, flags, step, stream=stream,
-                           grad_scale=scale)
+                           grad_scale=scale, key=key)
             else:
-                apply(backend, arrays, h, step_flags(h, arrays), step, stream=stream,
-                      grad_scale=scale)
+                apply(backend, arrays, h, step_flags(h, arrays, rounded), step, stream=stream,
+                      grad_scale=scale, key=key)
             state["step"] = step
             self.state[p] = state
         return loss
@@ -131,9 +141,9 @@ class _Adam8bit(torch.optim.Optimizer):
         if getattr(self, "_max_grad_norm", None) is None:
             return None
         squares = 0.0
-        for backend in dict.fromkeys(backend for *_, backend, _ in planned):
-            squares += sum_of_squares(backend, [arrays[1] for *_, b, arrays in planned
-                                                if b == backend])
+        for backend in dict.fromkeys(entry[4] for entry in planned):
+            squares += sum_of_squares(backend, [entry[5][1] for entry in planned
+                                                if entry[4] == backend])
         self.grad_norm = math.sqrt(squares)
         return clipped_scale(None, clip_factor(self.grad_norm, self._max_grad_norm))
 
@@ -226,15 +236,18 @@ class Adam8bit(_Adam8bit):
     is decoupled, as in bitsandbytes. One fused pass per tensor: on the CPU in parallel
     blocks, on a GPU in one launch on torch's current stream. ``max_grad_norm`` clips the
     gradients by their global norm inside the step, as ``torch.nn.utils.clip_grad_norm_``
-    before it would (``grad_norm`` holds the norm), without writing them.
+    before it would (``grad_norm`` holds the norm), without writing them;
+    ``stochastic_rounding`` (with ``seed``, both in the param groups) rounds float16 and
+    bfloat16 params stochastically.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
                  min_8bit_size: int = quant8.MIN_8BIT_SIZE,
-                 max_grad_norm: float | None = None) -> None:
+                 max_grad_norm: float | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, maximize, min_8bit_size,
-                         max_grad_norm)
+                         max_grad_norm, stochastic_rounding, seed)
 
 
 class AdamW8bit(_Adam8bit):
@@ -243,6 +256,7 @@ class AdamW8bit(_Adam8bit):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, *, maximize: bool = False,
                  min_8bit_size: int = quant8.MIN_8BIT_SIZE,
-                 max_grad_norm: float | None = None) -> None:
+                 max_grad_norm: float | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, maximize, min_8bit_size,
-                         max_grad_norm)
+                         max_grad_norm, stochastic_rounding, seed)

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .._backends.dispatch import apply_sparse, prepare_sparse
-from .._core import array_checks
+from .._backends.shared.convert import rounding_key
+from .._core import array_checks, checks
 from .._core.hyper import hyper
 from ._tensors import as_array, current_stream
 
@@ -25,7 +26,21 @@ __all__ = ["SparseAdam"]
 
 class SparseAdam(torch.optim.SparseAdam):
     """``torch.optim.SparseAdam`` with fastadam's fused row-sparse step (same arguments,
-    defaults, checks and state). A dense gradient raises TypeError naming its param."""
+    defaults, checks and state). A dense gradient raises TypeError naming its param.
+    Beyond torch's: ``stochastic_rounding`` (with ``seed``) rounds float16 and bfloat16
+    tables stochastically, as :class:`fastadam.SparseAdam` does; both travel in the param
+    groups."""
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, maximize: bool = False, *,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
+        super().__init__(params, lr, betas, eps, maximize)
+        options = {"stochastic_rounding": checks.flag("stochastic_rounding",
+                                                      stochastic_rounding),
+                   "seed": checks.seed(seed)}
+        self.defaults.update(options)
+        for group in self.param_groups:
+            group.update(options)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -35,10 +50,14 @@ class SparseAdam(torch.optim.SparseAdam):
             with torch.enable_grad():
                 loss = closure()
         fused, by_torch, fresh = [], [], {}
+        first = self.param_groups[0] if self.param_groups else {}
+        stochastic, seed = first.get("stochastic_rounding", False), first.get("seed", 0)
+        index = -1
         for g_index, group in enumerate(self.param_groups):
             h = hyper(float(group["lr"]), tuple(float(b) for b in group["betas"]),
                       group["eps"], 0.0, False, False, group.get("maximize", False))
             for p_index, p in enumerate(group["params"]):
+                index += 1
                 grad = p.grad
                 if grad is None:
                     continue
@@ -64,12 +83,15 @@ class SparseAdam(torch.optim.SparseAdam):
                     prepare_sparse(backend, arrays, stream)
                 except (TypeError, ValueError) as e:
                     raise type(e)(f"{name}: {e}") from e
-                fused.append((h, state, arrays, backend, stream))
+                sixteen = p.dtype in (torch.float16, torch.bfloat16)
+                fused.append((h, state, arrays, backend, stream, bool(stochastic and sixteen),
+                              rounding_key(seed, index)))
         for p, state in fresh.items():  # everything is checked: commit
             self.state[p] = state
-        for h, state, arrays, backend, stream in fused:
+        for h, state, arrays, backend, stream, rounded, key in fused:
             state["step"] += 1
-            apply_sparse(backend, arrays, h, state["step"], stream=stream)
+            apply_sparse(backend, arrays, h, state["step"], stream=stream, stochastic=rounded,
+                         key=key)
         for h, p, grad, state in by_torch:
             state["step"] += 1
             torch.optim._functional.sparse_adam(
