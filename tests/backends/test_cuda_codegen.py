@@ -250,3 +250,15 @@ def test_the_update_never_fuses_a_multiply_into_an_add(compile_ptx, kinds, optio
             sparse.sparse_kernel(make_flags(kinds, {k: v for k, v in options.items()
                                                     if k not in ("decoupled", "l2")})).py_func,
             sparse_sig + NOISE)
+
+
+@pytest.mark.parametrize("kind", ["float32", "bfloat16", "float16", "float64"])
+def test_norm_kernels_compile(compile_ptx, kind):
+    """The clip's sum of squares: float64 sums through shared memory, a fixed tree."""
+    from fastadam._backends.cuda import norm
+
+    sig = (types.uint64[::1], types.int64[::1], types.int64[:, ::1], types.float64[::1])
+    ptx = compile_ptx(norm.squares_kernel(kind).py_func, sig)
+    assert "bar.sync" in ptx and "st.shared.f64" in ptx
+    assert "st.global.f64" in compile_ptx(norm._total.py_func,
+                                          (types.float64[::1], types.float64[::1]))

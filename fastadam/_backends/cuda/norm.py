@@ -15,9 +15,31 @@ from ..cache import cached, disk_cached
 from ..grouping import chunk_table
 from ..shared import pointers
 from .memory import to_device
-from .runtime import CHUNK, MAX_BLOCKS, THREADS_PER_BLOCK, _at, address, converters, forget
+from .runtime import (
+    CHUNK,
+    MAX_BLOCKS,
+    THREADS_PER_BLOCK,
+    _at,
+    _inlined,
+    address,
+    converters,
+    forget,
+)
 
 THREADS = THREADS_PER_BLOCK
+
+
+@_inlined
+def _block_sum(shared, t, value):
+    """The block's values summed into ``shared[0]`` by a fixed tree (every thread calls)."""
+    shared[t] = value
+    cuda.syncthreads()
+    width = THREADS // 2
+    while width > 0:
+        if t < width:
+            shared[t] += shared[t + width]
+        cuda.syncthreads()
+        width //= 2
 
 
 @cache
@@ -41,14 +63,7 @@ def squares_kernel(grad_kind: str):
                 x = np.float64(load(g[i]))
                 acc += x * x
                 i += THREADS
-            shared[t] = acc
-            cuda.syncthreads()
-            width = THREADS // 2
-            while width > 0:
-                if t < width:
-                    shared[t] += shared[t + width]
-                cuda.syncthreads()
-                width //= 2
+            _block_sum(shared, t, acc)
             if t == 0 and chunks[row, 2] > chunks[row, 1]:  # (another kind's rows: empty)
                 partial[row] = shared[0]
             cuda.syncthreads()
@@ -68,14 +83,7 @@ def _total(partial, out):
     while i < partial.size:
         acc += partial[i]
         i += THREADS
-    shared[t] = acc
-    cuda.syncthreads()
-    width = THREADS // 2
-    while width > 0:
-        if t < width:
-            shared[t] += shared[t + width]
-        cuda.syncthreads()
-        width //= 2
+    _block_sum(shared, t, acc)
     if t == 0:
         out[0] = shared[0]
 
