@@ -390,3 +390,37 @@ def test_meta_params_step_as_torch_steps_them():
     opt.step()
     state = opt.state[model.weight]
     assert float(state["step"]) == 1.0 and state["exp_avg"].device.type == "meta"
+
+
+def layout_twins(seed, dtype=torch.float32):
+    """The same params twice in the layouts CNN and slicing code make: a channels_last
+    convolution weight, a transposed view, a slice with gaps between its rows."""
+    gen = torch.Generator().manual_seed(seed)
+    conv = torch.randn(4, 3, 3, 5, generator=gen, dtype=dtype)
+    flipped = torch.randn(9, 5, generator=gen, dtype=dtype)
+    base = torch.randn(6, 10, generator=gen, dtype=dtype)
+    out = []
+    for _ in range(2):
+        sliced = base.clone()[:, 2:7]
+        params = [conv.clone().to(memory_format=torch.channels_last), flipped.clone().t(),
+                  sliced]
+        out.append([torch.nn.Parameter(p) for p in params])
+    assert out[0][0].stride() == (45, 1, 15, 3) and not out[0][2].is_contiguous()
+    return out
+
+
+@pytest.mark.parametrize("ours,theirs,dtype,optim_input",
+                         [p for p in optim_inputs() if p.values[2] == torch.float32])
+def test_torch_optim_inputs_on_params_of_any_layout(ours, theirs, dtype, optim_input):
+    """Every CPU optim input of torch's optimizer tests on channels_last, transposed and
+    sliced params: torch's trajectory over 10 steps, the state in each param's layout."""
+    a, b = layout_twins(1, dtype)
+    opt_a = ours(a, **optim_input.kwargs)
+    opt_b = theirs(b, foreach=False, **optim_input.kwargs)
+    lockstep(a, b, opt_a, opt_b, 10, 1e-6, 1e-7)
+    for pa, pb in zip(a, b):
+        sa, sb = opt_a.state[pa], opt_b.state[pb]
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            np.testing.assert_allclose(sa[k].numpy(), sb[k].numpy(), rtol=1e-5, atol=1e-7)
+        assert sa["exp_avg"].stride() == sb["exp_avg"].stride()
