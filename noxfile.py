@@ -23,8 +23,10 @@ def tests(session: nox.Session) -> None:
                 env=env)
     session.run("mkdocs", "build", "--strict", "--site-dir", f"{session.create_tmp()}/site",
                 env={"NO_MKDOCS_2_WARNING": "1"})
-    # The simulator must be switched on before numba loads: its own process.
-    session.run("pytest", "tests/cuda", *session.posargs, env={**env, "NUMBA_ENABLE_CUDASIM": "1"})
+    # The simulator must be switched on before numba loads: its own processes, two of
+    # them, as it runs each CUDA thread in Python on one core.
+    session.run("pytest", "tests/cuda", "-n", "2", *session.posargs,
+                env={**env, "NUMBA_ENABLE_CUDASIM": "1"})
 
 
 @nox.session

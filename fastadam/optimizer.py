@@ -8,6 +8,8 @@ backends' batches) and the state_dict (``_state/state_dict.py``,
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._backends.dispatch import resolve
@@ -19,6 +21,9 @@ from ._state import groups as _groups
 from ._state import state_dict as _state_dict
 from ._state.plans import Plans
 from ._state.slots import STATE_KEYS, Options, Slot
+
+if TYPE_CHECKING:  # numba.cuda, imported only when a GPU step is asked for
+    from ._backends.cuda.norm import DeviceNorm
 
 
 class Adam:
@@ -216,10 +221,15 @@ class Adam:
         }
 
     @property
-    def grad_norm(self) -> float | None:
+    def grad_norm(self) -> float | DeviceNorm | None:
         """With ``max_grad_norm``: the total norm of the last step's gradients, before
         clipping (after ``grad_scale``; NaN or inf where one held NaN or inf). None
-        before the first step and without clipping."""
+        before the first step and without clipping.
+
+        On the GPU the norm stays on the device, so that the step never waits for it:
+        a ``DeviceNorm`` that ``float()`` reads (a wait) and CuPy or torch take as a 0-d
+        float64 array without one (``__cuda_array_interface__``). The next step
+        overwrites it: reading it after that raises, so copy what you keep."""
         return self._plans.grad_norm
 
     # --- stepping -----------------------------------------------------------

@@ -111,7 +111,8 @@ def apply_8bit(backend: str, arrays: tuple, codes: tuple, absmax: tuple, h: Hype
     """One update with 8-bit moments: ``arrays`` is ``(param, grad, comp, master)`` and
     ``codes``/``absmax`` are (m, v, v_max), all validated and 1-D; ``flags`` is
     ``step_flags`` with the moments' compute kind as the state kind. ``steps``: on the
-    GPU, the step count and skip flag on the device (the CUDA backend's ``StepCount``)."""
+    GPU, the step count, skip flag and gradients' multiplier on the device (the CUDA
+    backend's ``StepCount``; ``grad_scale`` is then in it)."""
     if arrays[0].size == 0:
         return
     param, grad, comp, master = arrays
@@ -128,8 +129,7 @@ def apply_8bit(backend: str, arrays: tuple, codes: tuple, absmax: tuple, h: Hype
     if backend == "cuda":
         eight_bit = cuda().eight_bit
         if steps is not None:
-            eight_bit.adam_step_8bit_cuda_counted(arrays, flags, h, grad_scale, steps, stream,
-                                                  key)
+            eight_bit.adam_step_8bit_cuda_counted(arrays, flags, h, steps, stream, key)
         else:
             eight_bit.adam_step_8bit_cuda(arrays, flags, coefficients(h, step, grad_scale),
                                           stream, key, step)

@@ -118,8 +118,15 @@ def clipped_scale(grad_scale: float | None, factor: float) -> float | None:
     the clip ``factor`` (infinite for a factor of 0: the kernels multiply by 1/scale)."""
     if factor == 1.0:
         return grad_scale
-    scale = 1.0 if grad_scale is None else grad_scale
-    return scale / factor if factor != 0.0 else math.inf
+    return clip_into_scale(1.0 if grad_scale is None else grad_scale, factor)
+
+
+def clip_into_scale(grad_scale: float, factor: float) -> float:
+    """``clipped_scale`` for a number ``grad_scale``: the one definition, run on the host
+    and compiled for the GPU, where the norm may stay on the device."""
+    if factor == 1.0:
+        return grad_scale
+    return grad_scale / factor if factor != 0.0 else math.inf
 
 
 def coefficients(h: Hyper, step: int, grad_scale: float | None = None) -> tuple[float, ...]:

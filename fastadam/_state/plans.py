@@ -40,12 +40,16 @@ class Plans:
         self.num_threads, self.skip_nonfinite = num_threads, skip_nonfinite
         self.max_grad_norm, self.grad_norm = max_grad_norm, None
         self.guarded = _guarded(slots, single, adopted)
-        self.host = self.gpu = self.one = self.steps = None
+        self.host = self.gpu = self.one = self.steps = self.norms = None
+        self.norm_serial = 0  # clipped steps on the device: which one grad_norm holds
         if (single and backend == "cpu" and not skip_nonfinite and slots[0].absmax is None
                 and max_grad_norm is None):
             self.one = OneHostArray(slots[0], num_threads)
-        if backend == "cuda" and skip_nonfinite:  # decided on the device: no waiting
+        # Skipping and clipping are decided on the device: no waiting.
+        if backend == "cuda" and (skip_nonfinite or max_grad_norm is not None):
             self.steps = cuda().dense.StepCount(slots[0].step)  # all equal: load_state_dict checks
+        if backend == "cuda" and max_grad_norm is not None:
+            self.norms = cuda().norm.NormPlan([slot.flat.size for slot in slots])
         # Lists step in one parallel region (CPU) or one launch (GPU) per batch of alike arrays.
         if not single and backend == "cpu":
             self.host = cpu().batches.HostBatches(groups)
@@ -67,15 +71,14 @@ class Plans:
         flats = self._checked_grads(grads)
         scale = grad_scale if prescaled else checks.grad_scale(grad_scale)
         cuda_stream = checks.stream(stream, self.backend)
+        if self.steps is not None:
+            self._step_counted(flats, scale, cuda_stream)
+            return None if self.skip_nonfinite else True
         if self.max_grad_norm is not None:
-            squares = sum_of_squares(self.backend, flats, num_threads=self.num_threads,
-                                     stream=cuda_stream)
-            scale = self._clipped(squares, scale)
+            scale = self._clipped(sum_of_squares(self.backend, flats,
+                                                 num_threads=self.num_threads), scale)
             if scale is False:
                 return False
-        elif self.steps is not None:
-            self._step_counted(flats, scale, cuda_stream)
-            return None
         elif self.skip_nonfinite and not all_finite(self.backend, flats,
                                                     num_threads=self.num_threads,
                                                     stream=cuda_stream):
@@ -92,29 +95,49 @@ class Plans:
         """A list of GPU gradients that the caller has checked (shapes, dtypes of ``kinds``,
         device, contiguity, no shared memory), given by their device ``addresses``: one
         launch per batch, no Python per array. False, nothing done, unless every batch can
-        step as one (the caller then passes the arrays to ``step``)."""
-        if (self.gpu is None or self.steps is not None or self.skip_nonfinite
-                or self.max_grad_norm is not None):
+        step as one (the caller then passes the arrays to ``step``); with
+        ``skip_nonfinite``, only when clipping finds the non-finite norm on the way."""
+        if self.gpu is None or not self.gpu.ready(kinds):
             return False
-        if not self.gpu.ready(kinds):
+        if self.steps is not None and self.norms is None:
             return False
+        if self.norms is not None:
+            self._clip_on_device(kinds, addresses, None, stream)
         for g, (h, _) in enumerate(self.groups):
-            self.gpu.step(g, h, kinds, addresses, None, stream)
+            self.gpu.step(g, h, kinds, addresses, None, stream, self.steps)
+        if self.steps is not None:
+            self.steps.end(stream)
+        cuda().runtime.forget(addresses)
         return True
 
     def _step_counted(self, flats: list, scale, stream) -> None:
-        """The GPU step with ``skip_nonfinite`` decided on the device: the gradients are
-        checked for NaN and inf into a flag that the kernels read, and the step count
-        lives there too, so nothing waits for the device."""
-        self.steps.begin([(as_kernel_array(g), kind(g.dtype)) for g in flats], stream)
-        found = None if self.gpu is None else _device_grads(flats)
+        """The GPU step with the decisions on the device: the gradients' norm (clipping)
+        or a check for NaN and inf (``skip_nonfinite``) goes into a flag and a multiplier
+        that the kernels read, and the step count lives there too, so nothing waits."""
+        kinds, addresses = _device_grads(flats)
+        if self.norms is not None:
+            self._clip_on_device(kinds, addresses, scale, stream)
+        else:
+            self.steps.begin([(as_kernel_array(g), k) for g, k in zip(flats, kinds)], scale,
+                             stream)
         first = 0
         for g, (h, slots) in enumerate(self.groups):
-            done = set() if found is None else self.gpu.step(g, h, *found, scale, stream,
-                                                             self.steps)
+            done = set() if self.gpu is None else self.gpu.step(g, h, kinds, addresses, scale,
+                                                                stream, self.steps)
             self._step_rest(first, slots, done, flats, h, scale, stream, self.steps)
             first += len(slots)
         self.steps.end(stream)
+        cuda().runtime.forget(addresses)
+
+    def _clip_on_device(self, kinds: list, addresses: np.ndarray, scale, stream) -> None:
+        """The norm pass and the clip coefficient, on the device; ``grad_norm`` becomes
+        the device's norm, read only when asked."""
+        squares = self.norms.squares(tuple(kinds), addresses, stream)
+        self.steps.begin_clipped(squares, scale, self.max_grad_norm, self.skip_nonfinite,
+                                 stream)
+        self.norm_serial += 1
+        self.grad_norm = cuda().norm.DeviceNorm(self.steps.norm, self, self.norm_serial,
+                                                stream)
 
     def step_count(self) -> int:
         """How many updates were applied (from the device, a wait, where it counts)."""
@@ -198,8 +221,8 @@ class Plans:
                 continue
             arrays = (slot.flat, flat, *slot.state)
             if steps is not None:
-                cuda().dense.adam_step_cuda_counted(kernel_views(arrays), slot.flags, h, scale,
-                                                    steps, stream, slot.key)
+                cuda().dense.adam_step_cuda_counted(kernel_views(arrays), slot.flags, h, steps,
+                                                    stream, slot.key)
                 continue
             apply(self.backend, arrays, h, slot.flags, slot.step + 1, grad_scale=scale,
                   num_threads=self.num_threads, stream=stream, key=slot.key)

@@ -149,17 +149,30 @@ def gpt2_rows(check: Check) -> dict:
     shapes = [tuple(max(1, d // 64) for d in s) for s in GPT2_SMALL] if check.tiny else GPT2_SMALL
     out = {}
     for dtype in (torch.float32, torch.bfloat16):
-        contenders = {}
+        contenders, clipped = {}, None
         for name, cls, kw in (("torch-fused", torch.optim.AdamW, {"fused": True}),
-                              ("fastadam.torch", fastadam_torch.AdamW, {})):
+                              ("fastadam.torch", fastadam_torch.AdamW, {}),
+                              ("torch clip+fused", torch.optim.AdamW, {"fused": True}),
+                              ("fastadam.torch clipped", fastadam_torch.AdamW,
+                               {"max_grad_norm": 1.0})):
             params = [torch.nn.Parameter(torch.randn(s, device="cuda", dtype=dtype))
                       for s in shapes]
             for q in params:
                 q.grad = torch.randn_like(q)
-            contenders[name] = cls(params, **kw).step
+            opt = cls(params, **kw)
+            if name == "torch clip+fused":  # clip_grad_norm_ scales the same grads each time
+                contenders[name] = lambda o=opt, ps=params: (
+                    torch.nn.utils.clip_grad_norm_(ps, 1.0), o.step())
+            else:
+                contenders[name] = opt.step
+            clipped = opt if "max_grad_norm" in kw else clipped
+        row = timed(contenders, 2 if check.tiny else 20)
+        norm = clipped.grad_norm  # a 0-d tensor on the GPU: the step did not wait for it
+        row["clipped grad_norm"] = {"type": type(norm).__name__,
+                                    "device": str(getattr(norm, "device", None)),
+                                    "value": float(norm)}
         out[str(dtype)] = {"tensors": len(shapes),
-                           "params": sum(int(np.prod(s)) for s in shapes),
-                           **timed(contenders, 2 if check.tiny else 20)}
+                           "params": sum(int(np.prod(s)) for s in shapes), **row}
     return out
 
 

@@ -59,7 +59,9 @@ class _FusedStep:
         self._step_supports_amp_scaling = False
         self._plan = None
         self._max_grad_norm = checks.max_grad_norm(max_grad_norm)
-        self.grad_norm = None  # with max_grad_norm: the last step's total norm, unclipped
+        # With max_grad_norm: the last step's total norm, unclipped (a float; on a GPU,
+        # where the params step as one list, a 0-d float64 tensor there: no wait).
+        self.grad_norm = None
         # In every group, so that they travel in state_dicts (the first group's rules).
         options = {"stochastic_rounding": checks.flag("stochastic_rounding", stochastic_rounding),
                    "seed": checks.seed(seed)}
@@ -257,6 +259,15 @@ class _ListPlan:
             inner._replan()
         return cls(opt, live, params, groups, inner, tensors, entries, steps)
 
+    def _grad_norm(self):
+        """The inner optimizer's norm; on a GPU a 0-d float64 tensor there, copied on the
+        step's stream from the optimizer's buffer (no wait), as ``clip_grad_norm_``
+        returns a tensor."""
+        norm = self.inner.grad_norm
+        if norm is None or isinstance(norm, float):
+            return norm
+        return torch.as_tensor(norm, device=self.device).clone()
+
     def _held(self, entries) -> list:
         # The step and moment tensors of each entry, flat.
         return list(chain.from_iterable(chain.from_iterable(map(getter, group))
@@ -305,7 +316,7 @@ class _ListPlan:
                 return False
             self.inner._set_hyper(hypers)
             self.inner.step(grads, stream=stream)
-        opt.grad_norm = self.inner.grad_norm
+        opt.grad_norm = self._grad_norm()
         if not self.committed:  # the first step: the plan's state tensors enter opt.state
             for (p, entry, new), view in zip(self.entries, self.step_views):
                 entry["step"] = view

@@ -88,6 +88,7 @@ def test_one_launch_list_kernel_compiles(compile_ptx, kinds, options):
 
 
 COUNTED = (types.int64[::1], types.int32[::1])  # the step count and the skip flag
+SCALED = COUNTED + (types.float64[::1],)  # and the gradients' multiplier (with the clip)
 NOISE = (types.uint32, types.int64)  # a rounding key and the step (stochastic rounding)
 NOISES = (types.uint32[::1], types.int64)  # one key per array of a batch, the step
 
@@ -99,15 +100,15 @@ def test_counted_kernels_compile(compile_ptx, kinds, options):
     flags = make_flags(kinds, options)
     param, grad, state = kinds
     compute = types.float64 if param == "float64" else types.float32
-    scalars = (compute,) * 7 + (types.float64,) * 6
+    scalars = (compute,) * 6 + (types.float64,) * 6
     arrays = (ARRAY[param][::1], ARRAY[grad][::1], ARRAY[state][::1], ARRAY[state][::1],
               ARRAY[state][::1], ARRAY[param][::1], types.float32[::1])
     ptx = compile_ptx(dense.fused_kernel(flags, True).py_func,
-                      arrays + COUNTED + scalars + NOISE[:1])
+                      arrays + SCALED + scalars + NOISE[:1])
     assert "sqrt.rn" in ptx and ".f64" in ptx  # float64 coefficients, as on the host
     tables = (types.uint64[:, ::1], types.uint64[::1], types.int64[:, ::1])
     ptx = compile_ptx(dense.multi_kernel(flags, True).py_func,
-                      tables + COUNTED + scalars + NOISES[:1])
+                      tables + SCALED + scalars + NOISES[:1])
     assert "sqrt.rn" in ptx and "st.global" in ptx
 
 
@@ -153,7 +154,7 @@ def test_8bit_kernel_compiles(compile_ptx, kinds, options, counted):
     sig = ((ARRAY[param][::1], ARRAY[grad][::1]) + (codes,) * 3 + (absmax,) * 3
            + (ARRAY[param][::1], types.float32[::1], absmax, absmax, types.uint32[::1],
               types.uint32[::1]))
-    sig += (COUNTED + (compute,) * 7 + (types.float64,) * 6 + NOISE[:1] if counted
+    sig += (SCALED + (compute,) * 6 + (types.float64,) * 6 + NOISE[:1] if counted
             else (compute,) * 11 + NOISE)
     ptx = compile_ptx(eight_bit.fused_kernel(flags, counted).py_func, sig)
     assert "sqrt.rn" in ptx and "bar.sync" in ptx and "atom.shared.max.u32" in ptx
@@ -171,7 +172,7 @@ def test_8bit_list_kernel_compiles(compile_ptx, kinds, options, counted):
     compute = types.float64 if kinds[0] == "float64" else types.float32
     sig = (types.uint64[:, ::1], types.uint64[::1], types.int64[::1], types.int64[::1],
            types.float32[::1], types.float32[::1], types.uint32[::1], types.uint32[::1])
-    sig += (COUNTED + (compute,) * 7 + (types.float64,) * 6 + NOISES[:1] if counted
+    sig += (SCALED + (compute,) * 6 + (types.float64,) * 6 + NOISES[:1] if counted
             else (compute,) * 11 + NOISES)
     ptx = compile_ptx(eight_bit.multi_kernel(flags, counted).py_func, sig)
     assert "sqrt.rn" in ptx and "atom.shared.max.u32" in ptx
@@ -262,3 +263,15 @@ def test_norm_kernels_compile(compile_ptx, kind):
     assert "bar.sync" in ptx and "st.shared.f64" in ptx
     assert "st.global.f64" in compile_ptx(norm._total.py_func,
                                           (types.float64[::1], types.float64[::1]))
+
+
+def test_clip_kernels_compile(compile_ptx):
+    """The clip coefficient on the device: the host's float64 arithmetic (IEEE sqrt and
+    division, no fast-math approximation), and the multiplier put from the host."""
+    from fastadam._backends.cuda import norm
+
+    one = types.float64[::1]
+    ptx = compile_ptx(norm.clip_kernel.py_func, (one, types.float64, types.float64,
+                                                 types.boolean, one, one, types.int32[::1]))
+    assert "sqrt.rn.f64" in ptx and "div.rn.f64" in ptx and "st.global.f64" in ptx
+    assert "st.global.f64" in compile_ptx(dense._put.py_func, (one, types.float64))

@@ -56,26 +56,69 @@ def test_sparse_stochastic_rounding_is_the_cpu_kernels(rng):
 
 
 def test_clipping_on_the_device_follows_the_cpu(rng):
-    shapes = [(300,), (33, 7), (1001,)]
+    shapes = [(300,), (13, 7), (131,)]
     params = [rng.standard_normal(s).astype(F32) for s in shapes]
     host = fastadam.AdamW([p.copy() for p in params], lr=1e-2, max_grad_norm=1.0)
     device = fastadam.AdamW([cuda.to_device(p) for p in params], lr=1e-2, max_grad_norm=1.0)
     for _ in range(3):
         grads = [(3 * rng.standard_normal(s)).astype(F32) for s in shapes]
         host.step(grads)
-        device.step([cuda.to_device(g) for g in grads])
-        assert device.grad_norm == pytest.approx(host.grad_norm, rel=1e-13)
+        assert device.step([cuda.to_device(g) for g in grads]) is True
+        assert float(device.grad_norm) == pytest.approx(host.grad_norm, rel=1e-13)
         assert fastadam.grad_norm([cuda.to_device(g) for g in grads]) == pytest.approx(
             fastadam.grad_norm(grads), rel=1e-13)
+    assert device.step_count == 3 and device.state_dict()["state"][2]["step"] == 3
     for got, want in zip(device.params, host.params):
         np.testing.assert_allclose(got.copy_to_host(), want, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("state_dtype,grad_scale", [(None, None), (None, 64.0), ("8bit", 8.0)])
+def test_the_device_clips_with_the_hosts_arithmetic(rng, state_dtype, grad_scale):
+    # The device turns its sum of squares into the clip coefficient as the host does: a
+    # clipped step equals an unclipped one given the host's coefficient for that sum.
+    shapes = [(150,), (77,)]
+    params = [rng.standard_normal(s).astype(F32) for s in shapes]
+    kw = dict(lr=1e-2, state_dtype=state_dtype)
+    clipped = fastadam.AdamW([cuda.to_device(p) for p in params], max_grad_norm=0.5, **kw)
+    plain = fastadam.AdamW([cuda.to_device(p) for p in params], **kw)
+    for _ in range(2):
+        grads = [(grad_scale or 1.0) * rng.standard_normal(s).astype(F32) for s in shapes]
+        norm = fastadam.grad_norm([cuda.to_device(g) for g in grads]) / (grad_scale or 1.0)
+        clipped.step([cuda.to_device(g) for g in grads], grad_scale=grad_scale)
+        assert float(clipped.grad_norm) == norm
+        factor = 0.5 / (norm + 1e-6)
+        assert factor < 1
+        plain.step([cuda.to_device(g) for g in grads], grad_scale=(grad_scale or 1.0) / factor)
+    for got, want in zip(clipped.params, plain.params):
+        np.testing.assert_array_equal(got.copy_to_host(), want.copy_to_host())
+
+
+def test_the_device_norm_waits_only_when_read(rng):
+    p = rng.standard_normal(257).astype(F32)
+    grads = [rng.standard_normal(257).astype(F32) for _ in range(2)]
+    opt = fastadam.Adam(cuda.to_device(p), max_grad_norm=1.0)
+    assert opt.grad_norm is None
+    opt.step(cuda.to_device(grads[0]))
+    first = opt.grad_norm
+    assert float(first) == pytest.approx(np.linalg.norm(grads[0].astype(np.float64)), rel=1e-12)
+    assert np.asarray(first).shape == () and first.item() == float(first)
+    opt.step(cuda.to_device(grads[1]))
+    with pytest.raises(RuntimeError, match="overwritten by a later step"):
+        float(first)
+    assert float(opt.grad_norm) == pytest.approx(np.linalg.norm(grads[1]), rel=1e-6)
+
+
 def test_a_non_finite_norm_skips_on_the_device(rng):
-    g = rng.standard_normal(300).astype(F32)
-    g[5] = np.nan
-    p = rng.standard_normal(300).astype(F32)
-    opt = fastadam.Adam(cuda.to_device(p), max_grad_norm=1.0, skip_nonfinite=True)
-    assert opt.step(cuda.to_device(g)) is False
-    assert np.isnan(opt.grad_norm) and opt.step_count == 0
-    np.testing.assert_array_equal(opt.params.copy_to_host(), p)
+    shapes = [(300,), (70,)]
+    g = [rng.standard_normal(s).astype(F32) for s in shapes]
+    g[1][5] = np.nan
+    p = [rng.standard_normal(s).astype(F32) for s in shapes]
+    opt = fastadam.Adam([cuda.to_device(x) for x in p], max_grad_norm=1.0, skip_nonfinite=True)
+    assert opt.step([cuda.to_device(x) for x in g]) is None  # decided on the device
+    assert np.isnan(float(opt.grad_norm)) and opt.step_count == 0
+    for got, want in zip(opt.params, p):
+        np.testing.assert_array_equal(got.copy_to_host(), want)
+    g[1][5] = 0.5
+    opt.step([cuda.to_device(x) for x in g])
+    assert opt.step_count == 1 and np.isfinite(float(opt.grad_norm))
+    assert not np.array_equal(opt.params[0].copy_to_host(), p[0])

@@ -32,8 +32,8 @@ class DeviceBatch:
 
     def launch(self, flags, h, step: int, grad_addresses, grad_scale, stream, steps) -> None:
         adam_step_cuda_many(self.tables, self.chunks, self.grads, grad_addresses, flags,
-                            coefficients(h, step, grad_scale), stream, steps, h, grad_scale,
-                            self.keys, step)
+                            coefficients(h, step, grad_scale), stream, steps, h, self.keys,
+                            step)
 
 
 class DeviceBatch8bit:
@@ -61,8 +61,7 @@ class DeviceBatch8bit:
 
     def launch(self, flags, h, step: int, grad_addresses, grad_scale, stream, steps) -> None:
         adam_step_8bit_cuda_many(self, grad_addresses, flags,
-                                 coefficients(h, step, grad_scale), stream, steps, h,
-                                 grad_scale, step)
+                                 coefficients(h, step, grad_scale), stream, steps, h, step)
 
 
 class DeviceBatches:
@@ -82,7 +81,7 @@ class DeviceBatches:
         """Step the batches of ``group``, given the float kind and the device address of
         every checked gradient of the optimizer; returns the indices of the arrays it
         stepped. ``steps``: the step count on the device (``dense.StepCount``), which
-        then does the counting."""
+        then does the counting and holds the gradients' multiplier."""
         done = set()
         for batch in self.batches[group]:
             ready = ready_to_batch(batch, one_kind({kinds[i] for i in batch.indices}))

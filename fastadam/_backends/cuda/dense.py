@@ -20,6 +20,7 @@ from ..._core.hyper import Flags
 from ..cache import cached, disk_cached
 from ..shared import element, pointers
 from .memory import _fill_zero
+from .norm import clip_kernel
 from .runtime import (
     MAX_BLOCKS,
     THREADS_PER_BLOCK,
@@ -38,17 +39,19 @@ _step_terms = _device(hyper.step_terms)  # the host's definition, compiled for t
 
 
 def _counted_coefficients(flags: Flags):
-    """``coefficients(count, found, lr, beta1, beta2, eps, eps_root, bias_correction)``: the
-    step-dependent coefficients for update ``count[0] + 1``, rounded to the compute dtype
-    (float64 hyperparameters, as on the host)."""
+    """``coefficients(count, inv_scale, lr, beta1, beta2, eps, eps_root, bias_correction)``:
+    coefficients 4-7 (the step-dependent ones, for update ``count[0] + 1``) and 10 (the
+    gradients' multiplier ``inv_scale[0]``), rounded to the compute dtype (float64
+    hyperparameters, as on the host)."""
     compute = np.dtype(compute_dtype(flags.param)).type
     nesterov = flags.nesterov
 
     @_device
-    def coefficients(count, lr, beta1, beta2, eps, eps_root, bias_correction):
+    def coefficients(count, inv_scale, lr, beta1, beta2, eps, eps_root, bias_correction):
         m_coef, g_coef, scaled_eps_root, scaled_eps = _step_terms(
             np.float64(count[0] + 1), lr, beta1, beta2, eps, eps_root, bias_correction, nesterov)
-        return compute(m_coef), compute(g_coef), compute(scaled_eps_root), compute(scaled_eps)
+        return (compute(m_coef), compute(g_coef), compute(scaled_eps_root), compute(scaled_eps),
+                compute(inv_scale[0]))
 
     return coefficients
 
@@ -60,10 +63,11 @@ def fused_kernel(flags: Flags, counted: bool = False):
 
     The last arguments are the params' rounding ``key`` and the ``step``: their random
     bits there, for stochastic rounding. ``counted``: the step count lives on the device
-    instead, and the kernel is ``(param, ..., master, count, found, c0, c1, c2, c3, c8,
-    c9, c10, lr, beta1, beta2, eps, eps_root, bias_correction, key)``: it does nothing
-    when ``found[0]`` is set (a gradient held NaN or inf), and computes coefficients 4-7
-    from ``count[0]`` itself.
+    instead, and the kernel is ``(param, ..., master, count, found, inv_scale, c0, c1,
+    c2, c3, c8, c9, lr, beta1, beta2, eps, eps_root, bias_correction, key)``: it does
+    nothing when ``found[0]`` is set (a gradient held NaN or inf, or the clipped norm is
+    not finite), and computes coefficients 4-7 from ``count[0]`` and 10 from
+    ``inv_scale[0]`` itself.
     """
     element_rounding, noise_of = rounding()
     update = element.make(_device, flags, converters(compute_dtype(flags.param)),
@@ -92,11 +96,13 @@ def fused_kernel(flags: Flags, counted: bool = False):
     coefficients = _counted_coefficients(flags)
 
     @cuda.jit
-    def counted_kernel(param, grad, m, v, v_max, comp, master, count, found, c0, c1, c2, c3,
-                       c8, c9, c10, lr, beta1, beta2, eps, eps_root, bias_correction, key):
+    def counted_kernel(param, grad, m, v, v_max, comp, master, count, found, inv_scale,
+                       c0, c1, c2, c3, c8, c9, lr, beta1, beta2, eps, eps_root, bias_correction,
+                       key):
         if found[0] != 0:
             return
-        c4, c5, c6, c7 = coefficients(count, lr, beta1, beta2, eps, eps_root, bias_correction)
+        c4, c5, c6, c7, c10 = coefficients(count, inv_scale, lr, beta1, beta2, eps, eps_root,
+                                           bias_correction)
         run(param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
             c10, key, count[0] + 1)
 
@@ -112,7 +118,7 @@ def multi_kernel(flags: Flags, counted: bool = False):
     any valid address), ``grads`` the gradients' addresses, ``chunks`` rows
     (array index, start, stop), ``keys`` the arrays' rounding keys; each block steps
     whole chunks. ``counted``: as in ``fused_kernel``, ``(tables, grads, chunks, count,
-    found, c0, ..., bias_correction, keys)``.
+    found, inv_scale, c0, ..., bias_correction, keys)``.
     """
     element_rounding, noise_of = rounding()
     update = element.make(_device, flags, converters(compute_dtype(flags.param)),
@@ -148,11 +154,12 @@ def multi_kernel(flags: Flags, counted: bool = False):
     coefficients = _counted_coefficients(flags)
 
     @cuda.jit
-    def counted_kernel(tables, grads, chunks, count, found, c0, c1, c2, c3, c8, c9, c10, lr,
-                       beta1, beta2, eps, eps_root, bias_correction, keys):
+    def counted_kernel(tables, grads, chunks, count, found, inv_scale, c0, c1, c2, c3, c8, c9,
+                       lr, beta1, beta2, eps, eps_root, bias_correction, keys):
         if found[0] != 0:
             return
-        c4, c5, c6, c7 = coefficients(count, lr, beta1, beta2, eps, eps_root, bias_correction)
+        c4, c5, c6, c7, c10 = coefficients(count, inv_scale, lr, beta1, beta2, eps, eps_root,
+                                           bias_correction)
         run(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, keys,
             count[0] + 1)
 
@@ -194,23 +201,50 @@ def _advance(count, found):
         count[0] += 1
 
 
-class StepCount:
-    """An optimizer's step count kept on the device, with the flag that skips a step.
+@disk_cached("cuda.put")
+@cuda.jit
+def _put(a, value):
+    if cuda.grid(1) == 0:
+        a[0] = value
 
-    Per step, on one stream: ``begin`` clears the flag and sets it if a gradient
-    holds NaN or inf; the counted kernels do nothing when it is set; ``end``
-    counts the step unless it is. The host never waits: ``read`` does, when asked.
+
+class StepCount:
+    """An optimizer's step count kept on the device, with the flag that skips a step and
+    the gradients' multiplier (1 / the loss scale, with the clip coefficient).
+
+    Per step, on one stream: ``begin`` (or ``begin_clipped``) clears the flag and sets
+    it if a gradient holds NaN or inf; the counted kernels do nothing when it is set;
+    ``end`` counts the step unless it is. The host never waits: ``read`` does, when asked.
     """
 
     def __init__(self, step: int) -> None:
         self.count = cuda.device_array(1, np.int64)
         self.found = cuda.device_array(1, np.int32)
+        self.inv_scale = cuda.device_array(1, np.float64)
+        self.norm = cuda.device_array(1, np.float64)
+        self.sent = None  # the multiplier last put in inv_scale from the host
         self.write(step)
 
-    def begin(self, grads: list, stream) -> None:
-        """Clear the flag, then set it if any of ``grads`` ((kernel view, kind)) is not finite."""
+    def begin(self, grads: list, grad_scale: float | None, stream) -> None:
+        """Clear the flag, then set it if any of ``grads`` ((kernel view, kind)) is not
+        finite; the multiplier becomes ``1 / grad_scale``."""
         _fill_zero[1, 1, stream](self.found)
+        inv = 1.0 if grad_scale is None else 1.0 / grad_scale
+        if inv != self.sent:  # a launch only when the loss scale changes
+            _put[1, 1, stream](self.inv_scale, np.float64(inv))
+            self.sent = inv
         flag_nonfinite(grads, self.found, stream)
+
+    def begin_clipped(self, squares, grad_scale: float | None, max_norm: float, skip: bool,
+                      stream) -> None:
+        """Clear the flag; from the device's sum of ``squares`` of the gradients, the
+        norm, the multiplier that clips and (``skip``) the flag when the norm is not
+        finite: ``norm.clip_kernel``."""
+        _fill_zero[1, 1, stream](self.found)
+        clip_kernel[1, 1, stream](squares, np.float64(1.0 if grad_scale is None else grad_scale),
+                                  np.float64(max_norm), skip, self.norm, self.inv_scale,
+                                  self.found)
+        self.sent = None
 
     def end(self, stream) -> None:
         _advance[1, 1, stream](self.count, self.found)
@@ -223,32 +257,34 @@ class StepCount:
         self.count.copy_to_device(np.array([step], np.int64))
 
 
-def counted_scalars(flags: Flags, h, grad_scale: float | None) -> tuple:
-    """The counted kernels' arguments after ``count, found``: the step-independent
-    coefficients in the compute dtype, then the float64 hyperparameters of the rest."""
+def counted_scalars(flags: Flags, h) -> tuple:
+    """The counted kernels' arguments after ``count, found, inv_scale``: the
+    step-independent coefficients in the compute dtype, then the float64
+    hyperparameters of the rest."""
     scalar = np.dtype(compute_dtype(flags.param)).type
-    c = hyper.coefficients(h, 1, grad_scale)
-    return (*(scalar(x) for x in c[:4]), *(scalar(x) for x in c[8:]), h.lr, h.beta1, h.beta2,
-            h.eps, h.eps_root, 1.0 if h.bias_correction else 0.0)
+    c = hyper.coefficients(h, 1)
+    return (*(scalar(x) for x in c[:4]), *(scalar(x) for x in c[8:10]), h.lr, h.beta1,
+            h.beta2, h.eps, h.eps_root, 1.0 if h.bias_correction else 0.0)
 
 
-def adam_step_cuda_counted(arrays: tuple, flags: Flags, h, grad_scale, steps: StepCount,
+def adam_step_cuda_counted(arrays: tuple, flags: Flags, h, steps: StepCount,
                            stream, key: int = 0) -> None:
-    """``adam_step_cuda`` with the step count and the skip flag on the device."""
+    """``adam_step_cuda`` with the step count, the skip flag and the gradients'
+    multiplier on the device."""
     blocks, threads = launch_shape(arrays[0].size)
     fused_kernel(flags, True)[blocks, threads, stream](
-        *arrays, steps.count, steps.found, *counted_scalars(flags, h, grad_scale),
+        *arrays, steps.count, steps.found, steps.inv_scale, *counted_scalars(flags, h),
         np.uint32(key))
 
 
 def adam_step_cuda_many(tables, chunks, grads: Addresses, grad_addresses: np.ndarray,
                         flags: Flags, coefficients: tuple[float, ...], stream,
-                        steps: StepCount | None = None, h=None, grad_scale=None, keys=None,
+                        steps: StepCount | None = None, h=None, keys=None,
                         step: int = 0) -> None:
     """Launch ``multi_kernel`` once: ``tables``, ``chunks`` and ``keys`` (the arrays'
     rounding keys) are on the device, the gradients' addresses go there through
     ``grads``. With ``steps``, the counted kernel (``coefficients`` unused: they come
-    from ``h``, ``grad_scale`` and the device count)."""
+    from ``h`` and the device's count and multiplier)."""
     blocks = max(1, min(MAX_BLOCKS, chunks.shape[0]))
     launch = (blocks, THREADS_PER_BLOCK, stream)
     table = grads.send(grad_addresses, stream)
@@ -258,7 +294,7 @@ def adam_step_cuda_many(tables, chunks, grads: Addresses, grad_addresses: np.nda
                                     keys, np.int64(step))
     else:
         multi_kernel(flags, True)[launch](tables, table, chunks, steps.count, steps.found,
-                                          *counted_scalars(flags, h, grad_scale), keys)
+                                          steps.inv_scale, *counted_scalars(flags, h), keys)
     forget(grad_addresses)
 
 

@@ -113,8 +113,9 @@ def fused_kernel(flags: Flags, counted: bool = False):
     launched with ``THREADS`` threads per block (see ``_cpu8bit.fused_kernel``).
 
     ``counted``: as ``_cuda.fused_kernel(flags, True)``, the step count lives on the
-    device: ``(..., v_entries, count, found, c0, c1, c2, c3, c8, c9, c10, lr, beta1,
-    beta2, eps, eps_root, bias_correction)``, and nothing changes when ``found[0]`` is set.
+    device: ``(..., v_entries, count, found, inv_scale, c0, c1, c2, c3, c8, c9, lr,
+    beta1, beta2, eps, eps_root, bias_correction)``, and nothing changes when
+    ``found[0]`` is set.
     """
     block_step = _block_step(flags)
     compute = np.dtype(compute_dtype(flags.param)).type
@@ -156,11 +157,12 @@ def fused_kernel(flags: Flags, counted: bool = False):
     @cuda.jit
     def counted_kernel(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax,
                        v_max_absmax, comp, master, m_map, v_map, m_entries, v_entries, count,
-                       found, c0, c1, c2, c3, c8, c9, c10, lr, beta1, beta2, eps, eps_root,
-                       bias_correction, key):
+                       found, inv_scale, c0, c1, c2, c3, c8, c9, lr, beta1, beta2, eps,
+                       eps_root, bias_correction, key):
         if found[0] != 0:
             return
-        c4, c5, c6, c7 = coefficients(count, lr, beta1, beta2, eps, eps_root, bias_correction)
+        c4, c5, c6, c7, c10 = coefficients(count, inv_scale, lr, beta1, beta2, eps, eps_root,
+                                           bias_correction)
         run(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax, v_max_absmax, comp,
             master, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
             c10, key, count[0] + 1)
@@ -231,11 +233,12 @@ def multi_kernel(flags: Flags, counted: bool = False):
 
     @cuda.jit
     def counted_kernel(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries,
-                       count, found, c0, c1, c2, c3, c8, c9, c10, lr, beta1, beta2, eps,
-                       eps_root, bias_correction, keys):
+                       count, found, inv_scale, c0, c1, c2, c3, c8, c9, lr, beta1, beta2,
+                       eps, eps_root, bias_correction, keys):
         if found[0] != 0:
             return
-        c4, c5, c6, c7 = coefficients(count, lr, beta1, beta2, eps, eps_root, bias_correction)
+        c4, c5, c6, c7, c10 = coefficients(count, inv_scale, lr, beta1, beta2, eps, eps_root,
+                                           bias_correction)
         run(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3,
             c4, c5, c6, c7, c8, c9, c10, keys, count[0] + 1)
 
@@ -263,17 +266,18 @@ def adam_step_8bit_cuda(arrays: tuple, flags: Flags, coefficients: tuple, stream
         *arrays, *tables(), *(scalar(c) for c in coefficients), np.uint32(key), np.int64(step))
 
 
-def adam_step_8bit_cuda_counted(arrays: tuple, flags: Flags, h, grad_scale, steps,
-                                stream, key: int = 0) -> None:
-    """``adam_step_8bit_cuda`` with the step count and skip flag of ``steps`` on the device."""
+def adam_step_8bit_cuda_counted(arrays: tuple, flags: Flags, h, steps, stream,
+                                key: int = 0) -> None:
+    """``adam_step_8bit_cuda`` with the step count, skip flag and gradients' multiplier of
+    ``steps`` on the device."""
     fused_kernel(flags, True)[_grid(arrays[0].size), THREADS, stream](
-        *arrays, *tables(), steps.count, steps.found, *counted_scalars(flags, h, grad_scale),
-        np.uint32(key))
+        *arrays, *tables(), steps.count, steps.found, steps.inv_scale,
+        *counted_scalars(flags, h), np.uint32(key))
 
 
 def adam_step_8bit_cuda_many(batch, grad_addresses: np.ndarray, flags: Flags,
                              coefficients: tuple, stream, steps=None, h=None,
-                             grad_scale=None, step: int = 0) -> None:
+                             step: int = 0) -> None:
     """Launch ``multi_kernel`` once over a batch (``_batches.DeviceBatch8bit``: its tables
     on the device); the gradients' addresses go there through ``batch.grads``. With
     ``steps``, the counted kernel (``coefficients`` unused, as in ``_cuda``)."""
@@ -285,6 +289,6 @@ def adam_step_8bit_cuda_many(batch, grad_addresses: np.ndarray, flags: Flags,
         multi_kernel(flags)[launch](*arrays, *(scalar(c) for c in coefficients), batch.keys,
                                     np.int64(step))
     else:
-        multi_kernel(flags, True)[launch](*arrays, steps.count, steps.found,
-                                          *counted_scalars(flags, h, grad_scale), batch.keys)
+        multi_kernel(flags, True)[launch](*arrays, steps.count, steps.found, steps.inv_scale,
+                                          *counted_scalars(flags, h), batch.keys)
     forget(grad_addresses)

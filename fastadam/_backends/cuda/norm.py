@@ -1,15 +1,18 @@
 """The sum of squares of many gradients on the GPU: one launch per gradient dtype over a
 table of addresses (each thread block sums whole chunks, in float64, by a fixed tree),
 then one block adds the chunks' sums in a fixed order. The launch shape is fixed, so
-the result is the same bits at every call."""
+the result is the same bits at every call. With clipping, one more thread turns the sum
+into the norm and the clip coefficient on the device, for the counted kernels."""
 
 from __future__ import annotations
 
+import math
 from functools import cache
 
 import numpy as np
 from numba import cuda
 
+from ..._core import hyper
 from ..._core.dtypes import compute_dtype
 from ..cache import cached, disk_cached
 from ..grouping import chunk_table
@@ -19,7 +22,9 @@ from .runtime import (
     CHUNK,
     MAX_BLOCKS,
     THREADS_PER_BLOCK,
+    Addresses,
     _at,
+    _device,
     _inlined,
     address,
     converters,
@@ -88,25 +93,105 @@ def _total(partial, out):
         out[0] = shared[0]
 
 
+class NormPlan:
+    """The sum of squares of gradients of fixed sizes, set up once: the chunk rows of
+    each mix of kinds and the partial sums stay on the device. Per call: the gradients'
+    addresses, one launch per kind, one for the total; nothing waits. Chunks of other
+    kinds are empty rows to each kind's launch, so every partial sum is written once."""
+
+    def __init__(self, sizes) -> None:
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.chunks = chunk_table(self.sizes, CHUNK)
+        self.device_sizes = to_device(self.sizes)
+        self.partial = cuda.device_array(self.chunks.shape[0], np.float64)
+        self.total = cuda.device_array(1, np.float64)
+        self.table = Addresses(len(self.sizes))
+        self.launches: dict = {}
+
+    def squares(self, kinds: tuple, addresses: np.ndarray, stream):
+        """``total``: the float64 sum of the squares of the gradients at device
+        ``addresses``, of float ``kinds``, once ``stream`` gets there (the caller
+        ``forget``s the addresses when done with them)."""
+        launches = self.launches.get(kinds)
+        if launches is None:
+            launches = self.launches[kinds] = self._launches(kinds)
+        table = self.table.send(addresses, stream)
+        for grad_kind, rows, blocks in launches:
+            squares_kernel(grad_kind)[blocks, THREADS, stream](table, self.device_sizes, rows,
+                                                               self.partial)
+        _total[1, THREADS, stream](self.partial, self.total)
+        return self.total
+
+    def _launches(self, kinds: tuple) -> list:
+        out = []
+        for grad_kind in dict.fromkeys(kinds):
+            rows = self.chunks
+            if len(set(kinds)) > 1:  # the chunks of this kind write their own slots
+                mine = np.array([kinds[t] == grad_kind for t in rows[:, 0]], dtype=bool)
+                rows = np.where(mine[:, None], rows, np.array([0, 0, 0]))
+            if rows.shape[0]:
+                out.append((grad_kind, to_device(rows), max(1, min(MAX_BLOCKS, rows.shape[0]))))
+        return out
+
+
 def sum_of_squares(grads: list, stream):
     """The float64 sum of the squares of every element of ``grads`` ((kernel view, kind)
-    pairs, none empty), as a one-element device array; nothing waits for it. Chunks of
-    other kinds are empty rows to each kind's launch, so every slot is written once."""
-    sizes = np.array([g.size for g, _ in grads], dtype=np.int64)
-    kinds = [k for _, k in grads]
-    chunks = chunk_table(sizes, CHUNK)
+    pairs), as a one-element device array; nothing waits for it."""
     addresses = np.array([address(g) for g, _ in grads], dtype=np.uint64)
-    table, device_sizes = to_device(addresses), to_device(sizes)
-    partial = cuda.device_array(chunks.shape[0], np.float64, stream=stream)
-    for grad_kind in dict.fromkeys(kinds):
-        if len(set(kinds)) > 1:  # the chunks of this kind write their own slots
-            mine = np.array([kinds[t] == grad_kind for t in chunks[:, 0]])
-            rows = np.where(mine[:, None], chunks, np.array([0, 0, 0]))
-        else:
-            rows = chunks
-        launch = (max(1, min(MAX_BLOCKS, rows.shape[0])), THREADS, stream)
-        squares_kernel(grad_kind)[launch](table, device_sizes, to_device(rows), partial)
-    out = cuda.device_array(1, np.float64, stream=stream)
-    _total[1, THREADS, stream](partial, out)
+    total = NormPlan([g.size for g, _ in grads]).squares(tuple(k for _, k in grads), addresses,
+                                                        stream)
     forget(addresses)
-    return out
+    return total
+
+
+_clip_factor, _clip_into_scale = _device(hyper.clip_factor), _device(hyper.clip_into_scale)
+
+
+@disk_cached("cuda.norm.clip")
+@cuda.jit
+def clip_kernel(squares, grad_scale, max_norm, skip, norm, inv_scale, found):
+    """One thread, after the norm pass: ``norm[0]`` = the total norm of the unscaled
+    gradients; ``found[0]`` set if it is not finite and ``skip``; ``inv_scale[0]`` = what
+    the counted kernels multiply the gradients by (1 / the loss scale that also clips).
+    The host's arithmetic (``Plans._clipped``), in float64 with IEEE division and sqrt."""
+    if cuda.grid(1) == 0:
+        total = math.sqrt(squares[0]) / grad_scale
+        norm[0] = total
+        if skip and total - total != 0:
+            found[0] = 1
+        inv_scale[0] = 1.0 / _clip_into_scale(grad_scale, _clip_factor(total, max_norm))
+
+
+class DeviceNorm:
+    """A step's total gradient norm, on the GPU: nothing waits for it until it is read
+    (``float(norm)``, ``norm.item()``, ``np.asarray(norm)``). ``__cuda_array_interface__``
+    hands it to CuPy or torch as a 0-d float64 array without a wait. It lives in the
+    optimizer's buffer: the next clipped step overwrites it, after which reading this
+    one raises (copy it to keep it)."""
+
+    def __init__(self, buffer, owner, serial: int, stream) -> None:
+        self._buffer, self._owner, self._serial = buffer, owner, serial
+        handle = int(stream) if hasattr(stream, "handle") else 0
+        self._stream = handle or 1  # 1: the legacy default stream, in the interface's words
+
+    def item(self) -> float:
+        """The norm as a Python float (waits for the step that computes it)."""
+        if self._owner.norm_serial != self._serial:
+            raise RuntimeError("this grad_norm was overwritten by a later step: copy it "
+                               "(float(), or a CuPy/torch copy) before stepping again")
+        return float(self._buffer.copy_to_host()[0])
+
+    def __float__(self) -> float:
+        return self.item()
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.item(), dtype=dtype)
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        interface = dict(self._buffer.__cuda_array_interface__)  # none on the simulator
+        interface.update(shape=(), strides=None, stream=self._stream)
+        return interface
+
+    def __repr__(self) -> str:
+        return f"DeviceNorm(step {self._serial}, on the GPU)"
