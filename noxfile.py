@@ -16,7 +16,8 @@ def tests(session: nox.Session) -> None:
     session.install("-e", ".[test,plot,cuda,mpi,docs]", "numba-cuda[cu13]")
     env = {"CI": "true"}  # a missing reference fails instead of skipping
     session.run("lint-imports", "--no-cache")  # the layers (also a test: it fails the run)
-    session.run("pytest", "tests", "--ignore=tests/cuda", *session.posargs, env=env)
+    # Two processes: most of the suite's time is compiling and one core's Python.
+    session.run("pytest", "tests", "--ignore=tests/cuda", "-n", "2", *session.posargs, env=env)
     # Every Python block of the README and the docs runs (GPU and multi-process ones are
     # marked notest), and the site builds with no warning.
     session.run("pytest", "--markdown-docs", "-m", "markdown-docs", "README.md", "docs",
