@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from .._backends.dispatch import all_finite, apply, apply_8bit, cpu, cuda, sum_of_squares
-from .._backends.views import as_kernel_array, kernel_views
+from .._backends.views import kernel_views
 from .._core import array_checks, checks
 from .._core.dtypes import compute_dtype, kind
 from .._core.hyper import (
@@ -40,7 +40,7 @@ class Plans:
         self.num_threads, self.skip_nonfinite = num_threads, skip_nonfinite
         self.max_grad_norm, self.grad_norm = max_grad_norm, None
         self.guarded = _guarded(slots, single, adopted)
-        self.host = self.gpu = self.one = self.steps = self.norms = None
+        self.host = self.gpu = self.one = self.steps = self.passes = None
         self.norm_serial = 0  # clipped steps on the device: which one grad_norm holds
         if (single and backend == "cpu" and not skip_nonfinite and slots[0].absmax is None
                 and max_grad_norm is None):
@@ -48,8 +48,7 @@ class Plans:
         # Skipping and clipping are decided on the device: no waiting.
         if backend == "cuda" and (skip_nonfinite or max_grad_norm is not None):
             self.steps = cuda().dense.StepCount(slots[0].step)  # all equal: load_state_dict checks
-        if backend == "cuda" and max_grad_norm is not None:
-            self.norms = cuda().norm.NormPlan([slot.flat.size for slot in slots])
+            self.passes = cuda().norm.GradPasses([slot.flat.size for slot in slots])
         # Lists step in one parallel region (CPU) or one launch (GPU) per batch of alike arrays.
         if not single and backend == "cpu":
             self.host = cpu().batches.HostBatches(groups)
@@ -95,14 +94,11 @@ class Plans:
         """A list of GPU gradients that the caller has checked (shapes, dtypes of ``kinds``,
         device, contiguity, no shared memory), given by their device ``addresses``: one
         launch per batch, no Python per array. False, nothing done, unless every batch can
-        step as one (the caller then passes the arrays to ``step``); with
-        ``skip_nonfinite``, only when clipping finds the non-finite norm on the way."""
+        step as one (the caller then passes the arrays to ``step``)."""
         if self.gpu is None or not self.gpu.ready(kinds):
             return False
-        if self.steps is not None and self.norms is None:
-            return False
-        if self.norms is not None:
-            self._clip_on_device(kinds, addresses, None, stream)
+        if self.steps is not None:
+            self._begin_on_device(tuple(kinds), addresses, None, stream)
         for g, (h, _) in enumerate(self.groups):
             self.gpu.step(g, h, kinds, addresses, None, stream, self.steps)
         if self.steps is not None:
@@ -115,11 +111,7 @@ class Plans:
         or a check for NaN and inf (``skip_nonfinite``) goes into a flag and a multiplier
         that the kernels read, and the step count lives there too, so nothing waits."""
         kinds, addresses = _device_grads(flats)
-        if self.norms is not None:
-            self._clip_on_device(kinds, addresses, scale, stream)
-        else:
-            self.steps.begin([(as_kernel_array(g), k) for g, k in zip(flats, kinds)], scale,
-                             stream)
+        self._begin_on_device(tuple(kinds), addresses, scale, stream)
         first = 0
         for g, (h, slots) in enumerate(self.groups):
             done = set() if self.gpu is None else self.gpu.step(g, h, kinds, addresses, scale,
@@ -129,10 +121,14 @@ class Plans:
         self.steps.end(stream)
         cuda().runtime.forget(addresses)
 
-    def _clip_on_device(self, kinds: list, addresses: np.ndarray, scale, stream) -> None:
-        """The norm pass and the clip coefficient, on the device; ``grad_norm`` becomes
-        the device's norm, read only when asked."""
-        squares = self.norms.squares(tuple(kinds), addresses, stream)
+    def _begin_on_device(self, kinds: tuple, addresses: np.ndarray, scale, stream) -> None:
+        """The one read of the gradients before a counted step: the norm pass and the
+        clip coefficient, or the non-finite check, into the device's flag and multiplier.
+        With clipping, ``grad_norm`` becomes the device's norm, read only when asked."""
+        if self.max_grad_norm is None:
+            self.steps.begin(self.passes, kinds, addresses, scale, stream)
+            return
+        squares = self.passes.squares(kinds, addresses, stream)
         self.steps.begin_clipped(squares, scale, self.max_grad_norm, self.skip_nonfinite,
                                  stream)
         self.norm_serial += 1

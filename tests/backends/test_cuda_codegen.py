@@ -263,6 +263,9 @@ def test_norm_kernels_compile(compile_ptx, kind):
     assert "bar.sync" in ptx and "st.shared.f64" in ptx
     assert "st.global.f64" in compile_ptx(norm._total.py_func,
                                           (types.float64[::1], types.float64[::1]))
+    ptx = compile_ptx(norm.nonfinite_rows_kernel(kind).py_func,
+                      (types.uint64[::1], types.int64[:, ::1], types.int32[::1]))
+    assert "ld.global" in ptx and "st.global.u32" in ptx
 
 
 def test_clip_kernels_compile(compile_ptx):
@@ -275,3 +278,29 @@ def test_clip_kernels_compile(compile_ptx):
                                                  types.boolean, one, one, types.int32[::1]))
     assert "sqrt.rn.f64" in ptx and "div.rn.f64" in ptx and "st.global.f64" in ptx
     assert "st.global.f64" in compile_ptx(dense._put.py_func, (one, types.float64))
+
+
+def test_kernels_launch_without_the_low_occupancy_warning():
+    """One thread for a scalar, one block for a tree sum: small grids are meant, so the
+    backend's kernels configure their launches without numba-cuda's warning (and leave
+    the setting as it was for everyone else's kernels)."""
+    import warnings
+
+    from numba import config
+
+    from fastadam._backends.cuda import runtime
+
+    def body(a):
+        a[0] = 1
+
+    with warnings.catch_warnings(record=True) as plain:
+        warnings.simplefilter("always")
+        cuda.jit(body)[1, 1]  # configures only: nothing runs without a driver
+    assert any("under-utilization" in str(w.message) for w in plain)  # the control
+    setting = config.CUDA_LOW_OCCUPANCY_WARNINGS
+    with warnings.catch_warnings(record=True) as ours:
+        warnings.simplefilter("always")
+        runtime.cached(cuda.jit(body), "tests.quiet")[1, 1]
+        memory._fill_zero[1, 1]
+    assert not ours and config.CUDA_LOW_OCCUPANCY_WARNINGS == setting
+    assert runtime.stream_handle(None) == 0

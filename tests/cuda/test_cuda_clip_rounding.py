@@ -122,3 +122,26 @@ def test_a_non_finite_norm_skips_on_the_device(rng):
     opt.step([cuda.to_device(x) for x in g])
     assert opt.step_count == 1 and np.isfinite(float(opt.grad_norm))
     assert not np.array_equal(opt.params[0].copy_to_host(), p[0])
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 0.5])
+def test_a_list_of_mixed_gradient_dtypes_is_checked_in_one_pass(rng, max_grad_norm):
+    # The non-finite check (or the norm) reads each kind's chunks in its own launch: an
+    # inf in the float16 gradient skips the step, a finite list steps as on the CPU.
+    shapes = [(130,), (70,)]
+    p = [rng.standard_normal(s).astype(F32) for s in shapes]
+    kw = dict(skip_nonfinite=True, max_grad_norm=max_grad_norm, lr=1e-2)
+    device = fastadam.Adam([cuda.to_device(x) for x in p], **kw)
+    host = fastadam.Adam([x.copy() for x in p], **kw)
+    g = [rng.standard_normal(130).astype(F32), rng.standard_normal(70).astype(F16)]
+    g[1][69] = np.inf
+    device.step([cuda.to_device(x) for x in g])
+    assert device.step_count == 0
+    for got, want in zip(device.params, p):
+        np.testing.assert_array_equal(got.copy_to_host(), want)
+    g[1][69] = 1.0
+    device.step([cuda.to_device(x) for x in g])
+    host.step(g)
+    assert device.step_count == 1
+    for got, want in zip(device.params, host.params):
+        np.testing.assert_allclose(got.copy_to_host(), want, rtol=1e-6, atol=1e-7)

@@ -71,6 +71,33 @@ def test_a_cuda_list_steps_on_the_current_stream():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_clipped_cuda_list_follows_clip_grad_norm_and_hands_back_a_device_tensor(dtype):
+    # One launch per batch with the clip decided on the device: the norm comes back as
+    # a fresh 0-d tensor on the GPU each step, as clip_grad_norm_ returns it.
+    _, theirs_opt, ours, theirs, gen = _twins(dtype)
+    ours_opt = fastadam.torch.AdamW(ours, lr=1e-2, max_grad_norm=1.0)
+    norms = []
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            for a, b in zip(ours, theirs):
+                g = torch.randn(a.shape, device="cuda", generator=gen).to(dtype)
+                a.grad, b.grad = g.clone(), g.clone()
+            ours_opt.step()
+            want = torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+            theirs_opt.step()
+            norms.append((ours_opt.grad_norm, want))
+    stream.synchronize()
+    for got, want in norms:  # each step's own tensor, none overwritten
+        assert got.is_cuda and got.dim() == 0
+        assert float(got) == pytest.approx(float(want), rel=1e-5 if dtype == torch.float32
+                                           else 1e-2)
+    rtol = 1e-5 if dtype == torch.float32 else 1e-2
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.float(), b.float(), rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_adamw8bit_on_cuda_tensors_follows_the_cpu_step(dtype):
     """fastadam.torch.AdamW8bit on CUDA tensors: state on the device, the step on the
     current stream, the CPU step's params and codes (up to the GPU's fused multiply-adds),
@@ -134,3 +161,25 @@ def test_adam8bit_takes_a_bitsandbytes_cuda_checkpoint():
         ours.step()
     moved = (p.detach() - middle).abs().mean()
     assert (q.detach() - p.detach()).abs().mean() <= 0.05 * moved
+
+
+def test_host_reads_wait_for_a_step_on_a_non_blocking_stream():
+    # torch's side streams do not wait for the legacy default stream, nor it for them:
+    # step_count, grad_norm and state_dict must still see a step queued behind a long
+    # kernel there, and the state zeroed at construction must be zero when it runs.
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    p = torch.randn(1 << 20, device="cuda", generator=gen)
+    g = torch.randn(1 << 20, device="cuda", generator=gen)
+    torch.cuda.synchronize()
+    opt = fastadam.Adam(p, lr=1e-2, skip_nonfinite=True, max_grad_norm=1.0)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        torch.cuda._sleep(200_000_000)  # a long spin before the step on this stream
+        opt.step(g, stream=stream)
+    assert opt.step_count == 1
+    assert float(opt.grad_norm) == pytest.approx(float(torch.linalg.vector_norm(
+        g.double())), rel=1e-9)
+    state = opt.state_dict()["state"][0]
+    assert state["step"] == 1
+    np.testing.assert_allclose(state["exp_avg"], 0.1 * g.cpu().numpy() * min(
+        1.0, 1.0 / (float(torch.linalg.vector_norm(g.double())) + 1e-6)), rtol=1e-5)

@@ -17,7 +17,6 @@ from numba import cuda
 from ..._core import hyper
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
-from ..cache import cached, disk_cached
 from ..shared import element, pointers
 from .memory import _fill_zero
 from .norm import clip_kernel
@@ -28,7 +27,9 @@ from .runtime import (
     _at,
     _device,
     _inlined,
+    cached,
     converters,
+    disk_cached,
     forget,
     launch_shape,
     multiply,
@@ -225,15 +226,17 @@ class StepCount:
         self.sent = None  # the multiplier last put in inv_scale from the host
         self.write(step)
 
-    def begin(self, grads: list, grad_scale: float | None, stream) -> None:
-        """Clear the flag, then set it if any of ``grads`` ((kernel view, kind)) is not
-        finite; the multiplier becomes ``1 / grad_scale``."""
+    def begin(self, passes, kinds: tuple, addresses: np.ndarray, grad_scale: float | None,
+              stream) -> None:
+        """Clear the flag, then set it if a gradient (at ``addresses``, of float ``kinds``:
+        ``passes`` is their ``norm.GradPasses``) is not finite; the multiplier becomes
+        ``1 / grad_scale``."""
         _fill_zero[1, 1, stream](self.found)
         inv = 1.0 if grad_scale is None else 1.0 / grad_scale
         if inv != self.sent:  # a launch only when the loss scale changes
             _put[1, 1, stream](self.inv_scale, np.float64(inv))
             self.sent = inv
-        flag_nonfinite(grads, self.found, stream)
+        passes.flag_nonfinite(kinds, addresses, self.found, stream)
 
     def begin_clipped(self, squares, grad_scale: float | None, max_norm: float, skip: bool,
                       stream) -> None:
@@ -250,11 +253,15 @@ class StepCount:
         _advance[1, 1, stream](self.count, self.found)
 
     def read(self) -> int:
-        """The count (waits for the device)."""
+        """The count (waits for every step launched, on any stream)."""
+        cuda.synchronize()
         return int(self.count.copy_to_host()[0])
 
     def write(self, step: int) -> None:
+        """Set the count (between steps: waits until it is there)."""
+        cuda.synchronize()
         self.count.copy_to_device(np.array([step], np.int64))
+        cuda.default_stream().synchronize()
 
 
 def counted_scalars(flags: Flags, h) -> tuple:

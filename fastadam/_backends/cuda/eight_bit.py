@@ -19,7 +19,6 @@ from numba import cuda
 from ..._core import quant8
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
-from ..cache import cached
 from ..shared import element, pointers
 from ..shared.codes import element_functions
 from .dense import _counted_coefficients, counted_scalars
@@ -31,6 +30,7 @@ from .runtime import (
     _bits_from_f32,
     _device,
     _f32_from_bits,
+    cached,
     converters,
     forget,
     multiply,

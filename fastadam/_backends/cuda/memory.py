@@ -1,5 +1,9 @@
 """Device memory the optimizer owns: zeroed state, float32 master copies, and copies to
-and from the host (16-bit ones as their bits: numba has no bfloat16)."""
+and from the host (16-bit ones as their bits: numba has no bfloat16).
+
+These run on the legacy default stream, outside any step, and each waits until it is
+done: a step launched on a user's non-blocking stream (torch's side streams) would
+not wait for them, and a host read must see every step launched before it."""
 
 from __future__ import annotations
 
@@ -8,8 +12,7 @@ from functools import cache
 import numpy as np
 from numba import cuda
 
-from ..cache import cached, disk_cached
-from .runtime import converters, launch_shape
+from .runtime import cached, converters, disk_cached, launch_shape
 
 
 @disk_cached("cuda.fill_zero")
@@ -49,6 +52,7 @@ def zeros(n: int, dtype) -> object:
     out = cuda.device_array(n, _unsigned(dtype))  # numba allocates integers of any width
     if n:  # integer zeros of the same width are float zeros
         _fill_zero[launch_shape(n)](out)
+        cuda.default_stream().synchronize()
     return out.view(np.dtype(dtype))
 
 
@@ -58,15 +62,20 @@ def as_float32(a, kind: str) -> object:
     if a.size:
         source = a.view(np.uint16) if a.dtype.itemsize == 2 else a
         widen_kernel(kind)[launch_shape(a.size)](source, out)
+        cuda.default_stream().synchronize()
     return out
 
 
 def to_host(a) -> np.ndarray:
-    """A host copy of a device array (bits as unsigned integers: callers view them)."""
+    """A host copy of a device array (bits as unsigned integers: callers view them), after
+    every launch on any stream has finished."""
+    cuda.synchronize()
     return a.view(_unsigned(a.dtype)).copy_to_host()
 
 
 def to_device(a: np.ndarray):
     """A device copy of a host array (bfloat16 too: copied as its bits)."""
     a = np.ascontiguousarray(a)
-    return cuda.to_device(a.view(_unsigned(a.dtype))).view(a.dtype)
+    out = cuda.to_device(a.view(_unsigned(a.dtype)))
+    cuda.default_stream().synchronize()  # a pageable copy may still be on its way
+    return out.view(a.dtype)

@@ -1,8 +1,11 @@
-"""The sum of squares of many gradients on the GPU: one launch per gradient dtype over a
-table of addresses (each thread block sums whole chunks, in float64, by a fixed tree),
-then one block adds the chunks' sums in a fixed order. The launch shape is fixed, so
-the result is the same bits at every call. With clipping, one more thread turns the sum
-into the norm and the clip coefficient on the device, for the counted kernels."""
+"""The reads of a list of gradients before a GPU step, over a table of their addresses.
+
+The sum of squares: one launch per gradient dtype (each thread block sums whole chunks,
+in float64, by a fixed tree), then one block adds the chunks' sums in a fixed order; the
+launch shape is fixed, so the result is the same bits at every call. With clipping, one
+more thread turns the sum into the norm and the clip coefficient, on the device, for the
+counted kernels. The non-finite check: one launch per gradient dtype into one flag.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ from numba import cuda
 
 from ..._core import hyper
 from ..._core.dtypes import compute_dtype
-from ..cache import cached, disk_cached
 from ..grouping import chunk_table
 from ..shared import pointers
 from .memory import to_device
@@ -27,8 +29,11 @@ from .runtime import (
     _device,
     _inlined,
     address,
+    cached,
     converters,
+    disk_cached,
     forget,
+    stream_handle,
 )
 
 THREADS = THREADS_PER_BLOCK
@@ -77,6 +82,30 @@ def squares_kernel(grad_kind: str):
     return cached(kernel, "cuda.norm.squares_kernel", grad_kind)
 
 
+@cache
+def nonfinite_rows_kernel(grad_kind: str):
+    """``kernel(grads, chunks, flag)``: ``flag[0] = 1`` if an element of the chunks (rows
+    as in ``squares_kernel``) of the gradients at device addresses ``grads`` is NaN or
+    inf: the non-finite check of a whole list in one launch."""
+    load = converters(compute_dtype(grad_kind))[grad_kind][0]
+    grad_t = pointers.pointee(grad_kind)
+
+    @cuda.jit
+    def kernel(grads, chunks, flag):
+        row = cuda.blockIdx.x
+        while row < chunks.shape[0]:
+            g = _at(grads[chunks[row, 0]], grad_t)
+            i = chunks[row, 1] + cuda.threadIdx.x
+            while i < chunks[row, 2]:
+                x = load(g[i])
+                if x - x != 0:  # NaN for NaN and for +-inf
+                    flag[0] = 1
+                i += cuda.blockDim.x
+            row += cuda.gridDim.x
+
+    return cached(kernel, "cuda.norm.nonfinite_rows_kernel", grad_kind)
+
+
 @disk_cached("cuda.norm.total")
 @cuda.jit
 def _total(partial, out):
@@ -93,11 +122,12 @@ def _total(partial, out):
         out[0] = shared[0]
 
 
-class NormPlan:
-    """The sum of squares of gradients of fixed sizes, set up once: the chunk rows of
-    each mix of kinds and the partial sums stay on the device. Per call: the gradients'
-    addresses, one launch per kind, one for the total; nothing waits. Chunks of other
-    kinds are empty rows to each kind's launch, so every partial sum is written once."""
+class GradPasses:
+    """The reads of a list of gradients of fixed sizes before a step, set up once (the
+    chunk rows of each mix of kinds stay on the device): their sum of squares (one launch
+    per kind, one for the total) or their non-finite check (one launch per kind). The
+    gradients' addresses go up per call; nothing waits. Chunks of other kinds are empty
+    rows to each kind's launch, so every partial sum is written once."""
 
     def __init__(self, sizes) -> None:
         self.sizes = np.asarray(sizes, dtype=np.int64)
@@ -112,18 +142,24 @@ class NormPlan:
         """``total``: the float64 sum of the squares of the gradients at device
         ``addresses``, of float ``kinds``, once ``stream`` gets there (the caller
         ``forget``s the addresses when done with them)."""
-        launches = self.launches.get(kinds)
-        if launches is None:
-            launches = self.launches[kinds] = self._launches(kinds)
         table = self.table.send(addresses, stream)
-        for grad_kind, rows, blocks in launches:
+        for grad_kind, rows, blocks in self._launches(kinds):
             squares_kernel(grad_kind)[blocks, THREADS, stream](table, self.device_sizes, rows,
                                                                self.partial)
         _total[1, THREADS, stream](self.partial, self.total)
         return self.total
 
+    def flag_nonfinite(self, kinds: tuple, addresses: np.ndarray, flag, stream) -> None:
+        """Set ``flag[0]`` if a gradient at ``addresses`` holds NaN or inf."""
+        table = self.table.send(addresses, stream)
+        for grad_kind, rows, blocks in self._launches(kinds):
+            nonfinite_rows_kernel(grad_kind)[blocks, THREADS, stream](table, rows, flag)
+
     def _launches(self, kinds: tuple) -> list:
-        out = []
+        """(kind, its chunk rows on the device, blocks) per kind of ``kinds``, made once."""
+        if kinds in self.launches:
+            return self.launches[kinds]
+        out = self.launches[kinds] = []
         for grad_kind in dict.fromkeys(kinds):
             rows = self.chunks
             if len(set(kinds)) > 1:  # the chunks of this kind write their own slots
@@ -138,7 +174,7 @@ def sum_of_squares(grads: list, stream):
     """The float64 sum of the squares of every element of ``grads`` ((kernel view, kind)
     pairs), as a one-element device array; nothing waits for it."""
     addresses = np.array([address(g) for g, _ in grads], dtype=np.uint64)
-    total = NormPlan([g.size for g, _ in grads]).squares(tuple(k for _, k in grads), addresses,
+    total = GradPasses([g.size for g, _ in grads]).squares(tuple(k for _, k in grads), addresses,
                                                         stream)
     forget(addresses)
     return total
@@ -170,15 +206,15 @@ class DeviceNorm:
     one raises (copy it to keep it)."""
 
     def __init__(self, buffer, owner, serial: int, stream) -> None:
-        self._buffer, self._owner, self._serial = buffer, owner, serial
-        handle = int(stream) if hasattr(stream, "handle") else 0
-        self._stream = handle or 1  # 1: the legacy default stream, in the interface's words
+        self._buffer, self._owner, self._serial, self._on = buffer, owner, serial, stream
+        self._stream = stream_handle(stream) or 1  # 1: the legacy default stream, so named
 
     def item(self) -> float:
         """The norm as a Python float (waits for the step that computes it)."""
         if self._owner.norm_serial != self._serial:
             raise RuntimeError("this grad_norm was overwritten by a later step: copy it "
                                "(float(), or a CuPy/torch copy) before stepping again")
+        self._on.synchronize()  # the step's stream: it may be a non-blocking one
         return float(self._buffer.copy_to_host()[0])
 
     def __float__(self) -> float:

@@ -13,6 +13,7 @@ from functools import cache
 import numpy as np
 from numba import config, cuda
 
+from .. import cache as _cache
 from ..shared import convert, pointers
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
@@ -114,6 +115,41 @@ def rounding() -> tuple:
     return (stores, random), noise
 
 
+def cached(kernel, name: str, *parts):
+    """A kernel of this backend: disk-cached (``cache.cached``), and launched without
+    numba-cuda's low-occupancy warning, as its small grids are meant (one thread
+    writes a scalar, one block sums a tree, a small array needs few blocks)."""
+    kernel = _cache.cached(kernel, name, *parts)
+    if SIMULATOR:
+        return kernel
+    configure = type(kernel).configure
+
+    def configure_quietly(griddim, blockdim, stream=0, sharedmem=0):
+        warn = config.CUDA_LOW_OCCUPANCY_WARNINGS
+        config.CUDA_LOW_OCCUPANCY_WARNINGS = 0  # read only while the launch is configured
+        try:
+            return configure(kernel, griddim, blockdim, stream, sharedmem)
+        finally:
+            config.CUDA_LOW_OCCUPANCY_WARNINGS = warn
+
+    kernel.configure = configure_quietly  # what ``kernel[grid, block, stream]`` calls
+    return kernel
+
+
+def disk_cached(name: str, *parts):
+    """``cached`` as a decorator, for kernels defined at module level."""
+    return lambda kernel: cached(kernel, name, *parts)
+
+
+def stream_handle(stream) -> int:
+    """A numba stream's CUDA handle as an int: 0 for the legacy default stream and on the
+    simulator (read from the handle: ``int(stream)`` is deprecated for the default one)."""
+    handle = getattr(stream, "handle", None)
+    if handle is None:
+        return 0
+    return int(getattr(handle, "value", handle) or 0)  # ctypes or cuda-bindings handles
+
+
 def launch_shape(n: int) -> tuple[int, int]:
     """(blocks, threads per block) for ``n`` elements; the loop strides over the rest."""
     blocks = min(MAX_BLOCKS, (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK)
@@ -145,15 +181,11 @@ class Addresses:
 
     def send(self, host: np.ndarray, stream):
         """The table on the device, holding ``host`` once ``stream`` gets to it."""
-        if self.stream is not None and _stream_key(self.stream) != _stream_key(stream):
+        if self.stream is not None and stream_handle(self.stream) != stream_handle(stream):
             self.stream.synchronize()
         self.device.copy_to_device(host, stream=stream)
         self.stream = stream
         return self.device
-
-
-def _stream_key(stream):
-    return int(stream) if hasattr(stream, "handle") else None  # simulated: all one
 
 
 def forget(addresses: np.ndarray) -> None:

@@ -19,13 +19,14 @@ from numba import cuda
 
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
-from ..cache import cached, disk_cached
 from ..shared import element
 from .runtime import (
     MAX_BLOCKS,
     SIMULATOR,
     _device,
+    cached,
     converters,
+    disk_cached,
     launch_shape,
     multiply,
     rounding,
