@@ -271,14 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         "calls": "One call on 1,024 float32 elements, back to back (median ms is per call; "
                  "'% roofline': % of the bare kernel call's speed)",
         "clip": "Clipping by the global norm in the step (GB/s counts 32 bytes per element; "
-                "'x numpy': the clipped step's time over the row's; '% roofline': % of the "
-                "memory-only pass)",
+                "'x clipped': the clipped step's time over the row's; '% roofline': % of "
+                "the memory-only pass)",
         "transformer": "A 6-layer TransformerEncoder's optimizer step, against torch's fused "
                        "AdamW ('% roofline': % of torch fused's speed)",
     }
     for name, table in extra.items():
         print(f"\n{titles[name]}")
-        print(format_table(table))
+        print(format_table(table, "x clipped" if name == "clip" else "x numpy"))
     if startup is not None:
         print("\n" + format_startup(startup))
     if args.json:

@@ -46,8 +46,9 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def format_table(rows: list[Row]) -> str:
-    """The report as an aligned text table."""
+def format_table(rows: list[Row], ratio: str = "x numpy") -> str:
+    """The report as an aligned text table; ``ratio`` names the column of
+    ``speedup_vs_numpy``, which a side table may fill with another ratio."""
     head = (
         "backend",
         "threads",
@@ -56,7 +57,7 @@ def format_table(rows: list[Row]) -> str:
         "config",
         "median ms",
         "GB/s",
-        "x numpy",
+        ratio,
         "% roofline",
         "compile s",
     )

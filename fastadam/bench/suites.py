@@ -124,7 +124,8 @@ def clip_rows(n: int, *, repeats: int, peers: bool, rng) -> list[Row]:
     extra read of the gradient: 32 bytes per element) against the unclipped step, a
     memory-only pass of the clipped step's traffic and, with ``peers``, torch's
     ``clip_grad_norm_`` then ``AdamW(fused=True)`` on the same memory. '% roofline': %
-    of the memory-only pass's speed; 'x numpy' here is x the clipped step's time."""
+    of the memory-only pass's speed; 'x clipped' (the table's ratio column) is x the clipped
+    step's time."""
     param = rng.standard_normal(n).astype(np.float32)
     grad = (3 * rng.standard_normal(n)).astype(np.float32)
     threads = all_threads()

@@ -221,6 +221,7 @@ def test_first_step_in_a_new_process_cold_and_warm():
 def test_clip_rows(capsys):
     out = run(capsys, "--sizes", "3000", "--dtypes", "float32", "--configs", "adam", "--clip")
     assert "cpu-clipped" in out and "cpu-unclipped" in out and "Clipping by the global norm" in out
+    assert "x clipped" in out.split("Clipping by the global norm")[1]
 
 
 @pytest.mark.parametrize("text,n", [("4096", 4096), ("1e6", 1_000_000), ("2**26", 1 << 26),
