@@ -20,6 +20,7 @@ from numba import cuda
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
 from ..shared import element
+from .memory import _fill_zero
 from .runtime import (
     MAX_BLOCKS,
     SIMULATOR,
@@ -30,6 +31,7 @@ from .runtime import (
     launch_shape,
     multiply,
     rounding,
+    stream_handle,
 )
 
 # Threads per block: across a row's elements (x) and over sorted positions (y).
@@ -51,12 +53,28 @@ def _bad_indices(indices, rows, found):
         i += cuda.gridsize(1)
 
 
+_scratch: dict = {}  # (device, stream handle) -> {name: device array}
+
+
+def scratch(name: str, n: int, dtype, stream):
+    """``n`` elements of a device array kept for ``stream``, grown as needed: no
+    allocation per step (one can make the device wait). Launches on one stream run in
+    order, so the steps on it can share it."""
+    held = _scratch.setdefault((getattr(cuda.get_current_device(), "id", 0),
+                                stream_handle(stream)), {})
+    a = held.get(name)
+    if a is None or a.size < n:
+        a = held[name] = cuda.device_array(max(n, 2 * (0 if a is None else a.size)), dtype)
+    return a[:n]
+
+
 def check_indices(indices, rows: int, stream) -> None:
     """Refuse indices outside [0, rows), before anything is written: one launch and one
     wait for its answer."""
     if indices.size == 0:
         return
-    found = cuda.to_device(np.zeros(2, np.int64), stream=stream)
+    found = scratch("found", 2, np.int64, stream)
+    _fill_zero[1, 1, stream](found)
     _bad_indices[launch_shape(indices.size) + (stream,)](indices, rows, found)
     count, bad = found.copy_to_host(stream=stream)
     if count:
@@ -106,8 +124,7 @@ def _merge(source, out, width):
 def sorted_keys(indices, stream):
     """The keys ``row << 32 | k`` of ``indices`` (a device array), sorted, on the device."""
     n = indices.size
-    keys = cuda.device_array(n, np.uint64, stream=stream)
-    spare = cuda.device_array(n, np.uint64, stream=stream)
+    keys, spare = scratch("keys", n, np.uint64, stream), scratch("spare", n, np.uint64, stream)
     shape = launch_shape(n) + (stream,)
     _keys[shape](indices, keys)
     width = 1
