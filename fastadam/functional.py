@@ -16,6 +16,7 @@ from ._backends.dispatch import (
     resolve,
     step_flags,
     sum_of_squares,
+    wait_for_inputs,
 )
 from ._core import array_checks, checks
 from ._core.hyper import hyper
@@ -108,6 +109,7 @@ def adam_step(
                                                     stream, param)
     arrays = array_checks.step_arrays(kind, param, grad, m, v, v_max, kahan_comp, master_params,
                                h.amsgrad)
+    wait_for_inputs(kind, arrays, cuda_stream)
     apply(kind, arrays, h, step_flags(h, arrays), step, grad_scale=scale,
           num_threads=threads, stream=cuda_stream)
 
@@ -173,6 +175,7 @@ def adam_step_8bit(
         kind, param, grad, (m_codes, v_codes, v_max_codes), (m_absmax, v_absmax, v_max_absmax),
         kahan_comp, master_params, h.amsgrad)
     flags = flags_8bit(h, arrays[0], arrays[1], arrays[2] is not None, arrays[3] is not None)
+    wait_for_inputs(kind, arrays, cuda_stream)
     apply_8bit(kind, tuple(arrays), codes, absmax, h, flags, step, grad_scale=scale,
                num_threads=threads, stream=cuda_stream)
 

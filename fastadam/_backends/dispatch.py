@@ -139,11 +139,19 @@ def apply_8bit(backend: str, arrays: tuple, codes: tuple, absmax: tuple, h: Hype
                                        _noise(flags, key, step) or 0)
 
 
+def wait_for_inputs(backend: str, arrays, stream) -> None:
+    """On the GPU, before a step's first launch: order ``stream`` after the streams that
+    produced the step's inputs (those imported without a host wait), on the device."""
+    if backend == "cuda":
+        cuda().runtime.wait_for_producers([a for a in arrays if a is not None], stream)
+
+
 def prepare_sparse(backend: str, arrays: tuple, stream=None) -> None:
     """The row-sparse step's preparation, before anything is written: on the GPU, where
     validation cannot read the indices, their range check (a launch and a wait for its
     answer). ``arrays`` as for ``apply_sparse``."""
     if backend == "cuda":
+        wait_for_inputs(backend, arrays, stream)
         param, indices = arrays[:2]
         cuda().sparse.check_indices(indices, param.shape[0], stream)
 
@@ -208,6 +216,7 @@ def sum_of_squares(backend: str, grads: list, *, num_threads=None, stream=None):
     grads = [g for g in grads if g.size]
     if not grads:
         return 0.0
+    wait_for_inputs(backend, grads, stream)
     if backend == "numpy":
         return float(sum(np.sum(np.square(g.astype(np.float64))) for g in grads))
     if backend == "cpu":

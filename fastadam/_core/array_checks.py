@@ -43,7 +43,9 @@ def host_array(name: str, a, *, writable: bool) -> np.ndarray:
 
 
 def device_array(name: str, a, *, writable: bool):
-    """A numba device array viewing ``a`` (numba, CuPy, torch CUDA, ...): float, C-contiguous."""
+    """A numba device array viewing ``a`` (numba, CuPy, torch CUDA, ...): float, C-contiguous.
+    Inputs a step only reads (not ``writable``) are not waited for on the host: the
+    step's stream waits for the stream they name (``dispatch.wait_for_inputs``)."""
     if isinstance(a, np.ndarray):
         raise TypeError(f"{name} is a host NumPy array, but param is on the GPU; "
                         f"move it with numba.cuda.to_device({name})")
@@ -55,7 +57,7 @@ def device_array(name: str, a, *, writable: bool):
         raise TypeError(f"{name}: {e}") from e
     except TypeError:  # torch has no interface for bfloat16: its int16 view, below
         interface = None
-    d = as_device_array(a)
+    d = as_device_array(a, sync=writable)
     if kind(d.dtype) is None:
         raise TypeError(f"{name} must have dtype float16, float32 or float64 (bfloat16: "
                         f"declare 16-bit storage with fastadam.as_bfloat16), got {d.dtype}")
@@ -262,7 +264,7 @@ def _indices(indices, device: bool):
         if isinstance(indices, np.ndarray) or not is_device(indices):
             raise TypeError(f"indices must be a GPU integer array, like param, got "
                             f"{type(indices).__name__}")
-        indices = as_device_array(indices)
+        indices = as_device_array(indices, sync=False)  # the step's stream waits for it
     elif not isinstance(indices, np.ndarray):
         raise TypeError(f"indices must be a NumPy integer array, got {type(indices).__name__}")
     if indices.dtype == np.bool_ or not np.issubdtype(indices.dtype, np.integer):

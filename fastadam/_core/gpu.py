@@ -25,17 +25,22 @@ def is_device(x) -> bool:
         return True  # bfloat16 one, refuses the interface
 
 
-def as_device_array(x):
+def as_device_array(x, sync: bool = True):
     """A numba device array viewing ``x`` (numba, CuPy, torch, ...), without a copy;
-    torch's bfloat16 tensors through their int16 view, as ml_dtypes' bfloat16."""
+    torch's bfloat16 tensors through their int16 view, as ml_dtypes' bfloat16.
+
+    ``sync``: wait on the host for the stream that ``x``'s interface names (CuPy's
+    arrays name one). Without it, the array keeps that stream (``.stream``), and a
+    step orders its own stream after it on the device instead."""
     if getattr(x, "__cuda_ndarray__", False):
         return x  # numba's own, real or simulated
     from numba import cuda  # optional dependency, loaded with the first GPU array
 
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor) and x.dtype == torch.bfloat16:
-        return cuda.as_cuda_array(x.detach().view(torch.int16)).view(bfloat16_dtype())
-    return cuda.as_cuda_array(x)
+        view = x.detach().view(torch.int16)
+        return cuda.as_cuda_array(view, sync=sync).view(bfloat16_dtype())
+    return cuda.as_cuda_array(x, sync=sync)
 
 
 def device_interval(d) -> tuple[int, int]:

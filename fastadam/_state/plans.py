@@ -15,7 +15,15 @@ import math
 
 import numpy as np
 
-from .._backends.dispatch import all_finite, apply, apply_8bit, cpu, cuda, sum_of_squares
+from .._backends.dispatch import (
+    all_finite,
+    apply,
+    apply_8bit,
+    cpu,
+    cuda,
+    sum_of_squares,
+    wait_for_inputs,
+)
 from .._backends.views import kernel_views
 from .._core import array_checks, checks
 from .._core.dtypes import compute_dtype, kind
@@ -70,6 +78,7 @@ class Plans:
         flats = self._checked_grads(grads)
         scale = grad_scale if prescaled else checks.grad_scale(grad_scale)
         cuda_stream = checks.stream(stream, self.backend)
+        wait_for_inputs(self.backend, flats, cuda_stream)
         if self.steps is not None:
             self._step_counted(flats, scale, cuda_stream)
             return None if self.skip_nonfinite else True

@@ -183,3 +183,23 @@ def test_host_reads_wait_for_a_step_on_a_non_blocking_stream():
     assert state["step"] == 1
     np.testing.assert_allclose(state["exp_avg"], 0.1 * g.cpu().numpy() * min(
         1.0, 1.0 / (float(torch.linalg.vector_norm(g.double())) + 1e-6)), rtol=1e-5)
+
+
+def test_cupy_gradients_are_waited_for_on_the_device_not_the_host():
+    # A CuPy gradient names the stream that made it; the step's stream waits for that
+    # stream on the device (the host does not), so a gradient still being written
+    # behind a long kernel is read only once it is done.
+    cupy = pytest.importorskip("cupy")
+    n = 1 << 20
+    p = cupy.asarray(np.linspace(-1, 1, n, dtype=np.float32))
+    opt = fastadam.Adam(p, lr=1e-2)
+    producer = torch.cuda.Stream()
+    with cupy.cuda.ExternalStream(producer.cuda_stream):
+        g = cupy.empty(n, dtype=cupy.float32)
+        with torch.cuda.stream(producer):
+            torch.cuda._sleep(200_000_000)  # the fill below waits behind this
+        g.fill(0.5)
+        opt.step(g)  # on the default stream; g's interface names the producer
+    torch.cuda.synchronize()
+    want = np.linspace(-1, 1, n, dtype=np.float32) - np.float32(1e-2)  # step 1: lr * sign
+    np.testing.assert_allclose(cupy.asnumpy(p), want, rtol=0, atol=1e-6)

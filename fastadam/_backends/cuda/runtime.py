@@ -150,6 +150,35 @@ def stream_handle(stream) -> int:
     return int(getattr(handle, "value", handle) or 0)  # ctypes or cuda-bindings handles
 
 
+_orderings: dict = {}  # a producer stream's handle -> the event that orders after it
+
+
+def wait_for_producers(arrays, stream) -> None:
+    """Make ``stream`` wait, on the device, for the streams that ``arrays`` imported
+    through ``__cuda_array_interface__`` name as their producers: the interface's rule,
+    kept without a host wait (see ``gpu.as_device_array``)."""
+    if SIMULATOR:
+        return
+    mine, done = _legacy_as_zero(stream_handle(stream)), set()
+    for a in arrays:
+        producer = getattr(a, "stream", 0)
+        if not producer:
+            continue
+        handle = _legacy_as_zero(stream_handle(producer))
+        if handle == mine or handle in done:
+            continue
+        done.add(handle)
+        event = _orderings.get(handle)
+        if event is None:
+            event = _orderings[handle] = cuda.event(timing=False)
+        event.record(producer)
+        event.wait(stream)
+
+
+def _legacy_as_zero(handle: int) -> int:
+    return 0 if handle == 1 else handle  # the interface's 1 is numba's 0: the legacy stream
+
+
 def launch_shape(n: int) -> tuple[int, int]:
     """(blocks, threads per block) for ``n`` elements; the loop strides over the rest."""
     blocks = min(MAX_BLOCKS, (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK)
