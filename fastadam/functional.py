@@ -175,7 +175,7 @@ def adam_step_8bit(
         kind, param, grad, (m_codes, v_codes, v_max_codes), (m_absmax, v_absmax, v_max_absmax),
         kahan_comp, master_params, h.amsgrad)
     flags = flags_8bit(h, arrays[0], arrays[1], arrays[2] is not None, arrays[3] is not None)
-    wait_for_inputs(kind, arrays, cuda_stream)
+    wait_for_inputs(kind, [*arrays, *codes, *absmax], cuda_stream)
     apply_8bit(kind, tuple(arrays), codes, absmax, h, flags, step, grad_scale=scale,
                num_threads=threads, stream=cuda_stream)
 
@@ -257,5 +257,5 @@ def grad_norm(grads, *, num_threads: int | None = None, stream=None) -> float:
         a, writable=False) for i, a in enumerate(arrays)]
     threads = checks.num_threads(num_threads)
     cuda_stream = checks.stream(stream, kind)
-    return math.sqrt(sum_of_squares(kind, [a.reshape(-1) for a in checked],
+    return math.sqrt(sum_of_squares(kind, [array_checks.flat(a) for a in checked],
                                     num_threads=threads, stream=cuda_stream))

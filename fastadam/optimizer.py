@@ -15,7 +15,7 @@ import numpy as np
 from ._backends.dispatch import resolve
 from ._backends.shared.convert import rounding_key
 from ._core import array_checks, checks
-from ._core.gpu import is_device
+from ._core.gpu import is_device, wait_for_producer
 from ._state import checkpoint as _checkpoint
 from ._state import groups as _groups
 from ._state import state_dict as _state_dict
@@ -153,11 +153,9 @@ class Adam:
         self._plans.grad_norm = norm
 
     def _checked(self, name: str, array):
-        if self._backend == "cuda":
-            return array_checks.device_array(name, array, writable=True)
-        if is_device(array):
+        if self._backend != "cuda" and is_device(array):
             raise TypeError(f"{name} is a GPU array, but the other params are host arrays")
-        return array_checks.host_array(name, array, writable=True)
+        return array_checks.kept(name, array, device=self._backend == "cuda")
 
     # --- hyperparameters ----------------------------------------------------
 
@@ -319,6 +317,8 @@ class Adam:
                     label = f"state[{i}][{name!r}]"
                     a = array_checks.like(label, a, slot.array, writable=True,
                                    device=self._backend == "cuda", dtype=slot.state_dtype)
+                    if self._backend == "cuda":
+                        wait_for_producer(a)  # kept: waited for once
                     named[label] = a
                 views.append(None if a is None else a.reshape(-1))
             adopted.append((step, views))

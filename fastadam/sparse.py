@@ -58,8 +58,7 @@ class SparseAdam:
         self._options = Options(state_dtype, kahan_summation, master_weights,
                                 stochastic_rounding, seed)
         device = self._backend == "cuda"
-        table = (array_checks.device_array if device else array_checks.host_array)("table", table,
-                                                                      writable=True)
+        table = array_checks.kept("table", table, device=device)
         if table.ndim != 2:
             raise ValueError(f"table must be a (rows, dim) array, got shape {table.shape}")
         self._options.check_params([table])

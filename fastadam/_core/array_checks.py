@@ -13,7 +13,7 @@ import bisect
 import numpy as np
 
 from .dtypes import KINDS, SIXTEEN_BIT, kind
-from .gpu import as_device_array, device_interval, is_device
+from .gpu import as_device_array, device_interval, is_device, wait_for_producer
 from .quant8 import blocks
 
 
@@ -44,8 +44,9 @@ def host_array(name: str, a, *, writable: bool) -> np.ndarray:
 
 def device_array(name: str, a, *, writable: bool):
     """A numba device array viewing ``a`` (numba, CuPy, torch CUDA, ...): float, C-contiguous.
-    Inputs a step only reads (not ``writable``) are not waited for on the host: the
-    step's stream waits for the stream they name (``dispatch.wait_for_inputs``)."""
+    Not waited for on the host: a step's stream waits for the stream its interface
+    names (``dispatch.wait_for_inputs``), and what an optimizer keeps it waits for once
+    (``gpu.wait_for_producer``)."""
     if isinstance(a, np.ndarray):
         raise TypeError(f"{name} is a host NumPy array, but param is on the GPU; "
                         f"move it with numba.cuda.to_device({name})")
@@ -57,7 +58,7 @@ def device_array(name: str, a, *, writable: bool):
         raise TypeError(f"{name}: {e}") from e
     except TypeError:  # torch has no interface for bfloat16: its int16 view, below
         interface = None
-    d = as_device_array(a, sync=writable)
+    d = as_device_array(a, sync=False)
     if kind(d.dtype) is None:
         raise TypeError(f"{name} must have dtype float16, float32 or float64 (bfloat16: "
                         f"declare 16-bit storage with fastadam.as_bfloat16), got {d.dtype}")
@@ -66,6 +67,26 @@ def device_array(name: str, a, *, writable: bool):
     if writable and interface is not None and interface["data"][1]:
         raise ValueError(f"{name} is read-only; it is updated in place")
     return d
+
+
+def kept(name: str, a, *, device: bool):
+    """A writable array an optimizer keeps (params, adopted state): host, or device when
+    ``device``, waited for once there."""
+    if not device:
+        return host_array(name, a, writable=True)
+    d = device_array(name, a, writable=True)
+    wait_for_producer(d)
+    return d
+
+
+def flat(a):
+    """``a`` as a 1-D view; a device array keeps the stream its interface named (numba's
+    reshape drops it), for the step to wait for."""
+    out = a.reshape(-1)
+    producer = getattr(a, "stream", 0)
+    if producer and not isinstance(a, np.ndarray):
+        out.stream = producer
+    return out
 
 
 def like(name: str, a, param, *, writable: bool, device: bool = False, dtype=None):
@@ -150,8 +171,7 @@ def step_arrays(backend: str, param, grad, m, v, v_max, comp, master, amsgrad: b
     comp, master = _param_extras(param, comp, master, device)
     disjoint({"param": param, "grad": grad, "m": m, "v": v, "v_max": v_max,
               "kahan_comp": comp, "master_params": master})
-    return tuple(None if a is None else a.reshape(-1)
-                 for a in (param, grad, m, v, v_max, comp, master))
+    return tuple(None if a is None else flat(a) for a in (param, grad, m, v, v_max, comp, master))
 
 
 def _param_extras(param, comp, master, device: bool) -> tuple:
@@ -197,8 +217,8 @@ def step_arrays_8bit(backend: str, param, grad, codes: tuple, absmax: tuple, com
     for labels, arrays in zip(names, out):
         named.update(zip(labels, arrays))
     disjoint(named)
-    flat = (None if a is None else a.reshape(-1) for a in (param, grad, comp, master))
-    return (*flat, tuple(out[0]), tuple(out[1]))
+    flats = (None if a is None else flat(a) for a in (param, grad, comp, master))
+    return (*flats, tuple(out[0]), tuple(out[1]))
 
 
 def _state_array(name: str, a, dtype, size: int, device: bool) -> np.ndarray:
@@ -207,7 +227,7 @@ def _state_array(name: str, a, dtype, size: int, device: bool) -> np.ndarray:
     if device:
         if not is_device(a):
             raise TypeError(f"{name} must be a GPU array, like param; got {type(a).__name__}")
-        a = as_device_array(a)
+        a = as_device_array(a, sync=False)  # the step's stream waits for it
         if not a.is_c_contiguous():
             raise ValueError(f"{name} must be C-contiguous")
     elif not isinstance(a, np.ndarray):
@@ -217,7 +237,7 @@ def _state_array(name: str, a, dtype, size: int, device: bool) -> np.ndarray:
     if a.size != size:
         raise ValueError(f"{name} must have {size} elements, got {a.size}")
     if device:
-        return a.reshape(-1)
+        return flat(a)
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous")
     if not a.flags.writeable:

@@ -43,6 +43,15 @@ def as_device_array(x, sync: bool = True):
     return cuda.as_cuda_array(x, sync=sync)
 
 
+def wait_for_producer(d) -> None:
+    """Wait on the host for the stream that made device array ``d`` (the one its
+    interface named, kept by ``as_device_array(..., sync=False)``): for arrays an
+    optimizer takes in to keep, before its own fills and copies on other streams."""
+    producer = getattr(d, "stream", 0)
+    if producer:
+        producer.synchronize()
+
+
 def device_interval(d) -> tuple[int, int]:
     """The [start, end) byte addresses of a contiguous device array."""
     interface = getattr(d, "__cuda_array_interface__", None)

@@ -161,7 +161,7 @@ class Plans:
             g = array_checks.like("grads", grads, self.slots[0].array, writable=False,
                            device=self.device)
             array_checks.apart("grads", g, self.guarded)
-            return [g.reshape(-1)]
+            return [array_checks.flat(g)]
         if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)):
             raise TypeError("grads must be a list of arrays, one per params array")
         if len(grads) != len(self.slots):
@@ -171,7 +171,7 @@ class Plans:
         grads = [array_checks.like(name, g, slot.array, writable=False, device=self.device)
                  for name, g, slot in zip(names, grads, self.slots)]
         array_checks.apart_from_all(list(zip(names, grads)), list(self.guarded.items()))
-        return [g.reshape(-1) for g in grads]
+        return [array_checks.flat(g) for g in grads]
 
     def _clipped(self, squares: float, scale: float | None):
         """After the norm pass: record the total norm of the unscaled gradients; False to
