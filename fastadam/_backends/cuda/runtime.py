@@ -8,6 +8,7 @@ in such a module) and is itself imported only when a CUDA step is asked for.
 
 from __future__ import annotations
 
+import sys
 from functools import cache
 
 import numpy as np
@@ -123,14 +124,16 @@ def cached(kernel, name: str, *parts):
     if SIMULATOR:
         return kernel
     configure = type(kernel).configure
+    # The settings the dispatcher's module reads (numba-cuda's own where it has one).
+    settings = getattr(sys.modules[type(kernel).__module__], "config", config)
 
     def configure_quietly(griddim, blockdim, stream=0, sharedmem=0):
-        warn = config.CUDA_LOW_OCCUPANCY_WARNINGS
-        config.CUDA_LOW_OCCUPANCY_WARNINGS = 0  # read only while the launch is configured
+        warn = settings.CUDA_LOW_OCCUPANCY_WARNINGS
+        settings.CUDA_LOW_OCCUPANCY_WARNINGS = 0  # read only while the launch is configured
         try:
             return configure(kernel, griddim, blockdim, stream, sharedmem)
         finally:
-            config.CUDA_LOW_OCCUPANCY_WARNINGS = warn
+            settings.CUDA_LOW_OCCUPANCY_WARNINGS = warn
 
     kernel.configure = configure_quietly  # what ``kernel[grid, block, stream]`` calls
     return kernel
