@@ -186,11 +186,21 @@ def list_and_call_rows(check: Check) -> dict:
     as_list, as_flat = Adam(arrays), Adam(flat)
     out = timed({"list": lambda: as_list.step(grads), "flat": lambda: as_flat.step(flat_grad)},
                 2 if check.tiny else 20)
+    from numba import cuda  # numba-cuda: the device
+
+    # The host's time per list step, launches queued back to back: if it nears the
+    # device's, step() waits somewhere (the address table's upload is the suspect).
+    cuda.synchronize()
+    t0, steps = time.perf_counter(), 2 if check.tiny else 200
+    for _ in range(steps):
+        as_list.step(grads)
+    queued = time.perf_counter() - t0
+    cuda.synchronize()
+    out["list: host us per step, queued"] = round(queued / steps * 1e6, 1)
+    out["list: us per step, done"] = round((time.perf_counter() - t0) / steps * 1e6, 1)
     small, small_grad = (_device(rng.standard_normal(1024).astype(np.float32)) for _ in range(2))
     opt, calls = Adam(small), 3 if check.tiny else 2000
     opt.step(small_grad)
-    from numba import cuda  # numba-cuda: the device
-
     cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(calls):
