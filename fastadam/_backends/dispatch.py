@@ -196,17 +196,17 @@ def flags_8bit(h: Hyper, param, grad, kahan: bool, master: bool,
                  master=master, stochastic=stochastic)
 
 
-def all_finite(backend: str, grads: list, *, num_threads=None, stream=None) -> bool:
-    """Whether the gradients (validated, 1-D) hold no NaN or inf: one extra read of each;
-    on the GPU one wait for the answer, whatever their number."""
+def all_finite(backend: str, grads: list, *, num_threads=None) -> bool:
+    """Whether host gradients (validated, 1-D) hold no NaN or inf: one extra read of
+    each. (The GPU decides that on the device: ``StepCount.begin``.)"""
+    if backend == "cuda":
+        raise ValueError("all_finite reads host arrays; the GPU checks on the device")
     grads = [g for g in grads if g.size]
     if backend == "numpy":
         return all(bool(np.isfinite(g).all()) for g in grads)
-    views = [(as_kernel_array(g), kind(g.dtype)) for g in grads]
-    if backend == "cpu":
-        dense = cpu().dense
-        return all(dense.count_nonfinite(v, k, num_threads) == 0 for v, k in views)
-    return cuda().dense.count_nonfinite(views, stream) == 0
+    dense = cpu().dense
+    return all(dense.count_nonfinite(as_kernel_array(g), kind(g.dtype), num_threads) == 0
+               for g in grads)
 
 
 def sum_of_squares(backend: str, grads: list, *, num_threads=None, stream=None):

@@ -88,8 +88,7 @@ class Plans:
             if scale is False:
                 return False
         elif self.skip_nonfinite and not all_finite(self.backend, flats,
-                                                    num_threads=self.num_threads,
-                                                    stream=cuda_stream):
+                                                    num_threads=self.num_threads):
             return False
         found = None if self.gpu is None else _device_grads(flats)
         first = 0

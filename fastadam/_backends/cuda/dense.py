@@ -167,24 +167,6 @@ def multi_kernel(flags: Flags, counted: bool = False):
     return cached(counted_kernel, "cuda.multi_kernel", flags, counted)
 
 
-@cache
-def nonfinite_kernel(grad_kind: str):
-    """``kernel(grad, flag)``: sets ``flag[0] = 1`` if any element is NaN or inf."""
-    load = converters(compute_dtype(grad_kind))[grad_kind][0]
-
-    @cuda.jit
-    def kernel(grad, flag):
-        i = cuda.grid(1)
-        stride = cuda.gridsize(1)
-        while i < grad.size:
-            x = load(grad[i])
-            if x - x != 0:  # NaN for NaN and for +-inf
-                flag[0] = 1
-            i += stride
-
-    return cached(kernel, "cuda.nonfinite_kernel", grad_kind)
-
-
 def adam_step_cuda(arrays: tuple, flags: Flags, coefficients: tuple[float, ...], stream,
                    key: int = 0, step: int = 0) -> None:
     """Launch the fused kernel once over ``(param, grad, m, v, v_max, comp, master)`` views
@@ -303,19 +285,3 @@ def adam_step_cuda_many(tables, chunks, grads: Addresses, grad_addresses: np.nda
         multi_kernel(flags, True)[launch](tables, table, chunks, steps.count, steps.found,
                                           steps.inv_scale, *counted_scalars(flags, h), keys)
     forget(grad_addresses)
-
-
-def flag_nonfinite(grads: list, flag, stream) -> None:
-    """Set ``flag[0]`` if any of ``grads`` ((kernel view, kind) pairs) holds NaN or inf:
-    one launch each, no wait."""
-    for grad, grad_kind in grads:
-        if grad.size:
-            nonfinite_kernel(grad_kind)[launch_shape(grad.size) + (stream,)](grad, flag)
-
-
-def count_nonfinite(grads: list, stream) -> int:
-    """1 if any of ``grads`` ((kernel view, kind) pairs) holds NaN or inf, else 0: one
-    launch each into one flag, then one wait for the answer."""
-    flag = cuda.to_device(np.zeros(1, np.int32), stream=stream)
-    flag_nonfinite(grads, flag, stream)
-    return int(flag.copy_to_host(stream=stream)[0])
