@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole device check in one command, for a machine with an NVIDIA GPU as it is (its own
-# python3 with numba-cuda, torch, CuPy, ml_dtypes; no installs): the CUDA tests against
-# the device and the PTX checks, then the GPU figures (python -m fastadam.bench.gpucheck).
+# python3 with numba-cuda, torch, CuPy, ml_dtypes; no installs): the GPU figures
+# (python -m fastadam.bench.gpucheck), then the CUDA tests against the device.
 # Prints as it goes; writes gpucheck.log, gpucheck.json and cuda-tests.xml under $OUT.
 #
 #   PYTHONPATH=. bash bench/gpu_check.sh                          # on the GPU
@@ -20,11 +20,20 @@ numpy.__version__, 'numba', numba.__version__)" || return 1
 p.split('-')[0])]" 2>/dev/null
   status=0
   if [ "${1:-}" != "--tiny" ]; then
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
-    timeout 300 "$PY" -m pytest tests/cuda tests/backends/test_cuda_codegen.py -q -x \
-      -p no:cacheprovider --durations=10 --junitxml "$OUT/cuda-tests.xml" || status=1
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem \
+      --format=csv 2>/dev/null
+    nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9.]*'
   fi
-  timeout 300 "$PY" -m fastadam.bench.gpucheck "$@" --out "$OUT" || status=1
+  # The figures first: a test run cut short by its timeout must not take them too.
+  timeout "${CHECK_TIMEOUT:-270}" "$PY" -m fastadam.bench.gpucheck "$@" --out "$OUT" || status=1
+  if [ "${1:-}" != "--tiny" ]; then
+    # Every failure, not the first: a device run is too dear to stop at one. (The PTX
+    # checks, tests/backends/test_cuda_codegen.py, need no GPU: CI runs them.)
+    timeout "${TESTS_TIMEOUT:-300}" "$PY" -m pytest tests/cuda tests/backends/test_cuda_streams.py \
+      tests/backends/test_cuda_launch.py \
+      -v --tb=short --maxfail=40 -p no:cacheprovider --durations=15 \
+      -o faulthandler_timeout=60 --junitxml "$OUT/cuda-tests.xml" || status=1
+  fi
   return $status
 }
 run "$@" 2>&1 | tee "$OUT/gpucheck.log"

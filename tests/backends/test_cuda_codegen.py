@@ -306,3 +306,32 @@ def test_kernels_launch_without_the_low_occupancy_warning():
         memory._fill_zero[1, 1]
     assert not ours and config.CUDA_LOW_OCCUPANCY_WARNINGS == setting
     assert runtime.stream_handle(None) == 0
+
+
+def test_kernels_compile_under_a_numpy_without_row_stack(compile_ptx):
+    """NumPy 2.5 removed ``np.row_stack``, which numba-cuda 0.30 overloads while loading
+    its typing at the first compile: fastadam's kernels still compile, and NumPy is left
+    as it was (a fresh process, as NumPy 2.5 would be)."""
+    import subprocess
+    import sys
+
+    script = """
+import numpy as np
+if hasattr(np, "row_stack"):
+    del np.row_stack
+    np.__all__.remove("row_stack")
+from numba import cuda, types
+import numba.cuda.dispatcher as dispatcher
+from fastadam._backends.cuda import dense
+class Hopper:
+    compute_capability = (9, 0)
+dispatcher.get_current_device = lambda: Hopper()
+f32 = types.float32[::1]
+ptx, _ = cuda.compile_ptx(lambda a: None, (f32,), cc=(9, 0))
+assert ".entry" in ptx and not hasattr(np, "row_stack")
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
