@@ -8,6 +8,7 @@ in such a module) and is itself imported only when a CUDA step is asked for.
 
 from __future__ import annotations
 
+import ctypes
 import sys
 from functools import cache
 
@@ -18,6 +19,31 @@ from .. import cache as _cache
 from ..shared import convert, pointers
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
+
+try:  # what numba-cuda launches kernels through (0.2x and later)
+    from cuda.core import LaunchConfig as _LaunchConfig
+    from cuda.core import launch as _launch_on
+    from numba.cuda import types as nbtypes
+
+    _core_launch = (_LaunchConfig, _launch_on)
+except ImportError:
+    _core_launch = None
+
+
+def _load_typing_without_row_stack() -> None:
+    """numba-cuda (0.30 at least) overloads ``np.row_stack`` while loading its typing
+    registries at the first compile, and NumPy 2.5 removed that name: every kernel then
+    fails to compile. Load that module once with the name lent, then take it back."""
+    if SIMULATOR or hasattr(np, "row_stack"):
+        return
+    np.row_stack = np.vstack
+    try:
+        import numba.cuda.np.arrayobj  # noqa: F401  (registers its overloads once)
+    finally:
+        del np.row_stack
+
+
+_load_typing_without_row_stack()
 
 
 # The simulator runs one Python thread per CUDA thread: keep its launches small.
@@ -136,7 +162,76 @@ def cached(kernel, name: str, *parts):
             settings.CUDA_LOW_OCCUPANCY_WARNINGS = warn
 
     kernel.configure = configure_quietly  # what ``kernel[grid, block, stream]`` calls
+    compile_kernel = kernel.compile
+
+    def compile_packing_quickly(sig):
+        compiled = compile_kernel(sig)
+        _pack_arguments_quickly(compiled)
+        return compiled
+
+    kernel.compile = compile_packing_quickly
     return kernel
+
+
+class _NotOnDevice(Exception):
+    """An array argument numba would copy to the device first: its own launch does that."""
+
+
+def _array_arguments(a, out: list) -> None:
+    # What numba-cuda's ``_prepare_args`` passes for an array already on the device.
+    if getattr(a, "__cuda_memory__", False) is not True:
+        raise _NotOnDevice
+    out += (0, 0, a.size, a.dtype.itemsize, a.device_ctypes_pointer.value, *a.shape,
+            *a.strides)
+
+
+def _pack_arguments_quickly(compiled) -> None:
+    """Give a compiled kernel a launch that packs its arguments from its known types.
+
+    numba-cuda's own launch re-derives each argument's conversion from its type on every
+    call (a chain of type tests and comparisons per argument): about 10 us per argument,
+    200-300 us for a step kernel's twenty, which a 1K-element step and every small
+    array pay. This one decides the conversions once, per compiled signature, and
+    produces the same argument list; anything it does not know (host arrays that numba
+    would copy over, records, debug or cooperative kernels) keeps numba's launch."""
+    if getattr(compiled, "_fastadam_packed", False):
+        return
+    compiled._fastadam_packed = True
+    if _core_launch is None:  # another numba-cuda: its own launch
+        return
+    LaunchConfig, launch_on = _core_launch
+    if compiled.debug or compiled.extensions or getattr(compiled, "cooperative", False):
+        return
+    packers = []
+    for ty in compiled.argument_types:
+        if isinstance(ty, nbtypes.Array):
+            packers.append(_array_arguments)
+            continue
+        if isinstance(ty, nbtypes.Integer):
+            convert = getattr(ctypes, f"c_{ty}")
+        elif ty == nbtypes.float64:
+            convert = ctypes.c_double
+        elif ty == nbtypes.float32:
+            convert = ctypes.c_float
+        elif ty == nbtypes.boolean:
+            packers.append(lambda v, out: out.append(v))  # as numba passes it
+            continue
+        else:
+            return
+        packers.append(lambda v, out, convert=convert: out.append(convert(v)))
+    own_launch = compiled.launch
+
+    def launch(args, griddim, blockdim, stream=0, sharedmem=0):
+        packed: list = []
+        try:
+            for pack, value in zip(packers, args):
+                pack(value, packed)
+        except _NotOnDevice:
+            return own_launch(args, griddim, blockdim, stream, sharedmem)
+        config = LaunchConfig(grid=griddim, block=blockdim, shmem_size=sharedmem)
+        launch_on(stream, config, compiled._codelibrary.get_cufunc().kernel, *packed)
+
+    compiled.launch = launch
 
 
 def disk_cached(name: str, *parts):
