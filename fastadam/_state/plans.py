@@ -12,6 +12,8 @@ question), so a refused step changes nothing. A new kind of step (row-sparse,
 from __future__ import annotations
 
 import math
+import operator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,6 +39,17 @@ from .._core.hyper import (
 from .slots import STATE_KEYS
 
 
+class SeenGrads(NamedTuple):
+    """The last step's gradients, where they are numba's own device arrays (whose shape,
+    dtype, memory and stream never change): the same arrays again skip every per-array
+    check and look-up. The optimizer holds them until the next step."""
+
+    grads: object  # the array, or a tuple of them, as given
+    flats: list  # their checked 1-D views
+    on_streams: list  # those of the views made on a stream: a step may wait for them
+    located: tuple | None = None  # (float kinds, device addresses), once asked for
+
+
 class Plans:
     """The stepping plans of one optimizer's groups (``[(hyper, [Slot, ...]), ...]``)."""
 
@@ -48,6 +61,7 @@ class Plans:
         self.num_threads, self.skip_nonfinite = num_threads, skip_nonfinite
         self.max_grad_norm, self.grad_norm = max_grad_norm, None
         self.guarded = _guarded(slots, single, adopted)
+        self.seen: SeenGrads | None = None
         self.host = self.gpu = self.one = self.steps = self.passes = None
         self.norm_serial = 0  # clipped steps on the device: which one grad_norm holds
         if (single and backend == "cpu" and not skip_nonfinite and slots[0].absmax is None
@@ -78,7 +92,7 @@ class Plans:
         flats = self._checked_grads(grads)
         scale = grad_scale if prescaled else checks.grad_scale(grad_scale)
         cuda_stream = checks.stream(stream, self.backend)
-        wait_for_inputs(self.backend, flats, cuda_stream)
+        wait_for_inputs(self.backend, self._made_on_streams(flats), cuda_stream)
         if self.steps is not None:
             self._step_counted(flats, scale, cuda_stream)
             return None if self.skip_nonfinite else True
@@ -90,7 +104,7 @@ class Plans:
         elif self.skip_nonfinite and not all_finite(self.backend, flats,
                                                     num_threads=self.num_threads):
             return False
-        found = None if self.gpu is None else _device_grads(flats)
+        found = None if self.gpu is None else self._device_grads(flats)
         first = 0
         for g, (h, slots) in enumerate(self.groups):
             done = set() if found is None else self.gpu.step(g, h, *found, scale, cuda_stream)
@@ -118,7 +132,7 @@ class Plans:
         """The GPU step with the decisions on the device: the gradients' norm (clipping)
         or a check for NaN and inf (``skip_nonfinite``) goes into a flag and a multiplier
         that the kernels read, and the step count lives there too, so nothing waits."""
-        kinds, addresses = _device_grads(flats)
+        kinds, addresses = self._device_grads(flats)
         self._begin_on_device(tuple(kinds), addresses, scale, stream)
         first = 0
         for g, (h, slots) in enumerate(self.groups):
@@ -156,6 +170,30 @@ class Plans:
 
     def _checked_grads(self, grads) -> list:
         """The gradients as 1-D views, every one checked (shape, dtype, device, memory)."""
+        seen = self.seen
+        if seen is not None and _same_arrays(grads, seen.grads, self.single):
+            return seen.flats
+        flats = self._check_grads(grads)
+        if self.device and _numba_owned([grads] if self.single else grads):
+            self.seen = SeenGrads(grads if self.single else tuple(grads), flats,
+                                  [f for f in flats if getattr(f, "stream", 0)])
+        return flats
+
+    def _made_on_streams(self, flats: list) -> list:
+        """Of the checked gradients, those a step's stream may have to wait for."""
+        seen = self.seen
+        return seen.on_streams if seen is not None and seen.flats is flats else flats
+
+    def _device_grads(self, flats: list) -> tuple:
+        """(float kinds, device addresses) of checked GPU gradients, kept with them."""
+        seen = self.seen  # (simulated addresses are dropped after each launch)
+        if seen is not None and seen.flats is flats and not cuda().runtime.SIMULATOR:
+            if seen.located is None:
+                self.seen = seen = seen._replace(located=_device_grads(flats))
+            return seen.located
+        return _device_grads(flats)
+
+    def _check_grads(self, grads) -> list:
         if self.single:
             g = array_checks.like("grads", grads, self.slots[0].array, writable=False,
                            device=self.device)
@@ -231,6 +269,17 @@ class Plans:
             apply(self.backend, arrays, h, slot.flags, slot.step + 1, grad_scale=scale,
                   num_threads=self.num_threads, stream=stream, key=slot.key)
             slot.step += 1
+
+
+def _same_arrays(grads, seen, single: bool) -> bool:
+    if single:
+        return grads is seen
+    return (type(grads) in (list, tuple) and len(grads) == len(seen)
+            and all(map(operator.is_, grads, seen)))
+
+
+def _numba_owned(arrays) -> bool:
+    return all(getattr(a, "__cuda_ndarray__", False) is True for a in arrays)
 
 
 def _device_grads(flats: list) -> tuple:

@@ -211,6 +211,37 @@ def test_a_list_steps_in_one_launch_and_equals_the_cpu(rng, monkeypatch, options
         np.testing.assert_allclose(a["exp_avg_sq"], b["exp_avg_sq"], rtol=2e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("single", [True, False])
+def test_gradient_buffers_reused_every_step_are_checked_once(rng, monkeypatch, single):
+    """A training loop that refills the same gradient arrays: checked on their first step
+    only (they cannot change shape, dtype or memory), stepping as fresh arrays would."""
+    from fastadam._core import array_checks
+
+    shapes = [(37,)] if single else [(3, 7), (1,), (130,)]
+    host = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [cuda.to_device(np.zeros(s, np.float32)) for s in shapes]
+    reused = fastadam.Adam(cuda.to_device(host[0]) if single else
+                           [cuda.to_device(a) for a in host], lr=0.01)
+    fresh = fastadam.Adam(cuda.to_device(host[0]) if single else
+                          [cuda.to_device(a) for a in host], lr=0.01)
+    checked = []
+    like = array_checks.like
+    monkeypatch.setattr(array_checks, "like", lambda *a, **k: checked.append(a[0]) or like(*a, **k))
+    for _ in range(3):
+        values = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        for g, v in zip(grads, values):
+            g.copy_to_device(v)
+        reused.step(grads[0] if single else grads)
+        fresh.step(cuda.to_device(values[0]) if single else [cuda.to_device(v) for v in values])
+    assert len(checked) == len(shapes) * (1 + 3)  # reused: the first step; fresh: each
+    pairs = zip([reused.params], [fresh.params]) if single else zip(reused.params, fresh.params)
+    for got, want in pairs:
+        np.testing.assert_array_equal(got.copy_to_host(), want.copy_to_host())
+    with pytest.raises(ValueError, match="shape"):  # other arrays are checked again
+        reused.step(cuda.to_device(np.ones(36, np.float32)) if single else
+                    [cuda.to_device(np.ones(s, np.float32)) for s in ((3, 6), (1,), (130,))])
+
+
 def test_a_list_with_mixed_dtypes_and_groups_on_device(rng, monkeypatch):
     multi = counting(monkeypatch, "multi_kernel")
     single = counting(monkeypatch, "fused_kernel")
