@@ -27,11 +27,20 @@ def cpu() -> SimpleNamespace:
     """The CPU backend's entry points (numba loads here, on the first CPU step)."""
     found = _loaded.get("cpu")
     if found is None:
-        from .cpu import batches, dense, eight_bit, norm, runtime, sparse  # numba: first use
+        from .cpu import (  # numba: first use
+            batches,
+            dense,
+            eight_bit,
+            norm,
+            runtime,
+            sparse,
+            threads,
+        )
 
         found = _loaded["cpu"] = SimpleNamespace(batches=batches, dense=dense,
                                                  eight_bit=eight_bit, norm=norm,
-                                                 runtime=runtime, sparse=sparse)
+                                                 runtime=runtime, sparse=sparse,
+                                                 threads=threads)
     return found
 
 
@@ -183,8 +192,8 @@ def apply_sparse(backend: str, arrays: tuple, h: Hyper, step: int, *,
         return
     sparse = cpu().sparse
     order, starts = sparse.group_rows(indices, param.shape[0], sparse.scratch(indices.size))
-    cpu().runtime.with_threads(num_threads, sparse.sparse_kernel(f), *tables, indices, order,
-                               starts, g, np.array(coef, dtype=compute),
+    cpu().threads.run_parallel(num_threads, g.size, sparse.sparse_kernel(f), *tables, indices,
+                               order, starts, g, np.array(coef, dtype=compute),
                                np.uint32(noise_of(key, step) if stochastic else 0))
 
 

@@ -311,7 +311,7 @@ class OneHostArray:
 
     def __init__(self, slot, num_threads: int | None) -> None:
         self.slot = slot
-        self.num_threads = cpu().dense.threads_for(slot.flat.size, num_threads)
+        self.num_threads, self.size = num_threads, slot.flat.size
         self.shape, self.one_d = slot.array.shape, slot.array.ndim == 1
         self.views = kernel_views((slot.flat, slot.flat, *slot.state))
         self.coef = np.empty(11, compute_dtype(slot.flags.param))
@@ -342,11 +342,8 @@ class OneHostArray:
             self.hyper = h
         param, _, m, v, v_max, comp, master = self.views
         noise = np.uint32(slot.noise(slot.step + 1))
-        if self.num_threads is None:
-            refused = kernel(param, flat, m, v, v_max, comp, master, self.coef, noise)
-        else:
-            refused = cpu().runtime.with_threads(self.num_threads, kernel, param, flat, m, v,
-                                                 v_max, comp, master, self.coef, noise)
+        refused = cpu().threads.run_parallel(self.num_threads, self.size, kernel, param, flat,
+                                             m, v, v_max, comp, master, self.coef, noise)
         if refused:
             raise ValueError("grads and params (or their state) overlap in memory; "
                              "pass separate arrays")

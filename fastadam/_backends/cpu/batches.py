@@ -18,7 +18,7 @@ from ..shared.convert import noises_of
 from ..views import data_address, kernel_views
 from . import dense, norm
 from .headers import Table
-from .runtime import with_threads
+from .threads import run_parallel
 
 
 class HostBatch:
@@ -31,6 +31,7 @@ class HostBatch:
         self.tables = np.array([[data_address(v[k]) for v in views] for k in (0, 2, 3, 4, 5, 6)],
                                dtype=np.int64)
         self.sizes = np.array([s.flat.size for s in slots], dtype=np.int64)
+        self.work = int(self.sizes.sum())  # elements: what decides the thread count
         self.chunks = chunk_table(self.sizes)
         self.keys = np.array([s.key for s in slots], dtype=np.uint32)
         self.stochastic = slots[0].flags.stochastic  # (one option set per batch)
@@ -84,7 +85,8 @@ class HostBatches:
             rows = self.chunks[codes[self.chunks[:, 0]] == code]
             grad_kind = kind(self.table.dtypes[code])
             count = dense.multi_nonfinite_kernel(grad_kind)
-            if with_threads(num_threads, count, addresses, self.sizes, rows):
+            work = int(rows[:, 2].sum() - rows[:, 1].sum())
+            if run_parallel(num_threads, work, count, addresses, self.sizes, rows):
                 return False
         return True
 
@@ -103,7 +105,7 @@ class HostBatches:
                 continue  # stepped one by one
             flags, step = ready
             coef = np.array(coefficients(h, step, grad_scale), dtype=compute_dtype(flags.param))
-            with_threads(num_threads, dense.multi_kernel(flags), batch.tables,
+            run_parallel(num_threads, batch.work, dense.multi_kernel(flags), batch.tables,
                          addresses[batch.indices], batch.sizes, batch.chunks, coef,
                          batch.noises(step))
             advance(batch, done)

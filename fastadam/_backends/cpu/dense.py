@@ -19,18 +19,8 @@ from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
 from ..cache import cached
 from ..shared import element, pointers
-from .runtime import _shares, at, converters, rounding, with_threads
-
-# Below this many elements one thread beats waking the pool: a parallel region costs
-# ~2 us on one thread and 2.3-5 us on two, about what 16K float32 elements take. Set by
-# the caller (``threads_for``): a kernel that sets its own thread count cannot be cached.
-SERIAL_BELOW = 1 << 14
-
-
-def threads_for(n: int, num_threads: int | None) -> int | None:
-    """The thread count a step of ``n`` elements runs on (None: Numba's current)."""
-    return 1 if n < SERIAL_BELOW else num_threads
-
+from .runtime import _shares, at, converters, rounding
+from .threads import run_parallel
 
 OVERLAP = 1  # the kernel's refusal: the gradient shares memory with an array it writes
 
@@ -89,14 +79,14 @@ def adam_step_cpu(arrays: tuple, flags: Flags, coef: np.ndarray, num_threads: in
     """Run the fused kernel on ``(param, grad, m, v, v_max, comp, master)`` kernel views
     (checked: none overlaps another); ``noise``: the params' random bits at this step,
     for stochastic rounding."""
-    threads = threads_for(arrays[0].size, num_threads)
-    if with_threads(threads, fused_kernel(flags), *arrays, coef, np.uint32(noise)) == OVERLAP:
+    if run_parallel(num_threads, arrays[0].size, fused_kernel(flags), *arrays, coef,
+                    np.uint32(noise)) == OVERLAP:
         raise ValueError("grad overlaps an array the step writes")  # checked before: a bug
 
 
 def count_nonfinite(grad, grad_kind: str, num_threads: int | None) -> int:
     """NaN and inf elements in ``grad`` (a kernel view)."""
-    return with_threads(num_threads, nonfinite_kernel(grad_kind), grad)
+    return run_parallel(num_threads, grad.size, nonfinite_kernel(grad_kind), grad)
 
 
 @cache

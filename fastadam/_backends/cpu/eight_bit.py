@@ -27,8 +27,8 @@ from .runtime import (
     _shares,
     converters,
     rounding,
-    with_threads,
 )
+from .threads import run_parallel
 
 OVERLAP = 1
 BLOCKS_PER_TASK = 64  # 16K elements per parallel task: its scratch is allocated once
@@ -133,7 +133,7 @@ def adam_step_8bit_cpu(arrays: tuple, flags: Flags, coef: np.ndarray,
     """Run the kernel on checked kernel views ``(param, grad, m_codes, v_codes,
     v_max_codes, m_absmax, v_absmax, v_max_absmax, comp, master)``; ``noise``: the
     params' random noise at this step, for stochastic rounding."""
-    if with_threads(num_threads, fused_kernel(flags), *arrays, coef,
+    if run_parallel(num_threads, arrays[0].size, fused_kernel(flags), *arrays, coef,
                     quant8.dynamic_map(True), quant8.dynamic_map(False),
                     np.uint32(noise)) == OVERLAP:
         raise ValueError("grad overlaps an array the step writes")  # checked before: a bug

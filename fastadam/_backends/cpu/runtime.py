@@ -141,6 +141,11 @@ def with_threads(num_threads: int | None, fn, *args):
         put(previous)
 
 
+def thread_count() -> int:
+    """This thread's Numba thread count now (``numba.set_num_threads`` sets it)."""
+    return _thread_count()[0]()
+
+
 @cache
 def _thread_count() -> tuple:
     """(get, set) of this thread's Numba thread count: the threading layer's own calls

@@ -1,0 +1,100 @@
+"""How many Numba threads a CPU kernel call runs on when the caller did not say.
+
+Threads pay only for large work on free cores. Below ``SERIAL_BELOW`` elements one
+thread always wins: a parallel region costs a few microseconds. Above it, which wins
+depends on the machine at that moment. Right after a NumPy (OpenBLAS) or torch
+matmul, their threads keep spinning for milliseconds, and a Numba thread that needs
+one of those cores waits for it: measured here, 4-5 ms for a step that one thread
+does in 0.1 ms. A core taken by another process does the same.
+
+So the choice is measured, per kernel and size (to a power of two). Every call is
+timed. The faster of "all threads" and "one thread", by the best of its last three
+times, runs. The other one is tried again once in a while, and the interval grows
+with what trying it costs: at most about 1% of the time goes on trying the loser.
+The first call of a kernel (its compile, maybe) runs on one thread and is not timed.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .runtime import thread_count, with_threads
+
+# Below this many elements one thread beats waking the pool: a parallel region costs
+# ~2 us on one thread and 2.3-5 us on two, about what 16K float32 elements take.
+SERIAL_BELOW = 1 << 14
+
+RECENT = 3  # times kept per choice: the best of them stands for it
+TRY_BUDGET = 0.01  # the share of time that re-trying the losing choice may cost
+TRY_AT_LEAST, TRY_AT_MOST = 8, 4096  # calls between two tries of the losing choice
+
+_clock = time.perf_counter
+
+
+class Choice:
+    """The measured thread count for one kernel at one size."""
+
+    __slots__ = ("times", "use", "countdown")
+
+    def __init__(self) -> None:
+        self.times: dict[int, list[float]] = {}  # thread count -> its last few times
+        self.use = 1
+        self.countdown = 0  # calls until the other count is tried again
+
+    def pick(self, many: int) -> int:
+        """The thread count for the next call."""
+        if many not in self.times:  # measured once each, one thread first
+            return 1 if 1 not in self.times else many
+        if self.countdown <= 0:
+            return many if self.use == 1 else 1
+        return self.use
+
+    def record(self, threads: int, seconds: float, many: int) -> None:
+        """Keep a call's time; choose again."""
+        trial = threads != self.use and many in self.times and 1 in self.times
+        times = self.times.setdefault(threads, [])
+        if trial:
+            times.clear()  # a try stands alone: the times before it are stale
+        times.append(seconds)
+        del times[:-RECENT]
+        if len(self.times) < 2:
+            return
+        best = {t: min(v) for t, v in self.times.items()}
+        self.use = min(best, key=best.get)
+        if trial or self.countdown <= 0 or threads != self.use:
+            other = many if self.use == 1 else 1
+            loss = max(best[other] - best[self.use], 0.0)
+            calls = loss / (TRY_BUDGET * best[self.use]) if best[self.use] > 0 else TRY_AT_MOST
+            self.countdown = int(min(max(calls, TRY_AT_LEAST), TRY_AT_MOST))
+        else:
+            self.countdown -= 1
+
+
+_choices: dict = {}
+
+
+def run_parallel(num_threads: int | None, work: int, fn, *args):
+    """``fn(*args)``, a parallel kernel over ``work`` elements, on ``num_threads`` Numba
+    threads; None: one below ``SERIAL_BELOW`` elements, else the measured choice."""
+    if num_threads is not None:
+        return with_threads(num_threads, fn, *args)
+    if work < SERIAL_BELOW:
+        return with_threads(1, fn, *args)
+    many = thread_count()
+    if many <= 1:
+        return fn(*args)
+    key = (fn, work.bit_length())
+    choice = _choices.get(key)
+    if choice is None:
+        _choices[key] = Choice()
+        return with_threads(1, fn, *args)  # compiles, perhaps: not timed
+    threads = choice.pick(many)
+    start = _clock()
+    out = with_threads(threads, fn, *args)
+    choice.record(threads, _clock() - start, many)
+    return out
+
+
+def forget() -> None:
+    """Drop every measured choice (a test's, or after the machine changed)."""
+    _choices.clear()
