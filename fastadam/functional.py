@@ -55,7 +55,7 @@ def adam_step(
     master_params: np.ndarray | None = None,
     backend: str = "auto",
     num_threads: int | None = None,
-    stream=None,
+    stream: object = None,
 ) -> None:
     """Apply one Adam (or AdamW) update to ``param``, ``m``, ``v`` in place.
 
@@ -71,12 +71,13 @@ def adam_step(
         param -= lr * (m / bc1) / (sqrt(v / bc2 + eps_root) + eps)
 
     Args:
-        param, grad, m, v: C-contiguous arrays of one shape, not overlapping;
-            float16, bfloat16 (ml_dtypes), float32 or float64. grad may have
-            another float dtype than param; m and v share one. Arithmetic is
-            float32 (float64 for float64 params). NumPy arrays, or GPU arrays
-            (numba, CuPy, PyTorch CUDA tensors: anything with
+        param: a C-contiguous array, float16, bfloat16 (ml_dtypes), float32 or
+            float64. Arithmetic is float32 (float64 for float64 params). A NumPy
+            array, or a GPU array (numba, CuPy, PyTorch CUDA tensors: anything with
             ``__cuda_array_interface__``) for the cuda backend.
+        grad: param's shape, any of those float dtypes; overlaps nothing.
+        m: the first moment, param's shape; overlaps nothing.
+        v: the second moment, m's shape and dtype; overlaps nothing.
         step: the 1-based count of this update (1 on the first call).
         v_max: the AMSGrad state, needed when ``amsgrad=True``, else unused.
         bias_correction: False drops the ``bc`` factors.
@@ -84,8 +85,9 @@ def adam_step(
             ``optax.adam(eps_root=...)``.
         nesterov: Nesterov momentum exactly as ``optax.adam(nesterov=True)``:
             ``m / bc1`` becomes ``beta1 * m / (1 - beta1**(step+1)) + (1 - beta1) * g / bc1``.
-        decouple_lr, max_lr: fully decoupled weight decay (as optimi):
+        decouple_lr: fully decoupled weight decay (as optimi):
             ``param *= 1 - weight_decay * lr / max_lr``.
+        max_lr: with ``decouple_lr``, the schedule's largest lr (default: lr).
         grad_scale: the loss scale; gradients are divided by it in the kernel.
         kahan_comp: for 16-bit params, a compensation array of the param dtype
             (start at zeros): updates far below the 16-bit spacing still
@@ -142,7 +144,7 @@ def adam_step_8bit(
     master_params: np.ndarray | None = None,
     backend: str = "auto",
     num_threads: int | None = None,
-    stream=None,
+    stream: object = None,
 ) -> None:
     """``adam_step`` with m and v (and v_max) held in 8 bits, in place, in one pass.
 
@@ -156,13 +158,18 @@ def adam_step_8bit(
     cannot hold, are stored as 0, and the block's other elements are unaffected.
 
     Args:
-        m_codes, v_codes, v_max_codes: uint8 arrays of param's size (any shape,
-            C-contiguous); zeros with zero absmax to start.
-        m_absmax, v_absmax, v_max_absmax: float32 arrays of ``ceil(param.size / 256)``.
+        m_codes: uint8 array of param's size (any shape, C-contiguous); zeros with
+            zero absmax to start.
+        v_codes: as m_codes.
+        v_max_codes: as m_codes, for amsgrad.
+        m_absmax: float32 array of ``ceil(param.size / 256)``.
+        v_absmax: as m_absmax.
+        v_max_absmax: as m_absmax, for amsgrad.
         backend: "auto", "cpu" (the fused kernel), "cuda" (GPU arrays throughout: one
             thread block per block of 256, one launch) or "numpy" (decode, the
             multi-pass NumPy step, encode).
-        Everything else: as ``adam_step``.
+
+    Every other argument is as in :func:`adam_step`.
 
     Raises:
         TypeError, ValueError: on bad input, naming the argument; nothing is modified.
@@ -196,7 +203,7 @@ def sparse_adam_step(
     master_params: np.ndarray | None = None,
     backend: str = "auto",
     num_threads: int | None = None,
-    stream=None,
+    stream: object = None,
 ) -> None:
     """One row-sparse Adam update in place: ``torch.optim.SparseAdam``'s, fused.
 
@@ -208,14 +215,17 @@ def sparse_adam_step(
     counts every step of the table, empty ones included.
 
     Args:
-        param, m, v: (rows, dim) C-contiguous arrays; param float16, bfloat16
-            (ml_dtypes), float32 or float64, m and v of one float dtype (for
-            16-bit params float32, or bfloat16 to halve them). Arithmetic is
-            float32 (float64 for float64 params), duplicates summed in it.
+        param: a (rows, dim) C-contiguous array, float16, bfloat16 (ml_dtypes),
+            float32 or float64. Arithmetic is float32 (float64 for float64 params),
+            duplicates summed in it.
+        m: param's shape, one float dtype with v (for 16-bit params float32, or
+            bfloat16 to halve them).
+        v: m's shape and dtype.
         indices: (nnz,) integers in [0, rows).
         values: (nnz, dim), any float dtype.
-        kahan_comp, master_params: for 16-bit params, as in :func:`adam_step`
-            (tables of param's shape; only the rows present change).
+        kahan_comp: for 16-bit params, as in :func:`adam_step` (param's shape;
+            only the rows present change).
+        master_params: likewise.
         backend: "auto" (cuda for GPU arrays, else cpu), "cpu", "cuda" (every
             array, indices too, on the GPU), or "numpy" (torch's formulas as
             NumPy array expressions).

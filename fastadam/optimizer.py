@@ -29,12 +29,13 @@ if TYPE_CHECKING:  # numba.cuda, imported only when a GPU step is asked for
 class Adam:
     """Adam on contiguous float arrays, updated in place (``torch.optim.Adam`` semantics).
 
-    Example::
-
+    Example:
+        ```python
         params = np.random.randn(1_000_000).astype(np.float32)
         opt = fastadam.Adam(params, lr=1e-3)
         for grads in gradient_stream():
             opt.step(grads)          # params, and the moments, change in place
+        ```
 
     ``params`` is one array, a list of arrays, or torch-style param groups: a
     list of dicts, each with ``"params"`` (an array or a list of arrays) and

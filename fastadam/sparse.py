@@ -15,12 +15,13 @@ _OPTION_KEYS = ("state_dtype", "kahan_summation", "master_weights", "stochastic_
 class SparseAdam:
     """``torch.optim.SparseAdam`` on one (rows, dim) table, fused, updated in place.
 
-    Example::
-
+    Example:
+        ```python
         table = np.random.randn(1_000_000, 64).astype(np.float32)
         opt = fastadam.SparseAdam(table, lr=1e-3)
         for rows, grads in lookups():      # (nnz,) row indices, (nnz, dim) gradients
             opt.step(rows, grads)          # only the rows looked up change
+        ```
 
     Duplicate rows are summed, only the rows present get m, v and param updates
     (absent rows do not decay), and the step count advances at every step, an

@@ -17,12 +17,21 @@ from .gpu import as_device_array, device_interval, is_device, wait_for_producer
 from .quant8 import blocks
 
 
+def refuse_torch_tensor(name: str, a) -> None:
+    """A torch tensor given to the NumPy API: point to the drop-ins."""
+    if type(a).__module__.split(".")[0] == "torch":
+        raise TypeError(f"{name} is a torch tensor: fastadam.torch.Adam and AdamW step "
+                        "tensors as torch.optim does; this API takes NumPy arrays "
+                        f"({name}.numpy() shares the tensor's memory)")
+
+
 def host_array(name: str, a, *, writable: bool) -> np.ndarray:
     """A C-contiguous, aligned float32/float64 NumPy array (writable if asked)."""
     if not isinstance(a, np.ndarray):
         if is_device(a):
             raise TypeError(f"{name} is a GPU array, but param is a host NumPy array; "
                             "pass host arrays throughout, or GPU arrays throughout")
+        refuse_torch_tensor(name, a)
         raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
     if kind(a.dtype) is None:
         raise TypeError(
@@ -31,10 +40,9 @@ def host_array(name: str, a, *, writable: bool) -> np.ndarray:
         )
     flags = a.flags
     if not flags.c_contiguous:
-        raise ValueError(
-            f"{name} must be C-contiguous; pass np.ascontiguousarray({name}) "
-            "and copy the result back"
-        )
+        advice = " and copy the result back" if writable else " (a copy is fine: it is only read)"
+        raise ValueError(f"{name} must be C-contiguous; pass np.ascontiguousarray({name})"
+                         + advice)
     if not flags.aligned:
         raise ValueError(f"{name} must be aligned to its dtype")
     if writable and not flags.writeable:

@@ -6,6 +6,7 @@ import numbers
 
 import numpy as np
 
+from .._core import array_checks
 from .._core.gpu import is_device
 from .._core.hyper import Hyper, hyper
 
@@ -17,6 +18,7 @@ HYPER_KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
 def specs(params) -> list[dict]:
     """A list of arrays, or of torch-style group dicts, as a list of {"params": [...], ...}."""
     if isinstance(params, (str, bytes, dict)) or not isinstance(params, (list, tuple)):
+        array_checks.refuse_torch_tensor("params", params)
         raise TypeError("params must be an array, a list of arrays, or a list of param "
                         f"groups (dicts), got {type(params).__name__}")
     if not params:

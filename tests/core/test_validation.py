@@ -246,3 +246,20 @@ def test_mismatched_state_dict_refused_unchanged(trained, case):
         trained.load_state_dict(sd)
     assert trained.step_count == 3
     assert_unchanged(trained, snap)
+
+
+def test_errors_advise_what_applies():
+    """A gradient is only read: copying it is enough. A torch tensor points to the
+    drop-ins. Nothing changes on either refusal."""
+    torch = pytest.importorskip("torch")
+    params = [np.zeros((4, 4), np.float32), np.zeros(3, np.float32)]
+    opt = fastadam.Adam(params)
+    strided = np.ones((4, 8), np.float32)[:, ::2]
+    with pytest.raises(ValueError, match=r"ascontiguousarray\(grads\[0\]\) \(a copy is fine"):
+        opt.step([strided, np.ones(3, np.float32)])
+    with pytest.raises(ValueError, match="copy the result back"):
+        fastadam.Adam(np.zeros((4, 8), np.float32)[:, ::2])
+    for bad, name in ((torch.zeros(4), "params"), ([torch.zeros(4)], r"params\[0\]")):
+        with pytest.raises(TypeError, match=name + " is a torch tensor: fastadam.torch"):
+            fastadam.Adam(bad)
+    assert opt.step_count == 0 and not params[0].any()
