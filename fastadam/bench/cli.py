@@ -27,6 +27,7 @@ from .report import _header, format_table, machine
 from .sparse_suite import SPARSE_CASES, sparse_rows
 from .startup import format_startup, startup_seconds
 from .suites import call_rows, clip_rows, many_tensor_rows, run_case, transformer_rows
+from .thread_suite import format_thread_rows, thread_rows
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,7 +49,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--repeats", type=int, default=None, help="timed repeats per contender (default 7, quick 5)"
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="the multi-threaded count (default: all)"
+        "--threads", type=int, nargs="?", const=0, default=None, metavar="N",
+        help="the multi-threaded count (default: all); alone, without N: the defaults' "
+             "thread choice against one thread and all, alone, after a NumPy or torch "
+             "matmul and beside a busy core"
     )
     p.add_argument("--peers", action="store_true",
                    help="add torch.optim.Adam fused and foreach (with --configs 8bit: "
@@ -113,7 +117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.repeats = 5 if args.quick else 7
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
-    if args.threads is not None and not 1 <= args.threads <= all_threads():
+    if args.threads not in (None, 0) and not 1 <= args.threads <= all_threads():
         p.error(f"--threads must be in [1, {all_threads()}]")
     if args.many is not None:
         try:
@@ -210,6 +214,17 @@ LEGEND = """\
   compile s   the first call's extra time (compiling, or loading from the kernel cache)"""
 
 
+def threads_main(args: argparse.Namespace) -> int:
+    """``--threads`` without a count: the thread-choice table."""
+    records = thread_rows(args.sizes)
+    print(_header(machine(), "15 to 400", all_threads()))
+    print(format_thread_rows(records))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "threads": records}, f, indent=1)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``python -m fastadam bench`` command."""
     args = parse_args(argv)
@@ -217,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     threads_list = sorted({1, threads})
     if args.sparse:
         return sparse_main(args)
+    if args.threads == 0:
+        return threads_main(args)
     cases, skipped = plan(args)
     for reason in skipped:
         print(f"skipped: {reason}")

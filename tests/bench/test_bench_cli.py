@@ -270,3 +270,20 @@ def test_more_threads_slower_than_one_is_flagged():
                                          None, None, None, 1, 28.0)
     assert cli.threads_warning([row(1, 1.0), row(2, 1.5)]).startswith("warning: more threads")
     assert cli.threads_warning([row(1, 1.0), row(2, 0.6)]) is None
+
+
+def test_the_thread_table_runs_every_condition_and_concludes(monkeypatch):
+    """``bench --threads``: the defaults against one thread (and, alone, all threads) under
+    each condition, and a closing line against the target (its code, not its speed)."""
+    from fastadam.bench import thread_suite
+
+    monkeypatch.setattr(thread_suite, "BUDGET_S", 0.01)
+    records = thread_suite.thread_rows([1024], torch_peer=False)
+    conditions = {r["condition"] for r in records}
+    assert conditions == {"alone", "after a NumPy matmul", "a core busy"}
+    assert {r["elements"] for r in records} == {"MLP (4,810)", "1,024"}
+    alone = [r for r in records if r["condition"] == "alone"]
+    assert all("all threads" in r and r["defaults"]["median_ms"] > 0 for r in alone)
+    table = thread_suite.format_thread_rows(records)
+    assert table.splitlines()[-1].startswith("The defaults took at most")
+    assert len(table.splitlines()) == 2 + len(records) + 1

@@ -185,3 +185,28 @@ def test_loaded_hyperparameters_are_the_state_dicts_as_in_torch(rng):
     theirs.load_state_dict({"state": {}, "param_groups": [
         {**theirs.state_dict()["param_groups"][0], "amsgrad": True, "lr": 0.1}]})
     assert theirs.param_groups[0]["amsgrad"] is True and theirs.param_groups[0]["lr"] == 0.1
+
+
+def test_a_state_dict_converted_in_one_line_loads_into_torch_adamw(rng):
+    """The docs' conversion: NumPy moments and an int step become torch's tensors, and
+    torch's next step from them gives fastadam's params."""
+    torch = pytest.importorskip("torch")
+    shapes = [(5, 3), (7,)]
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    mine = [p.copy() for p in params]
+    opt = fastadam.AdamW(mine, lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        opt.step([rng.standard_normal(s).astype(np.float32) for s in shapes])
+    theirs = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in mine]
+    state = opt.state_dict()
+    state["state"] = {i: {k: torch.tensor(float(v)) if k == "step" else torch.from_numpy(v)
+                          for k, v in s.items()} for i, s in state["state"].items()}
+    torch_opt = torch.optim.AdamW(theirs, lr=1e-2, weight_decay=0.1)
+    torch_opt.load_state_dict(state)
+    grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    opt.step(grads)
+    for t, g in zip(theirs, grads):
+        t.grad = torch.from_numpy(g.copy())
+    torch_opt.step()
+    for a, t in zip(mine, theirs):
+        np.testing.assert_allclose(a, t.detach().numpy(), rtol=1e-6, atol=1e-7)

@@ -8,8 +8,8 @@ one of those cores waits for it: measured here, 4-5 ms for a step that one threa
 does in 0.1 ms. A core taken by another process does the same.
 
 So the choice is measured, per kernel and size (to a power of two). Every call is
-timed. The faster of "all threads" and "one thread", by the best of its last three
-times, runs. The other one is tried again once in a while, and the interval grows
+timed. All threads run where the mean of their last four times is under 85% of one
+thread's, else one thread. The other one is tried again once in a while, and the interval grows
 with what trying it costs: at most about 1% of the time goes on trying the loser.
 The first call of a kernel (its compile, maybe) runs on one thread and is not timed.
 """
@@ -20,11 +20,15 @@ import time
 
 from .runtime import thread_count, with_threads
 
-# Below this many elements one thread beats waking the pool: a parallel region costs
-# ~2 us on one thread and 2.3-5 us on two, about what 16K float32 elements take.
-SERIAL_BELOW = 1 << 14
+# Below this many elements one thread is never much slower than several (a parallel
+# region costs 2-5 us: 16K float32 elements took 11.6 us on one thread, 9.9 on two),
+# and right after a matmul threads cost milliseconds: not worth measuring.
+SERIAL_BELOW = 1 << 16
 
-RECENT = 3  # times kept per choice: the best of them stands for it
+RECENT = 4  # times kept per choice: their mean stands for it (a busy pool is bimodal)
+# Threads run only where clearly faster: where the two are close, noise would flip the
+# choice back and forth, and each flip to threads under a busy pool costs.
+THREADS_WIN_BELOW = 0.85
 TRY_BUDGET = 0.01  # the share of time that re-trying the losing choice may cost
 TRY_AT_LEAST, TRY_AT_MOST = 8, 4096  # calls between two tries of the losing choice
 
@@ -59,8 +63,8 @@ class Choice:
         del times[:-RECENT]
         if len(self.times) < 2:
             return
-        best = {t: min(v) for t, v in self.times.items()}
-        self.use = min(best, key=best.get)
+        best = {t: sum(v) / len(v) for t, v in self.times.items()}
+        self.use = many if best[many] < THREADS_WIN_BELOW * best[1] else 1
         if trial or self.countdown <= 0 or threads != self.use:
             other = many if self.use == 1 else 1
             loss = max(best[other] - best[self.use], 0.0)
