@@ -33,6 +33,11 @@ def chunk_table(sizes, chunk: int = 1 << 16) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
+def chunk_elements(rows: np.ndarray) -> int:
+    """How many elements the ``chunk_table`` rows ``rows`` cover."""
+    return int(rows[:, 2].sum() - rows[:, 1].sum())
+
+
 def one_kind(kinds: set) -> str | None:
     return kinds.pop() if len(kinds) == 1 else None
 

@@ -312,6 +312,7 @@ class OneHostArray:
     def __init__(self, slot, num_threads: int | None) -> None:
         self.slot = slot
         self.num_threads, self.size = num_threads, slot.flat.size
+        self.run = cpu().threads.run_parallel  # (looked up once: this is the thin call)
         self.shape, self.one_d = slot.array.shape, slot.array.ndim == 1
         self.views = kernel_views((slot.flat, slot.flat, *slot.state))
         self.coef = np.empty(11, compute_dtype(slot.flags.param))
@@ -342,8 +343,8 @@ class OneHostArray:
             self.hyper = h
         param, _, m, v, v_max, comp, master = self.views
         noise = np.uint32(slot.noise(slot.step + 1))
-        refused = cpu().threads.run_parallel(self.num_threads, self.size, kernel, param, flat,
-                                             m, v, v_max, comp, master, self.coef, noise)
+        refused = self.run(self.num_threads, self.size, kernel, param, flat, m, v, v_max, comp,
+                           master, self.coef, noise)
         if refused:
             raise ValueError("grads and params (or their state) overlap in memory; "
                              "pass separate arrays")

@@ -58,14 +58,11 @@ def _conditions(torch) -> dict:
     return found
 
 
-COUNTS = {"defaults": None, "1 thread": 1, "all threads": None}  # all: set when made
-
-
 def _optimizers(shapes: list, names: list, rng) -> dict:
     params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     made = {}
     for name in names:
-        count = all_threads() if name == "all threads" else COUNTS[name]
+        count = {"defaults": None, "1 thread": 1}.get(name, all_threads())
         mine = [p.copy() for p in params]
         if len(mine) == 1:
             made[name] = AdamW(mine[0], lr=1e-4, num_threads=count)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..._core.dtypes import KINDS, compute_dtype, kind
 from ..._core.hyper import coefficients
-from ..grouping import advance, batched, chunk_table, ready_to_batch
+from ..grouping import advance, batched, chunk_elements, chunk_table, ready_to_batch
 from ..owned import Owned
 from ..shared.convert import noises_of
 from ..views import data_address, kernel_views
@@ -85,8 +85,8 @@ class HostBatches:
             rows = self.chunks[codes[self.chunks[:, 0]] == code]
             grad_kind = kind(self.table.dtypes[code])
             count = dense.multi_nonfinite_kernel(grad_kind)
-            work = int(rows[:, 2].sum() - rows[:, 1].sum())
-            if run_parallel(num_threads, work, count, addresses, self.sizes, rows):
+            if run_parallel(num_threads, chunk_elements(rows), count, addresses, self.sizes,
+                            rows):
                 return False
         return True
 

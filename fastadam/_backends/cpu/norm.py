@@ -16,7 +16,7 @@ from numba import prange
 
 from ..._core.dtypes import compute_dtype
 from ..cache import cached
-from ..grouping import chunk_table
+from ..grouping import chunk_elements, chunk_table
 from ..shared import pointers
 from .runtime import at, converters
 from .threads import run_parallel
@@ -57,8 +57,8 @@ def sum_of_squares(addresses: np.ndarray, sizes: np.ndarray, kinds: list,
     for grad_kind in dict.fromkeys(kinds):
         rows = chunks if by_kind is None else chunks[by_kind == grad_kind]
         out = partial if by_kind is None else np.zeros(rows.shape[0], np.float64)
-        work = int(rows[:, 2].sum() - rows[:, 1].sum())
-        run_parallel(num_threads, work, squares_kernel(grad_kind), addresses, sizes, rows, out)
+        run_parallel(num_threads, chunk_elements(rows), squares_kernel(grad_kind), addresses,
+                     sizes, rows, out)
         if by_kind is not None:
             partial[by_kind == grad_kind] = out
     return float(partial.sum())  # pairwise, in chunk order: fixed for any thread count

@@ -1,7 +1,7 @@
 """How many Numba threads a CPU kernel call runs on when the caller did not say.
 
 Threads pay only for large work on free cores. Below ``SERIAL_BELOW`` elements one
-thread always wins: a parallel region costs a few microseconds. Above it, which wins
+thread runs: a parallel region costs a few microseconds, threads save little. Above it, which wins
 depends on the machine at that moment. Right after a NumPy (OpenBLAS) or torch
 matmul, their threads keep spinning for milliseconds, and a Numba thread that needs
 one of those cores waits for it: measured here, 4-5 ms for a step that one thread
@@ -9,8 +9,8 @@ does in 0.1 ms. A core taken by another process does the same.
 
 So the choice is measured, per kernel and size (to a power of two). Every call is
 timed. All threads run where the mean of their last four times is under 85% of one
-thread's, else one thread. The other one is tried again once in a while, and the interval grows
-with what trying it costs: at most about 1% of the time goes on trying the loser.
+thread's, else one thread. The other is tried again now and then, less often the more
+trying it costs: at most about 1% of the time goes on trying the loser.
 The first call of a kernel (its compile, maybe) runs on one thread and is not timed.
 """
 
