@@ -29,8 +29,10 @@ p.split('-')[0])]" 2>/dev/null
   if [ "${1:-}" != "--tiny" ]; then
     # Every failure, not the first: a device run is too dear to stop at one. (The PTX
     # checks, tests/backends/test_cuda_codegen.py, need no GPU: CI runs them.)
-    timeout "${TESTS_TIMEOUT:-300}" "$PY" -m pytest tests/cuda tests/backends/test_cuda_streams.py \
-      tests/backends/test_cuda_launch.py \
+    # TESTS: the test paths, in the order to run them (what changed first, say).
+    # shellcheck disable=SC2086
+    timeout "${TESTS_TIMEOUT:-300}" "$PY" -m pytest ${TESTS:-tests/cuda \
+      tests/backends/test_cuda_streams.py tests/backends/test_cuda_launch.py} \
       -v --tb=short --maxfail=40 -p no:cacheprovider --durations=15 \
       -o faulthandler_timeout=60 --junitxml "$OUT/cuda-tests.xml" || status=1
   fi

@@ -3,8 +3,9 @@ need a GPU, in one command (``bench/gpu_check.sh`` adds the CUDA tests before it
 
 Sections, each timed, printed as it goes and recorded in ``DIR/gpucheck.json`` (its
 error, if it fails, and the rest still runs): the GPU benchmark rows (flat buffers, 16-bit
-params, 8-bit state, a GPT-2-small parameter list through the torch drop-in, a list of
-1000 arrays against one buffer, the cost of a call, the clipped step), one step past
+params, 8-bit state, steps queued back to back, a GPT-2-small parameter list through the
+torch drop-in, a list of 1000 arrays against one buffer, the cost of a call, the clipped
+step), one step past
 32-bit indexing, bad input on the device, and the CPU kernel's thread scaling. GPU times
 are CUDA-event medians of interleaved repeats (wall clock with a synchronize where torch
 is absent, as on numba's simulator, where ``--tiny`` shrinks everything to run the code
@@ -14,16 +15,14 @@ paths, not to time them).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
 import time
-import traceback
 
 import numpy as np
 
 from .. import Adam, AdamW, as_bfloat16
+from .gpu_harness import Check, device_array, timed, torch_cuda
 from .scaling import cpu_scaling
 
 GPT2_SMALL = ([(50257, 768), (1024, 768)]
@@ -33,115 +32,90 @@ GPT2_SMALL = ([(50257, 768), (1024, 768)]
               + [(768,), (768,)])  # 148 tensors, 124M params
 
 
-class Check:
-    """Runs sections, prints them, and keeps every result (or error) in one JSON file."""
-
-    def __init__(self, out: str, tiny: bool) -> None:
-        self.path, self.tiny, self.record = os.path.join(out, "gpucheck.json"), tiny, {}
-        os.makedirs(out, exist_ok=True)
-
-    def section(self, name: str, fn) -> None:
-        print(f"== {name}", flush=True)
-        started = time.perf_counter()
-        try:
-            result = fn(self)
-            self.record[name] = {"ok": True, "result": result}
-            print(json.dumps(result, indent=1, default=str), flush=True)
-        except Exception as e:  # one section's failure is its record, not the end
-            self.record[name] = {"ok": False, "error": f"{type(e).__name__}: {e}",
-                                 "traceback": traceback.format_exc()}
-            print(f"FAILED: {type(e).__name__}: {e}", flush=True)
-        self.record[name]["seconds"] = round(time.perf_counter() - started, 2)
-        with open(self.path, "w") as f:
-            json.dump(self.record, f, indent=1, default=str)
-
-
-def _torch_cuda():
-    try:
-        import torch  # optional: the peers
-    except ImportError:
-        return None
-    return torch if torch.cuda.is_available() else None
-
-
-def timed(contenders: dict, repeats: int) -> dict:
-    """Median milliseconds of each contender (interleaved, after a warm-up)."""
-    from numba import cuda  # numba-cuda: the device
-
-    torch = _torch_cuda()
-    for fn in contenders.values():
-        fn()
-    samples = {k: [] for k in contenders}
-    names = list(contenders)
-    for r in range(repeats):
-        for k in names[r % len(names):] + names[:r % len(names)]:
-            if torch is not None:
-                start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
-                start.record()
-                contenders[k]()
-                end.record()
-                end.synchronize()
-                samples[k].append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                contenders[k]()
-                cuda.synchronize()
-                samples[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: round(statistics.median(v), 4) for k, v in samples.items()}
-
-
-def _device(host):
-    from numba import cuda  # numba-cuda: the device
-
-    if host.dtype.itemsize == 2 and host.dtype.kind == "V":  # bfloat16: its bits, declared
-        return as_bfloat16(cuda.to_device(host.view(np.uint16)))
-    return cuda.to_device(host)
-
-
 def flat_rows(check: Check) -> dict:
-    """Flat float32 buffers and bfloat16 params with float32 state, against torch's fused
-    Adam and a device copy of the same bytes (28 per float32 element)."""
-    torch, out = _torch_cuda(), {}
+    """Flat float32 buffers and bfloat16 params (float32 state, and bfloat16 state as
+    torch keeps it), against torch's fused Adam and a device copy of the same bytes."""
+    torch, out = torch_cuda(), {}
     sizes = [1 << 10] if check.tiny else [1 << 20, 1 << 26, 1 << 28]
     rng = np.random.default_rng(0)
+    import ml_dtypes  # optional: bfloat16
+
     for n in sizes:
         for dtype in ("float32", "bfloat16"):
-            import ml_dtypes  # optional: bfloat16
-
             np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.float32
-            p = _device(rng.standard_normal(n).astype(np_dtype))
-            g = _device(rng.standard_normal(n).astype(np_dtype))
-            mine = Adam(p, kahan_summation=False) if dtype == "bfloat16" else Adam(p)
-            contenders = {"fastadam": lambda o=mine, g=g: o.step(g)}
+            p = device_array(rng.standard_normal(n).astype(np_dtype))
+            g = device_array(rng.standard_normal(n).astype(np_dtype))
+            moved = {"fastadam": 28 * n}
+            if dtype == "bfloat16":  # no Kahan buffer: float32 moments, or 16-bit ones
+                mine = Adam(p, kahan_summation=False)
+                p16 = device_array(rng.standard_normal(n).astype(np_dtype))
+                bf16_state = Adam(p16, kahan_summation=False, state_dtype=ml_dtypes.bfloat16)
+                contenders = {"fastadam": lambda o=mine, g=g: o.step(g),
+                              "fastadam bf16 state": lambda o=bf16_state, g=g: o.step(g)}
+                moved = {"fastadam": 26 * n, "fastadam bf16 state": 14 * n}
+            else:
+                mine = Adam(p)
+                contenders = {"fastadam": lambda o=mine, g=g: o.step(g)}
             if torch is not None:
                 tp = torch.nn.Parameter(torch.randn(n, device="cuda", dtype=getattr(torch, dtype)))
                 tp.grad = torch.randn_like(tp)
                 contenders["torch-fused"] = torch.optim.Adam([tp], fused=True).step
-                src = torch.empty(14 * n, dtype=torch.uint8, device="cuda")
+                moved["torch-fused"] = tp.element_size() * 7 * n  # its moments in its dtype
+                src = torch.empty(moved["fastadam"] // 2, dtype=torch.uint8, device="cuda")
                 dst = torch.empty_like(src)
                 contenders["device-copy"] = lambda d=dst, s=src: d.copy_(s)
+                moved["device-copy"] = moved["fastadam"]
             times = timed(contenders, 2 if check.tiny else 20)
-            moved = (26 if dtype == "bfloat16" else 28) * n  # bf16: fp32 moments, no Kahan
-            out[f"{dtype} {n}"] = {k: {"ms": v, "GB/s": round(moved / v / 1e6, 1)}
+            out[f"{dtype} {n}"] = {k: {"ms": v, "GB/s": round(moved[k] / v / 1e6, 1)}
                                    for k, v in times.items()}
     return out
 
 
+def back_to_back_rows(check: Check) -> dict:
+    """Ten float32 steps queued back to back, per step: the device's time when the host
+    runs ahead (one step timed alone also holds the host's launch path)."""
+    torch, out = torch_cuda(), {}
+    rng = np.random.default_rng(4)
+    for n in [1 << 10] if check.tiny else [1 << 20, 1 << 26]:
+        p, g = (device_array(rng.standard_normal(n).astype(np.float32)) for _ in range(2))
+        mine = Adam(p)
+        contenders = {"fastadam": lambda o=mine, g=g: o.step(g)}
+        if torch is not None:
+            tp = torch.nn.Parameter(torch.randn(n, device="cuda"))
+            tp.grad = torch.randn_like(tp)
+            contenders["torch-fused"] = torch.optim.Adam([tp], fused=True).step
+        out[str(n)] = timed(contenders, 2 if check.tiny else 10, calls=10)
+    return out
+
+
 def eight_bit_rows(check: Check) -> dict:
-    torch, n = _torch_cuda(), (1 << 12) if check.tiny else (1 << 28)
+    """8-bit state (16 bytes per float32 element moved) against torch's fused float32
+    Adam (28) and a device copy of 16 bytes per element."""
+    torch, out = torch_cuda(), {}
     rng = np.random.default_rng(1)
-    p, g = (_device(rng.standard_normal(n).astype(np.float32)) for _ in range(2))
-    mine = Adam(p, state_dtype="8bit")
-    contenders = {"fastadam-8bit": lambda: mine.step(g)}
-    if torch is not None:
-        tp = torch.nn.Parameter(torch.randn(n, device="cuda"))
-        tp.grad = torch.randn_like(tp)
-        contenders["torch-fused-fp32"] = torch.optim.Adam([tp], fused=True).step
-    return timed(contenders, 2 if check.tiny else 20)
+    for n in [1 << 12] if check.tiny else [1 << 26, 1 << 28]:
+        p, g = (device_array(rng.standard_normal(n).astype(np.float32)) for _ in range(2))
+        mine = Adam(p, state_dtype="8bit")
+        contenders, moved = {"fastadam-8bit": lambda o=mine, g=g: o.step(g)}, {}
+        moved["fastadam-8bit"] = 16 * n
+        if torch is not None:
+            tp = torch.nn.Parameter(torch.randn(n, device="cuda"))
+            tp.grad = torch.randn_like(tp)
+            contenders["torch-fused-fp32"] = torch.optim.Adam([tp], fused=True).step
+            moved["torch-fused-fp32"] = 28 * n
+            src = torch.empty(8 * n, dtype=torch.uint8, device="cuda")
+            dst = torch.empty_like(src)
+            contenders["device-copy"] = lambda d=dst, s=src: d.copy_(s)
+            moved["device-copy"] = 16 * n
+        times = timed(contenders, 2 if check.tiny else 20)
+        out[str(n)] = {k: {"ms": v, "GB/s": round(moved[k] / v / 1e6, 1)}
+                       for k, v in times.items()}
+        del p, g, mine, contenders
+    return out
 
 
 def gpt2_rows(check: Check) -> dict:
-    torch = _torch_cuda()
+    torch = torch_cuda()
     if torch is None:
         return {"skipped": "needs torch with CUDA"}
     from .. import torch as fastadam_torch  # imports torch: optional
@@ -179,9 +153,9 @@ def gpt2_rows(check: Check) -> dict:
 def list_and_call_rows(check: Check) -> dict:
     count, size = (8, 256) if check.tiny else (1000, 4096)
     rng = np.random.default_rng(2)
-    arrays = [_device(rng.standard_normal(size).astype(np.float32)) for _ in range(count)]
-    grads = [_device(rng.standard_normal(size).astype(np.float32)) for _ in range(count)]
-    flat, flat_grad = (_device(rng.standard_normal(count * size).astype(np.float32))
+    arrays = [device_array(rng.standard_normal(size).astype(np.float32)) for _ in range(count)]
+    grads = [device_array(rng.standard_normal(size).astype(np.float32)) for _ in range(count)]
+    flat, flat_grad = (device_array(rng.standard_normal(count * size).astype(np.float32))
                        for _ in range(2))
     as_list, as_flat = Adam(arrays), Adam(flat)
     out = timed({"list": lambda: as_list.step(grads), "flat": lambda: as_flat.step(flat_grad)},
@@ -198,7 +172,8 @@ def list_and_call_rows(check: Check) -> dict:
     cuda.synchronize()
     out["list: host us per step, queued"] = round(queued / steps * 1e6, 1)
     out["list: us per step, done"] = round((time.perf_counter() - t0) / steps * 1e6, 1)
-    small, small_grad = (_device(rng.standard_normal(1024).astype(np.float32)) for _ in range(2))
+    small, small_grad = (device_array(rng.standard_normal(1024).astype(np.float32))
+                         for _ in range(2))
     opt, calls = Adam(small), 3 if check.tiny else 2000
     opt.step(small_grad)
     cuda.synchronize()
@@ -211,10 +186,10 @@ def list_and_call_rows(check: Check) -> dict:
 
 
 def clip_rows(check: Check) -> dict:
-    torch, n = _torch_cuda(), (1 << 10) if check.tiny else (1 << 26)
+    torch, n = torch_cuda(), (1 << 10) if check.tiny else (1 << 26)
     rng = np.random.default_rng(3)
-    p, g = (_device(rng.standard_normal(n).astype(np.float32)) for _ in range(2))
-    clipped, plain = AdamW(p, max_grad_norm=1.0), AdamW(_device(np.ones(n, np.float32)))
+    p, g = (device_array(rng.standard_normal(n).astype(np.float32)) for _ in range(2))
+    clipped, plain = AdamW(p, max_grad_norm=1.0), AdamW(device_array(np.ones(n, np.float32)))
     contenders = {"clipped": lambda: clipped.step(g), "unclipped": lambda: plain.step(g)}
     if torch is not None:
         tp = torch.nn.Parameter(torch.randn(n, device="cuda"))
@@ -237,7 +212,7 @@ def past_32_bit_indexing(check: Check) -> dict:
     for state in (None, "8bit"):
         host = np.full(n, 0.25, np.float32)
         host[n - 3:] = (1.0, -2.0, 3.0)
-        p, g = _device(np.full(n, 0.5, np.float32)), _device(host)
+        p, g = device_array(np.full(n, 0.5, np.float32)), device_array(host)
         del host
         opt = Adam(p, lr=1e-2, state_dtype=state)
         opt.step(g)
@@ -256,14 +231,14 @@ def bad_input(check: Check) -> dict:
     """Refusals on the device: the named error, and nothing changed."""
     from numba import cuda  # numba-cuda: the device
 
-    p = _device(np.ones(64, np.float32))
+    p = device_array(np.ones(64, np.float32))
     opt = Adam(p)
     out = {}
     cases = {"host gradient for device params": lambda: opt.step(np.ones(64, np.float32)),
              "bfloat16 over 32-bit storage": lambda: as_bfloat16(cuda.to_device(
                  np.ones(4, np.uint32))),
-             "wrong shape": lambda: opt.step(_device(np.ones(63, np.float32)))}
-    torch = _torch_cuda()
+             "wrong shape": lambda: opt.step(device_array(np.ones(63, np.float32)))}
+    torch = torch_cuda()
     if torch is not None:
         strided = torch.randn(64, 2, device="cuda")[:, 0]
         cases["non-contiguous CUDA tensor"] = lambda: Adam(strided)
@@ -278,6 +253,7 @@ def bad_input(check: Check) -> dict:
 
 
 SECTIONS = {"flat buffers and 16-bit params": flat_rows, "8-bit state": eight_bit_rows,
+            "steps back to back": back_to_back_rows,
             "GPT-2 small through fastadam.torch.AdamW": gpt2_rows,
             "a list of arrays, and one call": list_and_call_rows, "clipped step": clip_rows,
             "past 32-bit indexing": past_32_bit_indexing, "bad input on the device": bad_input,
@@ -293,11 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     from numba import cuda  # numba-cuda: the device
 
     check = Check(args.out, args.tiny)
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        device = "numba's CUDA simulator"
-    else:
-        device = cuda.get_current_device().name
-        device = device.decode() if isinstance(device, bytes) else device
+    # The same call on the simulator (its device has no name), so its test covers it.
+    device = getattr(cuda.get_current_device(), "name", "numba's CUDA simulator")
+    device = device.decode() if isinstance(device, bytes) else device
     check.record["device"] = {"gpu": str(device), "python": sys.version.split()[0]}
     for name, fn in SECTIONS.items():
         check.section(name, fn)

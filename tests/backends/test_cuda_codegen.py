@@ -162,8 +162,9 @@ def test_8bit_kernel_compiles(compile_ptx, kinds, options, counted):
     sig += (SCALED + (compute,) * 6 + (types.float64,) * 6 + NOISE[:1] if counted
             else (compute,) * 11 + NOISE)
     ptx = compile_ptx(eight_bit.fused_kernel(flags, counted).py_func, sig)
-    assert "sqrt.rn" in ptx and "bar.sync" in ptx and "atom.shared.max.u32" in ptx
-    assert "st.global.u8" in ptx
+    assert "sqrt.rn" in ptx and "shfl.sync.bfly" in ptx
+    assert "bar.sync" not in ptx and "atom" not in ptx  # a warp per block: no barrier
+    assert "st.global.u8" in ptx and "st.local" not in ptx  # the lanes' elements in registers
     if param != "float64" and not counted:
         assert ".f64" not in ptx
 
@@ -180,7 +181,7 @@ def test_8bit_list_kernel_compiles(compile_ptx, kinds, options, counted):
     sig += (SCALED + (compute,) * 6 + (types.float64,) * 6 + NOISES[:1] if counted
             else (compute,) * 11 + NOISES)
     ptx = compile_ptx(eight_bit.multi_kernel(flags, counted).py_func, sig)
-    assert "sqrt.rn" in ptx and "atom.shared.max.u32" in ptx
+    assert "sqrt.rn" in ptx and "shfl.sync.bfly" in ptx and "bar.sync" not in ptx
     assert "st.global.u8" in ptx and "ld.global" in ptx
     if kinds[0] != "float64" and not counted:
         assert ".f64" not in ptx

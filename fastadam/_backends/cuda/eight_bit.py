@@ -1,12 +1,14 @@
-"""The fused 8-bit Adam step on NVIDIA GPUs: one thread block per quantization block.
+"""The fused 8-bit Adam step on NVIDIA GPUs: one warp per quantization block.
 
-A block of 256 elements is one CUDA thread block. Its threads decode their
-elements' m and v (and v_max) into shared memory, run the element update of
-``_element.py``, find each moment's new absmax with a shared-memory atomic max
-on the magnitude bits, and encode against it through the same ``quant8.Encoder``
-table as the CPU kernel, so both give the same codes. One launch per array, or
-per batch of arrays (``multi_kernel``: a thread block per quantization block of
-any of them, the arrays found through a table of addresses).
+A block of 256 elements is one warp's: each lane holds 8 of its elements (``lane``,
+``lane + 32``, ...) in registers. A lane first issues every load of its elements
+(params, gradients, codes), so a warp keeps 8 of each in flight; then it decodes m
+and v (and v_max), runs the element update of ``shared/element.py``, finds each
+moment's new absmax by a warp shuffle on the magnitude bits (no shared memory, no
+barrier), and encodes against it through the same ``quant8.Encoder`` table as the
+CPU kernel, so both give the same codes. A thread block is ``WARPS`` warps (blocks).
+One launch per array, or per batch of arrays (``multi_kernel``: a warp per
+quantization block of any of them, the arrays found through a table of addresses).
 """
 
 from __future__ import annotations
@@ -38,70 +40,136 @@ from .runtime import (
 )
 
 BLOCK = quant8.BLOCK
-# Each thread takes BLOCK // THREADS elements of its block (the simulator runs a Python
-# thread per CUDA thread: few of them).
-THREADS = 32 if SIMULATOR else BLOCK
+WARP = 32
+PER_LANE = BLOCK // WARP
+# The simulator runs a Python thread per CUDA thread, and has no warp shuffles: there a
+# thread block is one warp, and the absmax goes through shared memory.
+WARPS = 1 if SIMULATOR else 8
+THREADS = WARP * WARPS
 _magnitude_bits, _code = element_functions(_device, _bits_from_f32)
+_ALL_LANES = 0xFFFFFFFF
 
 
-def _block_step(flags: Flags):
+def _warp_max(amsgrad: bool):
+    """``warp_max(m, v, v_max, tops)``: the three int32 values' maxima over the warp, on
+    every lane (``v_max`` only with ``amsgrad``). ``tops``: 3 shared int32 (simulator)."""
+    if SIMULATOR:
+        @_device
+        def warp_max(m, v, v_max, tops):  # the thread block is this one warp
+            cuda.syncthreads()  # every lane has read the last block's tops
+            if cuda.threadIdx.x == 0:
+                tops[0], tops[1], tops[2] = 0, 0, 0
+            cuda.syncthreads()
+            cuda.atomic.max(tops, 0, m)
+            cuda.atomic.max(tops, 1, v)
+            cuda.atomic.max(tops, 2, v_max)
+            cuda.syncthreads()
+            return tops[0], tops[1], tops[2]
+
+        return warp_max
+
+    @_device
+    def warp_max(m, v, v_max, tops):
+        shift = 16
+        while shift > 0:
+            m = max(m, cuda.shfl_xor_sync(_ALL_LANES, m, shift))
+            v = max(v, cuda.shfl_xor_sync(_ALL_LANES, v, shift))
+            if amsgrad:
+                v_max = max(v_max, cuda.shfl_xor_sync(_ALL_LANES, v_max, shift))
+            shift //= 2
+        return m, v, v_max
+
+    return warp_max
+
+
+def _inverse(absmax):
+    return np.float32(1.0) / absmax if absmax > 0 else np.float32(0.0)
+
+
+_inverse = _device(_inverse)
+
+
+def _warp_step(flags: Flags):
     """``step(b, size, p, g, k, w, m_codes, v_codes, v_max_codes, m_absmax, v_absmax,
-    v_max_absmax, m_map, v_map, m_entries, v_entries, m, v, v_max, tops, *coefficients)``:
-    quantization block ``b`` of one array, by the thread block. ``p, g, k, w`` and the
-    codes start at the block's first element (``size`` of them); the absmax arrays are
-    the array's; ``m, v, v_max, tops`` the thread block's shared scratch."""
-    update = element.make(_device, flags, converters(compute_dtype(flags.param)),
-                          rounding()[0], multiply(compute_dtype(flags.param)))
+    v_max_absmax, m_map, v_map, m_entries, v_entries, tops, *coefficients, noise)``:
+    quantization block ``b`` of one array, by one warp. ``p, g, k, w`` and the codes
+    start at the block's first element (``size`` of them); the absmax arrays are the
+    array's; ``tops`` the thread block's shared scratch (simulator only)."""
     compute = np.dtype(compute_dtype(flags.param)).type
-    amsgrad = flags.amsgrad
+    update = element.make(_device, flags, converters(compute_dtype(flags.param)),
+                          rounding()[0], multiply(compute_dtype(flags.param)), stride=WARP)
+    param_t, grad_t = pointers.pointee(flags.param), pointers.pointee(flags.grad)
+    amsgrad, kahan, master = flags.amsgrad, flags.kahan, flags.master
+    warp_max = _warp_max(amsgrad)
     m_zero = np.int32(quant8.encoder(True).zero)
     v_zero = np.int32(quant8.encoder(False).zero)
 
     @_device
     def step(b, size, p, g, k, w, m_codes, v_codes, v_max_codes, m_absmax, v_absmax,
-             v_max_absmax, m_map, v_map, m_entries, v_entries, m, v, v_max, tops, c0, c1, c2,
-             c3, c4, c5, c6, c7, c8, c9, c10, noise):
-        t = cuda.threadIdx.x
-        if t < 3:
-            tops[t] = 0
-        top_m, top_v, top_v_max = np.uint32(0), np.uint32(0), np.uint32(0)
-        j = t
-        while j < size:
-            m[j] = compute(m_map[m_codes[j]] * m_absmax[b])
-            v[j] = compute(v_map[v_codes[j]] * v_absmax[b])
-            if amsgrad:
-                v_max[j] = compute(v_map[v_max_codes[j]] * v_max_absmax[b])
-            update(j, p, g, m, v, v_max, k, w, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10,
-                   noise, b * BLOCK)
-            top_m = max(top_m, _magnitude_bits(m[j]))
-            top_v = max(top_v, _magnitude_bits(v[j]))
-            if amsgrad:
-                top_v_max = max(top_v_max, _magnitude_bits(v_max[j]))
-            j += THREADS
-        cuda.syncthreads()  # tops are zeroed, every old absmax is read
-        cuda.atomic.max(tops, 0, top_m)
-        cuda.atomic.max(tops, 1, top_v)
-        if amsgrad:
-            cuda.atomic.max(tops, 2, top_v_max)
-        cuda.syncthreads()
-        new_m, new_v = _f32_from_bits(tops[0]), _f32_from_bits(tops[1])
-        new_v_max = _f32_from_bits(tops[2])
-        if t == 0:
+             v_max_absmax, m_map, v_map, m_entries, v_entries, tops, c0, c1, c2, c3, c4, c5,
+             c6, c7, c8, c9, c10, noise):
+        # Unsigned indices: no negative-index wrap around each access.
+        lane, elements = np.uint64(cuda.threadIdx.x % WARP), np.uint64(size)
+        p_own = cuda.local.array(PER_LANE, param_t)
+        g_own = cuda.local.array(PER_LANE, grad_t)
+        k_own = cuda.local.array(PER_LANE, param_t)
+        w_own = cuda.local.array(PER_LANE, np.float32)
+        m = cuda.local.array(PER_LANE, compute)
+        v = cuda.local.array(PER_LANE, compute)
+        v_max = cuda.local.array(PER_LANE, compute)
+        m_codes_own = cuda.local.array(PER_LANE, np.uint8)
+        v_codes_own = cuda.local.array(PER_LANE, np.uint8)
+        v_max_codes_own = cuda.local.array(PER_LANE, np.uint8)
+        for r in range(PER_LANE):  # every load first: 8 of each in flight per lane
+            j = lane + np.uint64(r * WARP)
+            if j < elements:
+                g_own[r] = g[j]
+                if master:
+                    w_own[r] = w[j]
+                else:
+                    p_own[r] = p[j]
+                if kahan:
+                    k_own[r] = k[j]
+                m_codes_own[r] = m_codes[j]
+                v_codes_own[r] = v_codes[j]
+                if amsgrad:
+                    v_max_codes_own[r] = v_max_codes[j]
+        m_scale, v_scale = m_absmax[b], v_absmax[b]
+        v_max_scale = v_max_absmax[b] if amsgrad else np.float32(0.0)
+        top_m, top_v, top_v_max = np.int32(0), np.int32(0), np.int32(0)
+        for r in range(PER_LANE):
+            if lane + np.uint64(r * WARP) < elements:
+                m[r] = compute(m_map[m_codes_own[r]] * m_scale)
+                v[r] = compute(v_map[v_codes_own[r]] * v_scale)
+                if amsgrad:
+                    v_max[r] = compute(v_map[v_max_codes_own[r]] * v_max_scale)
+                update(r, p_own, g_own, m, v, v_max, k_own, w_own, c0, c1, c2, c3, c4, c5, c6,
+                       c7, c8, c9, c10, noise, b * BLOCK + np.int64(lane))
+                top_m = max(top_m, np.int32(_magnitude_bits(m[r])))
+                top_v = max(top_v, np.int32(_magnitude_bits(v[r])))
+                if amsgrad:
+                    top_v_max = max(top_v_max, np.int32(_magnitude_bits(v_max[r])))
+        top_m, top_v, top_v_max = warp_max(top_m, top_v, top_v_max, tops)
+        new_m, new_v = _f32_from_bits(top_m), _f32_from_bits(top_v)
+        new_v_max = _f32_from_bits(top_v_max)
+        if lane == 0:  # every lane read the old absmax before the shuffles
             m_absmax[b] = new_m
             v_absmax[b] = new_v
             if amsgrad:
                 v_max_absmax[b] = new_v_max
-        inv_m = np.float32(1.0) / new_m if new_m > 0 else np.float32(0.0)
-        inv_v = np.float32(1.0) / new_v if new_v > 0 else np.float32(0.0)
-        inv_v_max = np.float32(1.0) / new_v_max if new_v_max > 0 else np.float32(0.0)
-        j = t
-        while j < size:
-            m_codes[j] = _code(m[j], inv_m, m_entries, m_zero, True)
-            v_codes[j] = _code(v[j], inv_v, v_entries, v_zero, False)
-            if amsgrad:
-                v_max_codes[j] = _code(v_max[j], inv_v_max, v_entries, v_zero, False)
-            j += THREADS
-        cuda.syncthreads()  # the shared arrays are free for the next block
+        inv_m, inv_v, inv_v_max = _inverse(new_m), _inverse(new_v), _inverse(new_v_max)
+        for r in range(PER_LANE):
+            j = lane + np.uint64(r * WARP)
+            if j < elements:
+                p[j] = p_own[r]
+                if kahan:
+                    k[j] = k_own[r]
+                if master:
+                    w[j] = w_own[r]
+                m_codes[j] = _code(m[r], inv_m, m_entries, m_zero, True)
+                v_codes[j] = _code(v[r], inv_v, v_entries, v_zero, False)
+                if amsgrad:
+                    v_max_codes[j] = _code(v_max[r], inv_v_max, v_entries, v_zero, False)
 
     return step
 
@@ -110,15 +178,14 @@ def _block_step(flags: Flags):
 def fused_kernel(flags: Flags, counted: bool = False):
     """The kernel ``(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax,
     v_max_absmax, comp, master, m_map, v_map, m_entries, v_entries, *coefficients)``,
-    launched with ``THREADS`` threads per block (see ``_cpu8bit.fused_kernel``).
+    launched with ``THREADS`` threads per block (see ``cpu/eight_bit.fused_kernel``).
 
-    ``counted``: as ``_cuda.fused_kernel(flags, True)``, the step count lives on the
+    ``counted``: as ``dense.fused_kernel(flags, True)``, the step count lives on the
     device: ``(..., v_entries, count, found, inv_scale, c0, c1, c2, c3, c8, c9, lr,
     beta1, beta2, eps, eps_root, bias_correction)``, and nothing changes when
     ``found[0]`` is set.
     """
-    block_step = _block_step(flags)
-    compute = np.dtype(compute_dtype(flags.param)).type
+    warp_step = _warp_step(flags)
     noise_of = rounding()[1]
 
     @cuda.jit(device=True, inline="always")
@@ -126,20 +193,17 @@ def fused_kernel(flags: Flags, counted: bool = False):
             comp, master, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3, c4, c5, c6, c7,
             c8, c9, c10, key, step):
         noise = noise_of(key, step)
-        m = cuda.shared.array(BLOCK, compute)
-        v = cuda.shared.array(BLOCK, compute)
-        v_max = cuda.shared.array(BLOCK, compute)
-        tops = cuda.shared.array(3, np.uint32)
+        tops = cuda.shared.array(3, np.int32)
         n = param.size
-        b = cuda.blockIdx.x
+        b = cuda.blockIdx.x * WARPS + cuda.threadIdx.x // WARP
         while b < (n + BLOCK - 1) // BLOCK:
             s = b * BLOCK
             e = min(s + BLOCK, n)
-            block_step(b, e - s, param[s:e], grad[s:e], comp[s:e], master[s:e], m_codes[s:e],
-                 v_codes[s:e], v_max_codes[s:e], m_absmax, v_absmax, v_max_absmax, m_map,
-                 v_map, m_entries, v_entries, m, v, v_max, tops, c0, c1, c2, c3, c4, c5, c6,
-                 c7, c8, c9, c10, noise)
-            b += cuda.gridDim.x
+            warp_step(b, e - s, param[s:e], grad[s:e], comp[s:e], master[s:e], m_codes[s:e],
+                      v_codes[s:e], v_max_codes[s:e], m_absmax, v_absmax, v_max_absmax, m_map,
+                      v_map, m_entries, v_entries, tops, c0, c1, c2, c3, c4, c5, c6, c7, c8,
+                      c9, c10, noise)
+            b += cuda.gridDim.x * WARPS
 
     if not counted:
         @cuda.jit
@@ -172,8 +236,8 @@ def fused_kernel(flags: Flags, counted: bool = False):
 
 @cache
 def multi_kernel(flags: Flags, counted: bool = False):
-    """One launch over a batch of arrays of one option set and dtypes: a thread block
-    per quantization block of any of them.
+    """One launch over a batch of arrays of one option set and dtypes: a warp per
+    quantization block of any of them.
 
     ``kernel(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries,
     *coefficients)``: ``tables`` rows hold the device addresses of (param, m_codes,
@@ -182,8 +246,7 @@ def multi_kernel(flags: Flags, counted: bool = False):
     first quantization block of each array in the batch's numbering, then their total,
     ``sizes`` the arrays' element counts. ``counted``: as ``fused_kernel``'s.
     """
-    block_step = _block_step(flags)
-    compute = np.dtype(compute_dtype(flags.param)).type
+    warp_step = _warp_step(flags)
     noise_of = rounding()[1]
     param_t, grad_t = pointers.pointee(flags.param), pointers.pointee(flags.grad)
     param_size, grad_size = np.dtype(param_t).itemsize, np.dtype(grad_t).itemsize
@@ -191,12 +254,9 @@ def multi_kernel(flags: Flags, counted: bool = False):
     @cuda.jit(device=True, inline="always")
     def run(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3,
             c4, c5, c6, c7, c8, c9, c10, keys, step):
-        m = cuda.shared.array(BLOCK, compute)
-        v = cuda.shared.array(BLOCK, compute)
-        v_max = cuda.shared.array(BLOCK, compute)
-        tops = cuda.shared.array(3, np.uint32)
+        tops = cuda.shared.array(3, np.int32)
         last = firsts.size - 1
-        block = cuda.blockIdx.x
+        block = cuda.blockIdx.x * WARPS + cuda.threadIdx.x // WARP
         while block < firsts[last]:
             low, high = 0, last  # the array: firsts[low] <= block < firsts[low + 1]
             while high - low > 1:
@@ -209,16 +269,17 @@ def multi_kernel(flags: Flags, counted: bool = False):
             noise = noise_of(keys[a], step)
             b = block - firsts[a]
             s = b * BLOCK
-            block_step(b, min(BLOCK, sizes[a] - s), _at_from(tables[0, a], s, param_size, param_t),
-                 _at_from(grads[a], s, grad_size, grad_t),
-                 _at_from(tables[7, a], s, param_size, param_t),
-                 _at_from(tables[8, a], s, 4, np.float32),
-                 _at_from(tables[1, a], s, 1, np.uint8), _at_from(tables[2, a], s, 1, np.uint8),
-                 _at_from(tables[3, a], s, 1, np.uint8), _at(tables[4, a], np.float32),
-                 _at(tables[5, a], np.float32), _at(tables[6, a], np.float32), m_map, v_map,
-                 m_entries, v_entries, m, v, v_max, tops, c0, c1, c2, c3, c4, c5, c6, c7, c8,
-                 c9, c10, noise)
-            block += cuda.gridDim.x
+            warp_step(b, min(BLOCK, sizes[a] - s), _at_from(tables[0, a], s, param_size, param_t),
+                      _at_from(grads[a], s, grad_size, grad_t),
+                      _at_from(tables[7, a], s, param_size, param_t),
+                      _at_from(tables[8, a], s, 4, np.float32),
+                      _at_from(tables[1, a], s, 1, np.uint8),
+                      _at_from(tables[2, a], s, 1, np.uint8),
+                      _at_from(tables[3, a], s, 1, np.uint8), _at(tables[4, a], np.float32),
+                      _at(tables[5, a], np.float32), _at(tables[6, a], np.float32), m_map,
+                      v_map, m_entries, v_entries, tops, c0, c1, c2, c3, c4, c5, c6, c7, c8,
+                      c9, c10, noise)
+            block += cuda.gridDim.x * WARPS
 
     if not counted:
         @cuda.jit
@@ -253,8 +314,9 @@ def tables() -> tuple:
         quant8.encoder(False).entries))
 
 
-def _grid(n: int) -> int:
-    return max(1, min(quant8.blocks(n), MAX_BLOCKS))
+def _grid(blocks: int) -> int:
+    """Thread blocks for ``blocks`` quantization blocks (a warp each)."""
+    return max(1, min(-(-blocks // WARPS), MAX_BLOCKS))
 
 
 def adam_step_8bit_cuda(arrays: tuple, flags: Flags, coefficients: tuple, stream,
@@ -262,7 +324,7 @@ def adam_step_8bit_cuda(arrays: tuple, flags: Flags, coefficients: tuple, stream
     """Launch the kernel once on checked kernel views ``(param, grad, m_codes, v_codes,
     v_max_codes, m_absmax, v_absmax, v_max_absmax, comp, master)``."""
     scalar = np.dtype(compute_dtype(flags.param)).type
-    fused_kernel(flags)[_grid(arrays[0].size), THREADS, stream](
+    fused_kernel(flags)[_grid(quant8.blocks(arrays[0].size)), THREADS, stream](
         *arrays, *tables(), *(scalar(c) for c in coefficients), np.uint32(key), np.int64(step))
 
 
@@ -270,7 +332,7 @@ def adam_step_8bit_cuda_counted(arrays: tuple, flags: Flags, h, steps, stream,
                                 key: int = 0) -> None:
     """``adam_step_8bit_cuda`` with the step count, skip flag and gradients' multiplier of
     ``steps`` on the device."""
-    fused_kernel(flags, True)[_grid(arrays[0].size), THREADS, stream](
+    fused_kernel(flags, True)[_grid(quant8.blocks(arrays[0].size)), THREADS, stream](
         *arrays, *tables(), steps.count, steps.found, steps.inv_scale,
         *counted_scalars(flags, h), np.uint32(key))
 
@@ -278,10 +340,10 @@ def adam_step_8bit_cuda_counted(arrays: tuple, flags: Flags, h, steps, stream,
 def adam_step_8bit_cuda_many(batch, grad_addresses: np.ndarray, flags: Flags,
                              coefficients: tuple, stream, steps=None, h=None,
                              step: int = 0) -> None:
-    """Launch ``multi_kernel`` once over a batch (``_batches.DeviceBatch8bit``: its tables
+    """Launch ``multi_kernel`` once over a batch (``batches.DeviceBatch8bit``: its tables
     on the device); the gradients' addresses go there through ``batch.grads``. With
-    ``steps``, the counted kernel (``coefficients`` unused, as in ``_cuda``)."""
-    launch = (max(1, min(batch.blocks, MAX_BLOCKS)), THREADS, stream)
+    ``steps``, the counted kernel (``coefficients`` unused, as in ``dense``)."""
+    launch = (_grid(batch.blocks), THREADS, stream)
     arrays = (batch.tables, batch.grads.send(grad_addresses, stream), batch.firsts,
               batch.sizes, *tables())
     if steps is None:

@@ -60,15 +60,16 @@ def _plain_multiply(jit):
     return mul
 
 
-def make(jit, flags: Flags, converters: dict, rounding: tuple, mul=None):
+def make(jit, flags: Flags, converters: dict, rounding: tuple, mul=None, stride: int = 1):
     """``update(i, param, grad, m, v, v_max, comp, master, *coefficients, noise, offset)``,
     in place.
 
     Arrays are 1-D, 16-bit ones as uint16 views; unused ones (v_max, comp, master
     when their option is off) are never touched. The coefficients are
     ``hyper.COEFFICIENTS``, rounded once to the compute dtype. With stochastic
-    rounding, element ``i`` draws the bits of index ``offset + i`` in ``noise`` (the
-    array's random noise at this step), wherever the arrays were sliced. ``mul``: the
+    rounding, element ``i`` draws the bits of index ``offset + i * stride`` in ``noise``
+    (the array's random noise at this step), wherever the arrays were sliced or
+    gathered. ``mul``: the
     target's product of two compute-dtype values rounded on its own (on the GPU one that
     never fuses with an add into an FMA, so that the GPU rounds as the CPU does); a
     plain product by default.
@@ -103,7 +104,7 @@ def make(jit, flags: Flags, converters: dict, rounding: tuple, mul=None):
             p = p - (mul(m_coef, m_i) + mul(g_coef, g)) / denom
         else:
             p = p - mul(m_coef, m_i / denom)
-        store_param(i, p, param, comp, master_param, noise, offset + i)
+        store_param(i, p, param, comp, master_param, noise, offset + i * stride)
 
     return update
 
