@@ -37,7 +37,7 @@ def gpu(session: nox.Session) -> None:
     session.install("-e", ".[test,cuda]", "numba-cuda[cu13]")
     session.run("python", "-c", "from numba import cuda; assert cuda.is_available(), "
                 "'no CUDA GPU: nox -s tests runs the CUDA tests on the simulator'")
-    session.run("pytest", "tests/cuda", "tests/test_cuda_codegen.py", *session.posargs)
+    session.run("pytest", "tests/cuda", "tests/backends/test_cuda_codegen.py", *session.posargs)
     session.run("python", "-m", "fastadam", "bench", "--peers", "--dtypes", "float32,float16",
                 "--configs", "adam,8bit", "--sizes", "1024,1048576,67108864,268435456")
 

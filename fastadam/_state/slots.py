@@ -18,7 +18,7 @@ import numpy as np
 from .._backends.dispatch import as_float32, flags_8bit, from_host, step_flags, to_host, zeros
 from .._backends.shared.convert import noise_of
 from .._core import checks, quant8
-from .._core.dtypes import SIXTEEN_BIT, compute_dtype, dtype_kind, kind
+from .._core.dtypes import SIXTEEN_BIT, compute_dtype, dtype_kind, kind, numpy_dtype
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "kahan_comp", "master_params")
 CODE_KEYS = ("state1", "state2", "state3")  # m, v, v_max as codes (bitsandbytes' names)
@@ -58,17 +58,6 @@ class Options:
     def name(self, slot: Slot) -> str:
         """How ``options`` reports the state dtype (of ``slot``, the first)."""
         return EIGHT_BIT if self.state_kind == EIGHT_BIT else slot.state_dtype.name
-
-
-def numpy_dtype(kind: str) -> np.dtype:
-    """The NumPy dtype of a float kind (bfloat16 from ml_dtypes)."""
-    if kind == "bfloat16":
-        try:
-            import ml_dtypes  # optional
-        except ImportError as e:
-            raise ImportError("bfloat16 state needs ml_dtypes: pip install ml_dtypes") from e
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(kind)
 
 
 class Slot:

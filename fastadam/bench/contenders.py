@@ -13,7 +13,7 @@ from .._core.dtypes import numpy_dtype
 from ..optimizer import Adam
 from .configs import adam_options
 from .harness import Contender, roofline_contenders, traffic_bytes
-from .peers import _cuda_peers
+from .peers import cuda_peers
 
 
 def _share_state(source, targets) -> None:
@@ -88,5 +88,5 @@ def cuda_contenders(n, dtype, config, rng, peers):
     roof = roofline_contenders(opt, grad, [1], memory_only_kernel, backend="cuda-roofline")[0]
     out.append(Contender(roof.backend, 1, synced(roof.run)))
     if peers:
-        out += _cuda_peers(n, dtype, config)
+        out += cuda_peers(n, dtype, config)
     return out, nbytes

@@ -3,7 +3,10 @@
 Every contender is timed through the public API, interleaved with the others in
 each repeat, with warm-ups outside the timing; rows report medians, and ratios as
 medians of the ratios within one repeat (robust to load bursts on a shared
-machine).
+machine). Each timed call follows untimed calls of the same contender for a few
+milliseconds, as a step follows the same step in a training loop: a thread pool that
+another contender left spinning (Numba's, torch's or a BLAS's OpenMP workers) has gone
+idle by then, and the contender's own pool is awake, as it would be for its user.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numba
 import numpy as np
@@ -21,11 +25,13 @@ from .._backends.cpu.runtime import with_threads
 
 @dataclass
 class Contender:
-    """One timed thing: ``run()`` performs one step."""
+    """One timed thing: ``run()`` performs one step. ``variant``: one of several ways to
+    the same row (the memory-only kernels), the row being the best of them."""
 
     backend: str
     threads: int
     run: Callable[[], object]
+    variant: str = ""
 
 
 @dataclass
@@ -45,6 +51,9 @@ class Row:
     repeats: int
     bytes_per_element: float
     speedup_vs_torch: float | None = None  # the row-sparse table: vs torch's SparseAdam
+    # More threads than one: whether they lost to one thread (by over 5%) in at least
+    # three repeats of four, so that a warning about them is not noise.
+    threads_lose: bool | None = None
 
 
 @dataclass
@@ -65,9 +74,28 @@ class Timings:
         return statistics.median(b / s for b, s in zip(self.samples[id(baseline)],
                                                         self.samples[id(c)]))
 
+    def loses(self, baseline: Contender, c: Contender, by: float = 1.05) -> bool:
+        """Whether ``c`` ran over ``by`` times ``baseline``'s time in at least three
+        repeats of four."""
+        pairs = list(zip(self.samples[id(baseline)], self.samples[id(c)]))
+        return sum(s > by * b for b, s in pairs) >= 0.75 * len(pairs)
+
+    def best_of(self, variants: list[Contender]) -> Contender:
+        """One contender standing for ``variants`` (ways to the same row): in each repeat,
+        the fastest of them."""
+        best = Contender(variants[0].backend, max(v.threads for v in variants), variants[0].run)
+        self.samples[id(best)] = [min(times) for times in
+                                  zip(*(self.samples[id(v)] for v in variants))]
+        self.first[id(best)] = min(self.first[id(v)] for v in variants)
+        return best
+
+
+LEAD_IN_S = 0.010  # untimed calls before each timed one, at least one
+
 
 def measure(contenders: list[Contender], repeats: int) -> Timings:
-    """Every contender's run, timed ``repeats`` times, interleaved, after two warm runs."""
+    """Every contender's run, timed ``repeats`` times, interleaved, after two warm runs;
+    each timed run after ``LEAD_IN_S`` seconds of untimed runs of the same contender."""
     first = {}
     for c in contenders:
         t0 = time.perf_counter()
@@ -79,6 +107,10 @@ def measure(contenders: list[Contender], repeats: int) -> Timings:
         # Rotate the order, so that no contender always follows the same one.
         k = r % len(contenders)
         for c in contenders[k:] + contenders[:k]:
+            lead_in_ends = time.perf_counter() + LEAD_IN_S
+            c.run()
+            while time.perf_counter() < lead_in_ends:
+                c.run()
             t0 = time.perf_counter()
             c.run()
             times[id(c)].append(time.perf_counter() - t0)
@@ -129,12 +161,25 @@ def unsigned_copy(a):
 
 
 def roofline_contenders(opt, grad, threads_list, memory_only_kernel, backend="roofline"):
-    """The memory-only kernel with the step's traffic, on scratch arrays of the step's dtypes."""
+    """The memory-only kernel with the step's traffic, on scratch arrays of the step's
+    dtypes. On the CPU, each loop variant: the flat loop on every thread count, the serial
+    one once (``variant`` set; ``limits`` makes the rows of them)."""
     arrays = step_arrays(opt)
     reads = [unsigned_copy(grad) for _ in range(2 if opt.options["skip_nonfinite"] else 1)]
     writes = [unsigned_copy(a) for a in arrays]
-    kernel = memory_only_kernel(len(reads), len(writes))
     if backend != "roofline":  # the GPU: one launch, no threads
+        kernel = memory_only_kernel(len(reads), len(writes))
         return [Contender(backend, 1, lambda: kernel(*reads, *writes))]
-    return [Contender(backend, t, _with_threads(t, lambda: kernel(*reads, *writes)))
-            for t in threads_list]
+    out = []
+    for variant, counts in (("flat", threads_list), ("serial", [1])):
+        kernel = partial(memory_only_kernel(len(reads), len(writes), variant), *reads, *writes)
+        out += [Contender(backend, t, _with_threads(t, kernel), variant) for t in counts]
+    return out
+
+
+def limits(timings: Timings, contenders: list[Contender], threads_list) -> list[Contender]:
+    """The roofline row of each thread count: in each repeat the fastest memory-only
+    variant on that many threads or fewer (what fewer threads do, more could)."""
+    variants = [c for c in contenders if c.variant]
+    return [timings.best_of([v for v in variants if v.threads <= t])
+            for t in threads_list] if variants else []

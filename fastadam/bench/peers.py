@@ -74,7 +74,7 @@ def _eight_bit_peers(param, grad, threads) -> list[Contender]:
     return out
 
 
-def _cuda_peers(n: int, dtype: str, config: str) -> list[Contender]:
+def cuda_peers(n: int, dtype: str, config: str) -> list[Contender]:
     """torch's fused CUDA Adam (for 8-bit states: its fp32-state step) and, for 8-bit
     states, bitsandbytes' and torchao's 8-bit AdamW on the GPU; each call synced."""
     import torch  # optional

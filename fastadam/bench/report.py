@@ -88,10 +88,40 @@ def format_table(rows: list[Row], ratio: str = "x numpy") -> str:
     return "\n".join(text)
 
 
-def _header(info: dict, repeats: int, threads: int | None = None) -> str:
+def header(info: dict, repeats: int, threads: int | None = None) -> str:
     return (f"fastadam {info['fastadam']}, numba {info['numba']}, numpy {info['numpy']}"
             + (f", torch {info['torch']}" if "torch" in info else "")
             + f", Python {info['python']}; {info['cpu']}, {info['cores']} cores"
             + (f", {threads} Numba threads" if threads else "")
             + (f", GPU {info['gpu']}" if "gpu" in info else "")
             + f"; median of {repeats} interleaved repeats")
+
+
+def conclusion(rows: list[Row], from_n: int = 1 << 22) -> str | None:
+    """The main table in one line: for arrays of ``from_n`` elements and more (112 MB a
+    float32 step; below, they may sit in a last-level cache, and the limit compares call
+    costs), the fused CPU step on the most threads measured, as % of the memory-only
+    limit and x NumPy (and x torch's fused step, where it ran)."""
+    def most_threads(rs):
+        return [r for r in rs if r.threads == max((x.threads for x in rs), default=0)]
+
+    big = [r for r in rows if r.n >= from_n]
+    mine = most_threads([r for r in big if r.backend == "cpu"])
+    if not mine:
+        return None
+    torch = {(r.n, r.dtype, r.config): r.median_s for r in big if r.backend == "torch-fused"}
+    limit = [100 * r.roofline_fraction for r in mine if r.roofline_fraction]
+    numpy = [r.speedup_vs_numpy for r in mine if r.speedup_vs_numpy]
+    vs_torch = [torch[(r.n, r.dtype, r.config)] / r.median_s for r in mine
+                if (r.n, r.dtype, r.config) in torch]
+
+    def span(values, fmt):
+        low, high = (fmt.format(min(values)), fmt.format(max(values))) if values else ("-",) * 2
+        return low if low == high else f"{low}-{high}"
+
+    text = (f"Conclusion: from {from_n:,} elements, the fused step on {mine[0].threads} "
+            f"thread(s) runs at {span(limit, '{:.0f}')}% of the memory-only limit and "
+            f"{span(numpy, '{:.1f}')}x naive NumPy")
+    if vs_torch:
+        text += f", {span(vs_torch, '{:.2f}')}x torch's fused Adam"
+    return text + f" ({len(mine)} case(s))."

@@ -14,19 +14,31 @@ from .._backends.cache import cached
 from .._backends.cpu.runtime import prefetch_row
 from .._backends.cpu.sparse import AHEAD
 
+# The loop headers of the variants: the step's own flat prange loop, and one thread with
+# no parallel region (small arrays, where the region's start costs more than the bytes).
+# Tried and left out: prange over chunks of 16K with an inner loop (3.7x slower at 16M,
+# 2 threads: the inner loop stays scalar), and streaming stores (every array a step
+# writes it also reads, so its lines are in cache already).
+_LOOPS = {
+    "flat": "for i in prange(r0.size):",
+    "serial": "for i in range(r0.size):",
+}
+VARIANTS = tuple(_LOOPS)
+
 
 @cache
-def memory_only_kernel(reads: int, writes: int):
+def memory_only_kernel(reads: int, writes: int, variant: str = "flat"):
     """The bandwidth limit: ``kernel(*read_only, *read_write)`` reads every array once
-    and writes the ``writes`` last ones once, with integer adds and no other arithmetic.
+    and writes the ``writes`` last ones once, with integer adds and no other arithmetic,
+    in one of ``VARIANTS`` of loop (the limit is the fastest of them).
 
     Pass unsigned-integer views of arrays like the step's, so the bytes are the step's.
     """
-    source = memory_only_source(reads, writes).replace("LOOP", "for i in prange(r0.size):")
+    source = memory_only_source(reads, writes).replace("LOOP", _LOOPS[variant])
     scope = {"prange": prange}
     exec(source, scope)
-    return cached(numba.njit(parallel=True, nogil=True)(scope["kernel"]), "bench.memory_only",
-                  source)
+    jit = numba.njit(parallel=variant != "serial", nogil=True)
+    return cached(jit(scope["kernel"]), "bench.memory_only", source, variant)
 
 
 def memory_only_source(reads: int, writes: int) -> str:

@@ -12,7 +12,15 @@ from .._backends.views import kernel_views
 from .._core.hyper import coefficients
 from ..optimizer import Adam
 from .contenders import cuda_contenders, fastadam_contenders
-from .harness import Contender, Row, all_threads, measure, roofline_contenders, traffic_bytes
+from .harness import (
+    Contender,
+    Row,
+    all_threads,
+    limits,
+    measure,
+    roofline_contenders,
+    traffic_bytes,
+)
 from .peers import torch_contenders
 from .roofline import memory_only_kernel
 
@@ -28,8 +36,9 @@ def run_case(n, dtype, config, *, repeats, threads_list, peers, rng, gpu=False) 
         on_gpu, nbytes["gpu"] = cuda_contenders(n, dtype, config, rng, peers) or ([], 0)
         contenders += on_gpu
     t = measure(contenders, repeats)
+    contenders = [c for c in contenders if not c.variant] + limits(t, contenders, threads_list)
     by_key = {(c.backend, c.threads): c for c in contenders}
-    numpy = by_key[("numpy", 1)]
+    numpy, one = by_key[("numpy", 1)], by_key[("cpu", threads_list[0])]
     rows = []
     for c in contenders:
         s = t.median(c)
@@ -44,6 +53,7 @@ def run_case(n, dtype, config, *, repeats, threads_list, peers, rng, gpu=False) 
             roofline_fraction=None if c.backend.endswith("roofline") else t.speedup(limit, c),
             compile_s=max(t.first[id(c)] - s, 0.0) if compiled else None,
             repeats=repeats, bytes_per_element=moved / n,
+            threads_lose=t.loses(one, c) if c.backend == "cpu" and c.threads > 1 else None,
         ))
     return rows
 

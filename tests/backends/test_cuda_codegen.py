@@ -134,7 +134,7 @@ def test_memory_only_kernel_compiles(compile_ptx):
 
 @pytest.mark.parametrize("width", [types.uint16, types.uint32, types.uint64])
 def test_fill_zero_kernel_compiles(compile_ptx, width):
-    assert "st.global" in compile_ptx(memory._fill_zero.py_func, (width[::1],))
+    assert "st.global" in compile_ptx(memory.fill_zero.py_func, (width[::1],))
 
 
 @pytest.mark.parametrize("kind", ["float16", "bfloat16", "float32", "float64"])
@@ -226,7 +226,7 @@ def test_cuda_kernels_are_cached_on_disk_per_variant(tmp_path):
                dense.fused_kernel(make_flags(("float32",) * 3, {"amsgrad": True})),
                dense.multi_kernel(make_flags(("bfloat16", "float32", "float32"), {}), True),
                eight_bit.fused_kernel(make_flags(("float32",) * 3, {})),
-               sparse.sparse_kernel(make_flags(("float32",) * 3, {})), memory._fill_zero]
+               sparse.sparse_kernel(make_flags(("float32",) * 3, {})), memory.fill_zero]
     if cache.directory() is None:
         pytest.skip("caching is off here")
     paths = {k._cache._cache_file._index_path for k in kernels}
@@ -304,7 +304,7 @@ def test_kernels_launch_without_the_low_occupancy_warning():
     with warnings.catch_warnings(record=True) as ours:
         warnings.simplefilter("always")
         runtime.cached(cuda.jit(body), "tests.quiet")[1, 1]
-        memory._fill_zero[1, 1]
+        memory.fill_zero[1, 1]
     assert not ours and config.CUDA_LOW_OCCUPANCY_WARNINGS == setting
     assert runtime.stream_handle(None) == 0
 

@@ -265,11 +265,45 @@ def test_a_failing_case_reports_its_error_and_the_rest_runs(capsys, monkeypatch)
     assert "adam" in out
 
 
-def test_more_threads_slower_than_one_is_flagged():
-    row = lambda threads, s: harness.Row("cpu", threads, 1000, "float32", "adam", s, 1.0,  # noqa: E731
-                                         None, None, None, 1, 28.0)
-    assert cli.threads_warning([row(1, 1.0), row(2, 1.5)]).startswith("warning: more threads")
-    assert cli.threads_warning([row(1, 1.0), row(2, 0.6)]) is None
+def test_the_thread_warning_fires_only_when_threads_lose_in_most_repeats():
+    one, many = harness.Contender("cpu", 1, None), harness.Contender("cpu", 2, None)
+    # Slower by 10% in the median, but in only half the repeats: noise, no warning.
+    mixed = harness.Timings({id(one): [1.0] * 8, id(many): [1.3, 0.9] * 4}, {})
+    assert not mixed.loses(one, many)
+    steady = harness.Timings({id(one): [1.0] * 8, id(many): [1.2] * 6 + [0.9] * 2}, {})
+    assert steady.loses(one, many)
+    row = lambda lose: harness.Row("cpu", 2, 1000, "float32", "adam", 1.0, 1.0,  # noqa: E731
+                                   None, None, None, 8, 28.0, threads_lose=lose)
+    assert cli.threads_warning([row(None), row(True)]).startswith("warning: more threads")
+    assert cli.threads_warning([row(False), row(None)]) is None
+
+
+def test_the_limit_is_the_fastest_memory_only_variant_in_each_repeat():
+    variant = lambda threads, name: harness.Contender("roofline", threads, None, name)  # noqa: E731
+    flat1, flat2, chunked2, serial = (variant(1, "flat"), variant(2, "flat"),
+                                      variant(2, "chunked"), variant(1, "serial"))
+    # On two threads the limit may also be what one thread did, in the same repeat.
+    step = harness.Contender("cpu", 2, None)
+    t = harness.Timings({id(flat1): [4, 4, 1.5], id(flat2): [3, 1, 3], id(chunked2): [2, 3, 3],
+                         id(serial): [5, 5, 0.5], id(step): [2, 2, 2]},
+                        {id(c): 9 for c in (flat1, flat2, chunked2, serial, step)})
+    one, two = harness.limits(t, [flat1, flat2, step, chunked2, serial], [1, 2])
+    assert (one.threads, two.threads) == (1, 2) and one.backend == "roofline"
+    assert t.samples[id(one)] == [4, 4, 0.5] and t.samples[id(two)] == [2, 1, 0.5]
+    t.samples[id(serial)] = [5, 5, 5]
+    one, two = harness.limits(t, [flat1, flat2, step, chunked2, serial], [1, 2])
+    assert t.samples[id(one)] == [4, 4, 1.5] and t.samples[id(two)] == [2, 1, 1.5]
+    assert t.speedup(two, step) == 0.75  # the median of 2/2, 1/2 and 1.5/2
+
+
+def test_each_timed_run_follows_a_lead_in_of_the_same_contender(monkeypatch):
+    order = []
+    contenders = [harness.Contender(name, 1, lambda name=name: order.append(name))
+                  for name in ("a", "b")]
+    monkeypatch.setattr(harness, "LEAD_IN_S", 0.0)
+    harness.measure(contenders, 3)
+    timed = order[4:]  # after two warm runs each
+    assert timed == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
 
 
 def test_the_thread_table_runs_every_condition_and_concludes(monkeypatch):
@@ -287,3 +321,31 @@ def test_the_thread_table_runs_every_condition_and_concludes(monkeypatch):
     table = thread_suite.format_thread_rows(records)
     assert table.splitlines()[-1].startswith("The defaults took at most")
     assert len(table.splitlines()) == 2 + len(records) + 1
+
+
+def test_the_main_table_ends_with_its_conclusion():
+    from fastadam.bench.report import conclusion
+
+    def row(backend, threads, n, seconds, limit=None, numpy=None):
+        return harness.Row(backend, threads, n, "float32", "adam", seconds, 1.0, numpy, limit,
+                           None, 7, 28.0)
+
+    rows = [row("cpu", 2, 1 << 10, 1e-6, 3.0, 2.0),  # in cache: left out
+            row("cpu", 1, 1 << 21, 2.0, 0.99, 10.0), row("cpu", 2, 1 << 21, 1.0, 0.95, 20.0),
+            row("torch-fused", 2, 1 << 21, 1.1), row("cpu", 2, 1 << 22, 2.0, 0.9, 25.0)]
+    text = conclusion(rows, from_n=1 << 20)
+    assert text.startswith("Conclusion: from 1,048,576 elements, the fused step on 2 thread")
+    assert "90-95% of the memory-only limit" in text and "20.0-25.0x naive NumPy" in text
+    assert "1.10x torch's fused Adam" in text and "(2 case(s))" in text
+    assert conclusion(rows[:1], from_n=1 << 20) is None
+    assert conclusion(rows).startswith("Conclusion: from 4,194,304 elements")
+
+
+def test_the_harness_check_times_each_row_against_a_fresh_process(capsys):
+    out = run(capsys, "--check-harness", "--sizes", "5000")
+    lines = out.splitlines()
+    assert "harness ms" in lines[1] and "fresh ms" in lines[1]
+    rows = [line.split() for line in lines[2:-1]]
+    assert [r[:2] for r in rows] == [["5,000", str(t)] for t in sorted({1, harness.all_threads()})]
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+    assert "15%" in lines[-1]

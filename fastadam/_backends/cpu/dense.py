@@ -19,7 +19,7 @@ from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
 from ..cache import cached
 from ..shared import element, pointers
-from .runtime import _shares, at, converters, rounding
+from .runtime import at, converters, rounding, shares_memory
 from .threads import run_parallel
 
 OVERLAP = 1  # the kernel's refusal: the gradient shares memory with an array it writes
@@ -44,8 +44,9 @@ def fused_kernel(flags: Flags, f16c: bool | None = None):
     # stays scalar, because the arrays might alias.
     @numba.njit(parallel=True, nogil=True)
     def kernel(param, grad, m, v, v_max, comp, master, coef, noise):
-        if (_shares(grad, param) or _shares(grad, m) or _shares(grad, v)
-                or _shares(grad, v_max) or _shares(grad, comp) or _shares(grad, master)):
+        if (shares_memory(grad, param) or shares_memory(grad, m) or shares_memory(grad, v)
+                or shares_memory(grad, v_max) or shares_memory(grad, comp)
+                or shares_memory(grad, master)):
             return OVERLAP
         c0, c1, c2, c3, c4, c5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
         c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]

@@ -1,7 +1,7 @@
 """The fused 8-bit Adam step on the CPU: one pass over memory, block by block.
 
 Per block of 256 elements, while it is in cache: decode m and v (and v_max) into
-float scratch, run the element update of ``_element.py`` on them (every option
+float scratch, run the element update of ``shared/element.py`` on them (every option
 of the 32-bit step), find each moment's new absmax, and encode it against that.
 Every loop is a plain loop over one block, so each one vectorizes; the encoding
 reads a ``quant8.Encoder`` table (one gather) instead of searching.
@@ -22,11 +22,11 @@ from ..cache import cached
 from ..shared import element
 from ..shared.codes import element_functions
 from .runtime import (
-    _bits_from_f32,
-    _f32_from_bits,
-    _shares,
+    bits_from_f32,
     converters,
+    f32_from_bits,
     rounding,
+    shares_memory,
 )
 from .threads import run_parallel
 
@@ -41,7 +41,7 @@ def _decode(codes, table, absmax, out, n):
         out[j] = table[codes[j]] * absmax
 
 
-_magnitude_bits, _code = element_functions(numba.njit(inline="always"), _bits_from_f32)
+_magnitude_bits, _code = element_functions(numba.njit(inline="always"), bits_from_f32)
 
 
 @numba.njit(inline="always")
@@ -50,7 +50,7 @@ def _absmax(x, n):
     top = np.uint32(0)
     for j in range(n):
         top = max(top, _magnitude_bits(x[j]))
-    return _f32_from_bits(top)
+    return f32_from_bits(top)
 
 
 @numba.njit(inline="always")
@@ -85,10 +85,11 @@ def fused_kernel(flags: Flags):
     @numba.njit(parallel=True, nogil=True)
     def kernel(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax, v_max_absmax,
                comp, master, coef, m_map, v_map, noise):
-        if (_shares(grad, param) or _shares(grad, m_codes) or _shares(grad, v_codes)
-                or _shares(grad, v_max_codes) or _shares(grad, m_absmax)
-                or _shares(grad, v_absmax) or _shares(grad, v_max_absmax)
-                or _shares(grad, comp) or _shares(grad, master)):
+        if (shares_memory(grad, param) or shares_memory(grad, m_codes)
+                or shares_memory(grad, v_codes)
+                or shares_memory(grad, v_max_codes) or shares_memory(grad, m_absmax)
+                or shares_memory(grad, v_absmax) or shares_memory(grad, v_max_absmax)
+                or shares_memory(grad, comp) or shares_memory(grad, master)):
             return OVERLAP
         c0, c1, c2, c3, c4, c5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
         c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]

@@ -18,12 +18,12 @@ from ..shared import convert, pointers
 
 
 @numba.njit
-def _f32_from_bits(u):
+def f32_from_bits(u):
     return np.uint32(u).view(np.float32)
 
 
 @numba.njit
-def _bits_from_f32(x):
+def bits_from_f32(x):
     return np.float32(x).view(np.uint32)
 
 
@@ -91,7 +91,7 @@ def hardware_float16() -> bool:
 def converters(compute: str, f16c: bool | None = None) -> dict:
     """``{dtype name: (load, store)}`` computing in ``compute`` ("float32"/"float64");
     float16 in hardware when ``f16c`` (None: where the CPU has it)."""
-    found = convert.make(numba.njit, _f32_from_bits, _bits_from_f32, np.dtype(compute).type)
+    found = convert.make(numba.njit, f32_from_bits, bits_from_f32, np.dtype(compute).type)
     if hardware_float16() if f16c is None else f16c:
         found["float16"] = _float16_in_hardware(np.dtype(compute).type)
     return found
@@ -105,7 +105,7 @@ def rounding(f16c: bool | None = None) -> tuple:
     jit = numba.njit(inline="always")
     nearest = {k: store for k, (_, store) in converters("float32", f16c).items()}
     _, random = convert.make_random(jit)
-    return convert.make_stochastic(jit, _f32_from_bits, _bits_from_f32, nearest), random
+    return convert.make_stochastic(jit, f32_from_bits, bits_from_f32, nearest), random
 
 
 def _float16_in_hardware(compute) -> tuple:
@@ -123,7 +123,7 @@ def _float16_in_hardware(compute) -> tuple:
 
 
 @numba.njit(inline="always")
-def _shares(a, b) -> bool:
+def shares_memory(a, b) -> bool:
     start, other = a.ctypes.data, b.ctypes.data
     return a.size > 0 and b.size > 0 and start < other + b.nbytes and other < start + a.nbytes
 

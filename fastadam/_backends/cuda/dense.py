@@ -18,28 +18,28 @@ from ..._core import hyper
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
 from ..shared import element, pointers
-from .memory import _fill_zero
+from .memory import fill_zero
 from .norm import clip_kernel
 from .runtime import (
     MAX_BLOCKS,
     THREADS_PER_BLOCK,
     Addresses,
-    _at,
-    _device,
-    _inlined,
     cached,
     converters,
+    device_function,
     disk_cached,
     forget,
+    inlined_function,
     launch_shape,
     multiply,
+    pointer_at,
     rounding,
 )
 
-_step_terms = _device(hyper.step_terms)  # the host's definition, compiled for the GPU
+_step_terms = device_function(hyper.step_terms)  # the host's definition, compiled for the GPU
 
 
-def _counted_coefficients(flags: Flags):
+def counted_coefficients(flags: Flags):
     """``coefficients(count, inv_scale, lr, beta1, beta2, eps, eps_root, bias_correction)``:
     coefficients 4-7 (the step-dependent ones, for update ``count[0] + 1``) and 10 (the
     gradients' multiplier ``inv_scale[0]``), rounded to the compute dtype (float64
@@ -47,7 +47,7 @@ def _counted_coefficients(flags: Flags):
     compute = np.dtype(compute_dtype(flags.param)).type
     nesterov = flags.nesterov
 
-    @_device
+    @device_function
     def coefficients(count, inv_scale, lr, beta1, beta2, eps, eps_root, bias_correction):
         m_coef, g_coef, scaled_eps_root, scaled_eps = _step_terms(
             np.float64(count[0] + 1), lr, beta1, beta2, eps, eps_root, bias_correction, nesterov)
@@ -71,10 +71,10 @@ def fused_kernel(flags: Flags, counted: bool = False):
     ``inv_scale[0]`` itself.
     """
     element_rounding, noise_of = rounding()
-    update = element.make(_device, flags, converters(compute_dtype(flags.param)),
+    update = element.make(device_function, flags, converters(compute_dtype(flags.param)),
                           element_rounding, multiply(compute_dtype(flags.param)))
 
-    @_inlined
+    @inlined_function
     def run(param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
             c10, key, step):
         noise = noise_of(key, step)
@@ -94,7 +94,7 @@ def fused_kernel(flags: Flags, counted: bool = False):
 
         return cached(kernel, "cuda.fused_kernel", flags, counted)
 
-    coefficients = _counted_coefficients(flags)
+    coefficients = counted_coefficients(flags)
 
     @cuda.jit
     def counted_kernel(param, grad, m, v, v_max, comp, master, count, found, inv_scale,
@@ -122,21 +122,21 @@ def multi_kernel(flags: Flags, counted: bool = False):
     found, inv_scale, c0, ..., bias_correction, keys)``.
     """
     element_rounding, noise_of = rounding()
-    update = element.make(_device, flags, converters(compute_dtype(flags.param)),
+    update = element.make(device_function, flags, converters(compute_dtype(flags.param)),
                           element_rounding, multiply(compute_dtype(flags.param)))
     param_t, grad_t, state_t = map(pointers.pointee, (flags.param, flags.grad, flags.state))
     master_t = np.float32
 
-    @_inlined
+    @inlined_function
     def run(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, keys, step):
         row = cuda.blockIdx.x
         while row < chunks.shape[0]:
             t = chunks[row, 0]
             noise = noise_of(keys[t], step)
-            param, grad = _at(tables[0, t], param_t), _at(grads[t], grad_t)
-            m, v, v_max = _at(tables[1, t], state_t), _at(tables[2, t], state_t), _at(
-                tables[3, t], state_t)
-            comp, master = _at(tables[4, t], param_t), _at(tables[5, t], master_t)
+            param, grad = pointer_at(tables[0, t], param_t), pointer_at(grads[t], grad_t)
+            m, v = pointer_at(tables[1, t], state_t), pointer_at(tables[2, t], state_t)
+            v_max = pointer_at(tables[3, t], state_t)
+            comp, master = pointer_at(tables[4, t], param_t), pointer_at(tables[5, t], master_t)
             i = chunks[row, 1] + cuda.threadIdx.x
             while i < chunks[row, 2]:
                 update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6,
@@ -152,7 +152,7 @@ def multi_kernel(flags: Flags, counted: bool = False):
 
         return cached(kernel, "cuda.multi_kernel", flags, counted)
 
-    coefficients = _counted_coefficients(flags)
+    coefficients = counted_coefficients(flags)
 
     @cuda.jit
     def counted_kernel(tables, grads, chunks, count, found, inv_scale, c0, c1, c2, c3, c8, c9,
@@ -213,7 +213,7 @@ class StepCount:
         """Clear the flag, then set it if a gradient (at ``addresses``, of float ``kinds``:
         ``passes`` is their ``norm.GradPasses``) is not finite; the multiplier becomes
         ``1 / grad_scale``."""
-        _fill_zero[1, 1, stream](self.found)
+        fill_zero[1, 1, stream](self.found)
         inv = 1.0 if grad_scale is None else 1.0 / grad_scale
         if inv != self.sent:  # a launch only when the loss scale changes
             _put[1, 1, stream](self.inv_scale, np.float64(inv))
@@ -225,7 +225,7 @@ class StepCount:
         """Clear the flag; from the device's sum of ``squares`` of the gradients, the
         norm, the multiplier that clips and (``skip``) the flag when the norm is not
         finite: ``norm.clip_kernel``."""
-        _fill_zero[1, 1, stream](self.found)
+        fill_zero[1, 1, stream](self.found)
         clip_kernel[1, 1, stream](squares, np.float64(1.0 if grad_scale is None else grad_scale),
                                   np.float64(max_norm), skip, self.norm, self.inv_scale,
                                   self.found)

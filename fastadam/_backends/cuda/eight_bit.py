@@ -23,19 +23,19 @@ from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
 from ..shared import element, pointers
 from ..shared.codes import element_functions
-from .dense import _counted_coefficients, counted_scalars
+from .dense import counted_coefficients, counted_scalars
 from .runtime import (
     MAX_BLOCKS,
     SIMULATOR,
-    _at,
-    _at_from,
-    _bits_from_f32,
-    _device,
-    _f32_from_bits,
+    bits_from_f32,
     cached,
     converters,
+    device_function,
+    f32_from_bits,
     forget,
     multiply,
+    pointer_at,
+    pointer_from,
     rounding,
 )
 
@@ -46,7 +46,7 @@ PER_LANE = BLOCK // WARP
 # thread block is one warp, and the absmax goes through shared memory.
 WARPS = 1 if SIMULATOR else 8
 THREADS = WARP * WARPS
-_magnitude_bits, _code = element_functions(_device, _bits_from_f32)
+_magnitude_bits, _code = element_functions(device_function, bits_from_f32)
 _ALL_LANES = 0xFFFFFFFF
 
 
@@ -54,7 +54,7 @@ def _warp_max(amsgrad: bool):
     """``warp_max(m, v, v_max, tops)``: the three int32 values' maxima over the warp, on
     every lane (``v_max`` only with ``amsgrad``). ``tops``: 3 shared int32 (simulator)."""
     if SIMULATOR:
-        @_device
+        @device_function
         def warp_max(m, v, v_max, tops):  # the thread block is this one warp
             cuda.syncthreads()  # every lane has read the last block's tops
             if cuda.threadIdx.x == 0:
@@ -68,7 +68,7 @@ def _warp_max(amsgrad: bool):
 
         return warp_max
 
-    @_device
+    @device_function
     def warp_max(m, v, v_max, tops):
         shift = 16
         while shift > 0:
@@ -86,7 +86,7 @@ def _inverse(absmax):
     return np.float32(1.0) / absmax if absmax > 0 else np.float32(0.0)
 
 
-_inverse = _device(_inverse)
+_inverse = device_function(_inverse)
 
 
 def _warp_step(flags: Flags):
@@ -96,7 +96,7 @@ def _warp_step(flags: Flags):
     start at the block's first element (``size`` of them); the absmax arrays are the
     array's; ``tops`` the thread block's shared scratch (simulator only)."""
     compute = np.dtype(compute_dtype(flags.param)).type
-    update = element.make(_device, flags, converters(compute_dtype(flags.param)),
+    update = element.make(device_function, flags, converters(compute_dtype(flags.param)),
                           rounding()[0], multiply(compute_dtype(flags.param)), stride=WARP)
     param_t, grad_t = pointers.pointee(flags.param), pointers.pointee(flags.grad)
     amsgrad, kahan, master = flags.amsgrad, flags.kahan, flags.master
@@ -104,7 +104,7 @@ def _warp_step(flags: Flags):
     m_zero = np.int32(quant8.encoder(True).zero)
     v_zero = np.int32(quant8.encoder(False).zero)
 
-    @_device
+    @device_function
     def step(b, size, p, g, k, w, m_codes, v_codes, v_max_codes, m_absmax, v_absmax,
              v_max_absmax, m_map, v_map, m_entries, v_entries, tops, c0, c1, c2, c3, c4, c5,
              c6, c7, c8, c9, c10, noise):
@@ -150,8 +150,8 @@ def _warp_step(flags: Flags):
                 if amsgrad:
                     top_v_max = max(top_v_max, np.int32(_magnitude_bits(v_max[r])))
         top_m, top_v, top_v_max = warp_max(top_m, top_v, top_v_max, tops)
-        new_m, new_v = _f32_from_bits(top_m), _f32_from_bits(top_v)
-        new_v_max = _f32_from_bits(top_v_max)
+        new_m, new_v = f32_from_bits(top_m), f32_from_bits(top_v)
+        new_v_max = f32_from_bits(top_v_max)
         if lane == 0:  # every lane read the old absmax before the shuffles
             m_absmax[b] = new_m
             v_absmax[b] = new_v
@@ -216,7 +216,7 @@ def fused_kernel(flags: Flags, counted: bool = False):
 
         return cached(kernel, "cuda.eight_bit.fused_kernel", flags, counted)
 
-    coefficients = _counted_coefficients(flags)
+    coefficients = counted_coefficients(flags)
 
     @cuda.jit
     def counted_kernel(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax,
@@ -269,16 +269,17 @@ def multi_kernel(flags: Flags, counted: bool = False):
             noise = noise_of(keys[a], step)
             b = block - firsts[a]
             s = b * BLOCK
-            warp_step(b, min(BLOCK, sizes[a] - s), _at_from(tables[0, a], s, param_size, param_t),
-                      _at_from(grads[a], s, grad_size, grad_t),
-                      _at_from(tables[7, a], s, param_size, param_t),
-                      _at_from(tables[8, a], s, 4, np.float32),
-                      _at_from(tables[1, a], s, 1, np.uint8),
-                      _at_from(tables[2, a], s, 1, np.uint8),
-                      _at_from(tables[3, a], s, 1, np.uint8), _at(tables[4, a], np.float32),
-                      _at(tables[5, a], np.float32), _at(tables[6, a], np.float32), m_map,
-                      v_map, m_entries, v_entries, tops, c0, c1, c2, c3, c4, c5, c6, c7, c8,
-                      c9, c10, noise)
+            warp_step(b, min(BLOCK, sizes[a] - s),
+                      pointer_from(tables[0, a], s, param_size, param_t),
+                      pointer_from(grads[a], s, grad_size, grad_t),
+                      pointer_from(tables[7, a], s, param_size, param_t),
+                      pointer_from(tables[8, a], s, 4, np.float32),
+                      pointer_from(tables[1, a], s, 1, np.uint8),
+                      pointer_from(tables[2, a], s, 1, np.uint8),
+                      pointer_from(tables[3, a], s, 1, np.uint8),
+                      pointer_at(tables[4, a], np.float32), pointer_at(tables[5, a], np.float32),
+                      pointer_at(tables[6, a], np.float32), m_map, v_map, m_entries, v_entries,
+                      tops, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, noise)
             block += cuda.gridDim.x * WARPS
 
     if not counted:
@@ -290,7 +291,7 @@ def multi_kernel(flags: Flags, counted: bool = False):
 
         return cached(kernel, "cuda.eight_bit.multi_kernel", flags, counted)
 
-    coefficients = _counted_coefficients(flags)
+    coefficients = counted_coefficients(flags)
 
     @cuda.jit
     def counted_kernel(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries,

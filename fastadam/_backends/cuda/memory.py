@@ -17,7 +17,7 @@ from .runtime import cached, converters, disk_cached, launch_shape
 
 @disk_cached("cuda.fill_zero")
 @cuda.jit
-def _fill_zero(a):
+def fill_zero(a):
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
     while i < a.size:
@@ -51,7 +51,7 @@ def zeros(n: int, dtype) -> object:
     host buffer is allocated or copied."""
     out = cuda.device_array(n, _unsigned(dtype))  # numba allocates integers of any width
     if n:  # integer zeros of the same width are float zeros
-        _fill_zero[launch_shape(n)](out)
+        fill_zero[launch_shape(n)](out)
         cuda.default_stream().synchronize()
     return out.view(np.dtype(dtype))
 

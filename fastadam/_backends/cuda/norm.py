@@ -25,21 +25,21 @@ from .runtime import (
     MAX_BLOCKS,
     THREADS_PER_BLOCK,
     Addresses,
-    _at,
-    _device,
-    _inlined,
     address,
     cached,
     converters,
+    device_function,
     disk_cached,
     forget,
+    inlined_function,
+    pointer_at,
     stream_handle,
 )
 
 THREADS = THREADS_PER_BLOCK
 
 
-@_inlined
+@inlined_function
 def _block_sum(shared, t, value):
     """The block's values summed into ``shared[0]`` by a fixed tree (every thread calls)."""
     shared[t] = value
@@ -66,7 +66,7 @@ def squares_kernel(grad_kind: str):
         t = cuda.threadIdx.x
         row = cuda.blockIdx.x
         while row < chunks.shape[0]:
-            g = _at(grads[chunks[row, 0]], grad_t)
+            g = pointer_at(grads[chunks[row, 0]], grad_t)
             acc = np.float64(0.0)
             i = chunks[row, 1] + t
             while i < chunks[row, 2]:
@@ -94,7 +94,7 @@ def nonfinite_rows_kernel(grad_kind: str):
     def kernel(grads, chunks, flag):
         row = cuda.blockIdx.x
         while row < chunks.shape[0]:
-            g = _at(grads[chunks[row, 0]], grad_t)
+            g = pointer_at(grads[chunks[row, 0]], grad_t)
             i = chunks[row, 1] + cuda.threadIdx.x
             while i < chunks[row, 2]:
                 x = load(g[i])
@@ -180,7 +180,8 @@ def sum_of_squares(grads: list, stream):
     return total
 
 
-_clip_factor, _clip_into_scale = _device(hyper.clip_factor), _device(hyper.clip_into_scale)
+_clip_factor = device_function(hyper.clip_factor)
+_clip_into_scale = device_function(hyper.clip_into_scale)
 
 
 @disk_cached("cuda.norm.clip")

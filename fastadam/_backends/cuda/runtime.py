@@ -55,74 +55,74 @@ MAX_BLOCKS = 4 if SIMULATOR else 65_535
 
 if SIMULATOR:  # plain Python on NumPy scalars
 
-    def _f32_from_bits(u):
+    def f32_from_bits(u):
         return np.uint32(u).view(np.float32)
 
-    def _bits_from_f32(x):
+    def bits_from_f32(x):
         return np.float32(x).view(np.uint32)
 
-    _device = cuda.jit(device=True)
+    device_function = cuda.jit(device=True)
 else:
     from numba.cuda import libdevice
 
-    _device = cuda.jit(device=True)
+    device_function = cuda.jit(device=True)
 
-    @_device
-    def _f32_from_bits(u):
+    @device_function
+    def f32_from_bits(u):
         return libdevice.int_as_float(np.int32(u))
 
-    @_device
-    def _bits_from_f32(x):
+    @device_function
+    def bits_from_f32(x):
         return np.uint32(libdevice.float_as_int(x))
 
 
 # The grid loop a kernel's variants share, inlined into each by Numba as if written there.
-_inlined = cuda.jit(device=True, inline="always")
+inlined_function = cuda.jit(device=True, inline="always")
 
 
 if SIMULATOR:
     # Simulated device memory has no addresses a kernel could follow: a table of
     # pointers holds keys into this registry, filled just before each launch.
-    # ``_at_from(address, start, itemsize, pointee)``: the array at ``address`` from
+    # ``pointer_from(address, start, itemsize, pointee)``: the array at ``address`` from
     # its element ``start`` on (``itemsize`` bytes each), on either target.
     _SIMULATED: dict = {}
 
-    @_device
-    def _at(address, pointee):
+    @device_function
+    def pointer_at(address, pointee):
         return _SIMULATED[int(address)]
 
-    @_device
-    def _at_from(address, start, itemsize, pointee):
+    @device_function
+    def pointer_from(address, start, itemsize, pointee):
         return _SIMULATED[int(address)][start:]
 else:
     from numba.cuda import types as _types
     from numba.cuda.extending import intrinsic
 
-    _at = pointers.make(intrinsic, _types, address_space=1)  # global memory
+    pointer_at = pointers.make(intrinsic, _types, address_space=1)  # global memory
 
-    @_device
-    def _at_from(address, start, itemsize, pointee):
-        return _at(address + np.uint64(start) * np.uint64(itemsize), pointee)
+    @device_function
+    def pointer_from(address, start, itemsize, pointee):
+        return pointer_at(address + np.uint64(start) * np.uint64(itemsize), pointee)
 
 
 @cache
 def converters(compute: str) -> dict:
     """``{dtype name: (load, store)}`` device functions computing in ``compute``."""
-    return convert.make(_device, _f32_from_bits, _bits_from_f32, np.dtype(compute).type)
+    return convert.make(device_function, f32_from_bits, bits_from_f32, np.dtype(compute).type)
 
 
 if SIMULATOR:  # NumPy scalars: each product rounds on its own
-    @_device
+    @device_function
     def _mul32(a, b):
         return a * b
 
     _mul64 = _mul32
 else:  # NVVM would contract a * b + c into an FMA, which rounds once: the CPU rounds twice
-    @_device
+    @device_function
     def _mul32(a, b):
         return libdevice.fmul_rn(a, b)
 
-    @_device
+    @device_function
     def _mul64(a, b):
         return libdevice.dmul_rn(a, b)
 
@@ -137,8 +137,8 @@ def rounding() -> tuple:
     """``((stochastic stores, random), noise)``: the element update's rounding pieces on the
     GPU, and ``noise(key, step)``, an array's random bits at a step (as on the CPU)."""
     nearest = {k: store for k, (_, store) in converters("float32").items()}
-    noise, random = convert.make_random(_device)
-    stores = convert.make_stochastic(_device, _f32_from_bits, _bits_from_f32, nearest)
+    noise, random = convert.make_random(device_function)
+    stores = convert.make_stochastic(device_function, f32_from_bits, bits_from_f32, nearest)
     return (stores, random), noise
 
 

@@ -20,13 +20,13 @@ from numba import cuda
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
 from ..shared import element
-from .memory import _fill_zero
+from .memory import fill_zero
 from .runtime import (
     MAX_BLOCKS,
     SIMULATOR,
-    _device,
     cached,
     converters,
+    device_function,
     disk_cached,
     launch_shape,
     multiply,
@@ -74,7 +74,7 @@ def check_indices(indices, rows: int, stream) -> None:
     if indices.size == 0:
         return
     found = scratch("found", 2, np.int64, stream)
-    _fill_zero[1, 1, stream](found)
+    fill_zero[1, 1, stream](found)
     _bad_indices[launch_shape(indices.size) + (stream,)](indices, rows, found)
     count, bad = found.copy_to_host(stream=stream)
     if count:
@@ -90,7 +90,7 @@ def _keys(indices, keys):
         k += cuda.gridsize(1)
 
 
-@_device
+@device_function
 def _lower_bound(keys, lo, hi, key):
     """The first position in sorted ``keys[lo:hi]`` whose key is not below ``key``."""
     while lo < hi:
@@ -143,7 +143,7 @@ def sparse_kernel(flags: Flags):
     rounding); launched with (ROW_THREADS, POSITIONS) threads per block."""
     convert = converters(compute_dtype(flags.param))
     element_rounding, noise_of = rounding()
-    update = element.make_sparse(_device, flags, convert, element_rounding,
+    update = element.make_sparse(device_function, flags, convert, element_rounding,
                                  multiply(compute_dtype(flags.param)))
     load_g = convert[flags.grad][0]
 

@@ -75,7 +75,8 @@ def make(jit, flags: Flags, converters: dict, rounding: tuple, mul=None, stride:
     plain product by default.
     """
     mul = _plain_multiply(jit) if mul is None else mul
-    maximize, amsgrad, l2_decay, decoupled_decay, nesterov = flags[:5]
+    maximize, amsgrad, nesterov = flags.maximize, flags.amsgrad, flags.nesterov
+    l2_decay, decoupled_decay = flags.l2_decay, flags.decoupled_decay
     load_param, store_param = _param_access(jit, flags, converters, rounding)
     load_g = converters[flags.grad][0]
     load_s, store_s = converters[flags.state]
