@@ -105,8 +105,10 @@ def adam_step(
     Raises:
         TypeError, ValueError: on bad input, naming the argument; nothing is modified.
     """
-    h = hyper(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
-              bias_correction, eps_root, nesterov, decouple_lr, max_lr)
+    h = hyper(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+              decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
+              maximize=maximize, bias_correction=bias_correction, eps_root=eps_root,
+              nesterov=nesterov, decouple_lr=decouple_lr, max_lr=max_lr)
     step, scale, threads, kind, cuda_stream = _call(step, grad_scale, num_threads, backend,
                                                     stream, param)
     arrays = array_checks.step_arrays(kind, param, grad, m, v, v_max, kahan_comp, master_params,
@@ -174,8 +176,10 @@ def adam_step_8bit(
     Raises:
         TypeError, ValueError: on bad input, naming the argument; nothing is modified.
     """
-    h = hyper(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
-              bias_correction, eps_root, nesterov, decouple_lr, max_lr)
+    h = hyper(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+              decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
+              maximize=maximize, bias_correction=bias_correction, eps_root=eps_root,
+              nesterov=nesterov, decouple_lr=decouple_lr, max_lr=max_lr)
     step, scale, threads, kind, cuda_stream = _call(step, grad_scale, num_threads, backend,
                                                     stream, param)
     *arrays, codes, absmax = array_checks.step_arrays_8bit(
@@ -235,7 +239,7 @@ def sparse_adam_step(
     Raises:
         TypeError, ValueError: on bad input, naming the argument; nothing is modified.
     """
-    h = hyper(lr, betas, eps, 0.0, False, False, maximize)
+    h = hyper(lr=lr, betas=betas, eps=eps, maximize=maximize)
     step, _, threads, kind, cuda_stream = _call(step, None, num_threads, backend, stream, param)
     arrays = array_checks.sparse_arrays(kind, param, indices, values, m, v, kahan_comp,
                                         master_params)

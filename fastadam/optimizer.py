@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._backends.dispatch import resolve
-from ._backends.shared.convert import rounding_key
+from ._backends.dispatch import resolve, rounding_key
 from ._core import array_checks, checks
 from ._core.gpu import is_device, wait_for_producer
+from ._core.options import KEYS as HYPER_KEYS
 from ._state import checkpoint as _checkpoint
 from ._state import groups as _groups
 from ._state import state_dict as _state_dict
@@ -23,7 +23,7 @@ from ._state.plans import Plans
 from ._state.slots import STATE_KEYS, Options, Slot
 
 if TYPE_CHECKING:  # numba.cuda, imported only when a GPU step is asked for
-    from ._backends.cuda.norm import DeviceNorm
+    from ._backends.dispatch import DeviceNorm
 
 
 class Adam:
@@ -111,10 +111,9 @@ class Adam:
         seed: int = 0,
         max_grad_norm: float | None = None,
     ) -> None:
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, bias_correction=bias_correction, eps_root=eps_root,
-                        nesterov=nesterov, decouple_lr=decouple_lr, max_lr=max_lr)
+        # Every declared hyperparameter, by name, as passed (the first statement: the
+        # arguments are all the locals there are).
+        defaults = {k: v for k, v in locals().items() if k in HYPER_KEYS}
         self._single = isinstance(params, np.ndarray) or is_device(params)
         specs = [{"params": [params]}] if self._single else _groups.specs(params)
         hypers = [_groups.group_hyper(defaults, spec) for spec in specs]

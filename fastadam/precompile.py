@@ -18,13 +18,13 @@ import numpy as np
 from ._backends import cache
 from ._core.bfloat16 import as_bfloat16
 from ._core.dtypes import numpy_dtype
+from ._core.options import KERNEL_FLAGS
 from .optimizer import Adam
 
 OPTIONS = {
     "adam": {},
     "adamw": {"weight_decay": 1e-2, "decoupled_weight_decay": True},
-    "amsgrad": {"amsgrad": True},
-    "nesterov": {"nesterov": True},
+    **{name: {name: True} for name in KERNEL_FLAGS if name != "maximize"},  # same cost
     "skip_nonfinite": {"skip_nonfinite": True},
     "master": {"master_weights": True},
     "8bit": {"state_dtype": "8bit"},

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ._backends.dispatch import apply_sparse, prepare_sparse, resolve
-from ._backends.shared.convert import rounding_key
+from ._backends.dispatch import apply_sparse, prepare_sparse, resolve, rounding_key
 from ._core import array_checks, checks
 from ._core.hyper import hyper
 from ._state import checkpoint as _checkpoint
@@ -50,7 +49,7 @@ class SparseAdam:
         stochastic_rounding: bool = False,
         seed: int = 0,
     ) -> None:
-        self._h = hyper(lr, betas, eps, 0.0, False, False, maximize)
+        self._h = hyper(lr=lr, betas=betas, eps=eps, maximize=maximize)
         self._backend = resolve(checks.backend(backend), table)
         self._num_threads = checks.num_threads(num_threads)
         if isinstance(state_dtype, str) and state_dtype == EIGHT_BIT:
@@ -143,8 +142,8 @@ class SparseAdam:
         if missing:
             raise ValueError(f"state_dict['param_groups'][0] lacks {sorted(missing)}")
         try:
-            h = hyper(group["lr"], group["betas"], group["eps"], 0.0, False, False,
-                      group.get("maximize", False))
+            h = hyper(lr=group["lr"], betas=group["betas"], eps=group["eps"],
+                      maximize=group.get("maximize", False))
         except (TypeError, ValueError) as e:
             raise type(e)(f"state_dict['param_groups'][0]: {e}") from e
         for option in _OPTION_KEYS[1:]:

@@ -9,7 +9,9 @@ costs a third of a second) nor numba.cuda (an optional dependency).
 from __future__ import annotations
 
 import math
+from functools import partial
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,8 +19,11 @@ from .._core.dtypes import compute_dtype, kind
 from .._core.gpu import is_device
 from .._core.hyper import Flags, Hyper, coefficients, flags
 from .reference import adam_step_8bit_numpy, adam_step_numpy, sparse_adam_step_numpy
-from .shared.convert import noise_of
+from .shared.convert import noise_of, rounding_key  # noqa: F401  (rounding_key: the door)
 from .views import as_kernel_array, data_address, kernel_views
+
+if TYPE_CHECKING:  # numba.cuda: for annotations above the door
+    from .cuda.norm import DeviceNorm  # noqa: F401
 
 _loaded: dict = {}
 
@@ -262,3 +267,66 @@ def to_host(backend: str, a, dtype) -> np.ndarray:
 def from_host(backend: str, a: np.ndarray):
     """Backend state from a host array (already a fresh, C-contiguous copy)."""
     return cuda().memory.to_device(a) if backend == "cuda" else a
+
+
+# The plans' ways into a backend: ``_state`` reaches ``cpu/`` and ``cuda/`` only through
+# these (an import contract forbids it the backend modules themselves).
+
+
+def host_batches(groups: list):
+    """The CPU plan that steps a list's alike arrays in one parallel region per batch."""
+    return cpu().batches.HostBatches(groups)
+
+
+def device_batches(groups: list):
+    """The GPU plan that steps a list's alike arrays in one launch per batch."""
+    return cuda().batches.DeviceBatches(groups)
+
+
+def device_step_count(step: int):
+    """The step count, skip flag and gradients' multiplier kept on the GPU."""
+    return cuda().dense.StepCount(step)
+
+
+def device_grad_passes(sizes: list):
+    """The one-launch reads of a list's gradients on the GPU (norm, non-finite check)."""
+    return cuda().norm.GradPasses(sizes)
+
+
+def device_norm(norm, owner, serial: int, stream):
+    """The clipped step's gradient norm, on the GPU until read."""
+    return cuda().norm.DeviceNorm(norm, owner, serial, stream)
+
+
+def forget_addresses(addresses) -> None:
+    """Done with the device addresses of one launch (simulated ones are registered)."""
+    cuda().runtime.forget(addresses)
+
+
+def device_address(a) -> int:
+    """A GPU array's device address."""
+    return cuda().runtime.address(a)
+
+
+def addresses_last() -> bool:
+    """Whether a GPU array's address stays valid after its launch (not on numba's
+    simulator, which registers simulated addresses per launch)."""
+    return not cuda().runtime.SIMULATOR
+
+
+def adam_step_cuda_counted(arrays: tuple, flags: Flags, h: Hyper, steps, stream,
+                           key: int = 0) -> None:
+    """The GPU step of one array with its step count on the device (``steps``)."""
+    cuda().dense.adam_step_cuda_counted(kernel_views(arrays), flags, h, steps, stream, key)
+
+
+def thin_call(flags: Flags, size: int, num_threads: int | None):
+    """``call(param, grad, m, v, v_max, comp, master, coef, noise)``: the fused CPU step
+    of ``size`` elements as the thinnest path makes it, looked up once per gradient dtype:
+    on one thread by a compiled wrapper where one thread runs anyway (small arrays, or
+    ``num_threads=1``), else through the thread choice of ``cpu/threads.run_parallel``."""
+    backend = cpu()
+    if num_threads == 1 or (num_threads is None and size < backend.threads.SERIAL_BELOW):
+        return backend.dense.one_thread_kernel(flags)
+    return partial(backend.threads.run_parallel, num_threads, size,
+                   backend.dense.fused_kernel(flags))

@@ -10,46 +10,34 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from . import checks
+from . import options
 
 
-class Hyper(NamedTuple):
-    """Validated hyperparameters of Adam/AdamW and their variants."""
-
-    lr: float
-    beta1: float
-    beta2: float
-    eps: float
-    weight_decay: float
-    decoupled_weight_decay: bool
-    amsgrad: bool
-    maximize: bool
-    bias_correction: bool = True
-    eps_root: float = 0.0
-    nesterov: bool = False
-    decouple_lr: bool = False  # param *= 1 - weight_decay * lr / max_lr
-    max_lr: float | None = None
+def _record(name: str, doc: str, fields: list, defaults: tuple = ()):
+    record = NamedTuple(name, fields)
+    record.__doc__ = doc
+    record.__new__.__defaults__ = defaults or None
+    return record
 
 
-class Flags(NamedTuple):
-    """What a kernel specializes on: each combination compiles once, lazily.
+# Validated hyperparameters, one field per declared option (``betas`` as two).
+Hyper = _record(
+    "Hyper", "Validated hyperparameters of Adam/AdamW and their variants (``options``).",
+    [(f, object) for o in options.HYPERPARAMETERS
+     for f in (("beta1", "beta2") if o.name == "betas" else (o.name,))])
 
-    The dtype fields are names ("float16", "bfloat16", "float32", "float64"):
-    16-bit arrays reach the kernels as uint16 views, so their kind must be known
-    at compile time.
-    """
-
-    maximize: bool
-    amsgrad: bool
-    l2_decay: bool  # Adam: grad += weight_decay * param
-    decoupled_decay: bool  # AdamW: param *= decay_factor
-    nesterov: bool
-    kahan: bool  # a 16-bit compensation buffer carries what rounding the params lost
-    master: bool  # float32 master params; the 16-bit params get them rounded
-    param: str
-    grad: str
-    state: str
-    stochastic: bool = False  # 16-bit params rounded stochastically (no compensation)
+# What a kernel specializes on: each combination compiles once, lazily. The declared
+# kernel options by name; ``l2_decay`` (Adam: grad += weight_decay * param) and
+# ``decoupled_decay`` (AdamW: param *= decay_factor); ``kahan`` (a 16-bit compensation
+# buffer carries what rounding the params lost), ``master`` (float32 master params),
+# ``stochastic`` (16-bit params rounded stochastically); and the dtypes by name
+# ("float16", "bfloat16", "float32", "float64": 16-bit arrays reach the kernels as
+# uint16 views, so their kind must be known at compile time).
+Flags = _record(
+    "Flags", "What a kernel specializes on (see the comment above its definition).",
+    [*((name, bool) for name in options.KERNEL_FLAGS), ("l2_decay", bool),
+     ("decoupled_decay", bool), ("kahan", bool), ("master", bool), ("param", str),
+     ("grad", str), ("state", str), ("stochastic", bool)], (False,))
 
 
 # Order of the coefficient vector handed to the kernels.
@@ -73,8 +61,10 @@ def flags(h: Hyper, param: str, grad: str, state: str, kahan: bool, master: bool
     """The kernel specialization for these hyperparameters and dtypes."""
     decay = h.weight_decay != 0.0
     decoupled = h.decoupled_weight_decay or h.decouple_lr
-    return Flags(h.maximize, h.amsgrad, decay and not decoupled, decay and decoupled,
-                 h.nesterov, kahan, master, param, grad, state, stochastic)
+    return Flags(**{name: getattr(h, name) for name in options.KERNEL_FLAGS},
+                 l2_decay=decay and not decoupled, decoupled_decay=decay and decoupled,
+                 kahan=kahan, master=master, param=param, grad=grad, state=state,
+                 stochastic=stochastic)
 
 
 STEP_DEPENDENT = slice(4, 8)  # m_coef, g_coef, scaled_eps_root, scaled_eps
@@ -154,30 +144,22 @@ def coefficients(h: Hyper, step: int, grad_scale: float | None = None) -> tuple[
     )
 
 
-def hyper(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
-          bias_correction=True, eps_root=0.0, nesterov=False, decouple_lr=False,
-          max_lr=None) -> Hyper:
-    """Validate hyperparameters against torch's (and optax's, optimi's) ranges."""
-    beta1, beta2 = checks.betas(betas)
-    decouple_lr = checks.flag("decouple_lr", decouple_lr)
-    if decouple_lr:
-        if max_lr is None:
-            raise ValueError("decouple_lr=True needs max_lr, the peak learning rate")
-        max_lr = checks.positive("max_lr", max_lr)
-    elif max_lr is not None:
-        max_lr = checks.positive("max_lr", max_lr)
-    return Hyper(
-        checks.real("lr", lr),
-        beta1,
-        beta2,
-        checks.real("eps", eps),
-        checks.real("weight_decay", weight_decay),
-        checks.flag("decoupled_weight_decay", decoupled_weight_decay),
-        checks.flag("amsgrad", amsgrad),
-        checks.flag("maximize", maximize),
-        checks.flag("bias_correction", bias_correction),
-        checks.real("eps_root", eps_root),
-        checks.flag("nesterov", nesterov),
-        decouple_lr,
-        max_lr,
-    )
+def hyper(**settings) -> Hyper:
+    """Validated hyperparameters from keyword ``settings`` (``options.KEYS``; the rest take
+    their declared defaults), against torch's (and optax's, optimi's) ranges."""
+    values = options.checked(settings)
+    beta1, beta2 = values.pop("betas")
+    return Hyper(beta1=beta1, beta2=beta2, **values)
+
+
+def step_terms_for(jit, kernel_flags: Flags):
+    """``terms(step, lr, beta1, beta2, eps, eps_root, bias_correction)``: ``step_terms``
+    compiled with ``jit`` for the kernel options of ``kernel_flags``, as constants."""
+    nesterov = kernel_flags.nesterov
+    compiled = jit(step_terms)
+
+    @jit
+    def terms(step, lr, beta1, beta2, eps, eps_root, bias_correction):
+        return compiled(step, lr, beta1, beta2, eps, eps_root, bias_correction, nesterov)
+
+    return terms

@@ -9,10 +9,7 @@ import numpy as np
 from .._core import array_checks
 from .._core.gpu import is_device
 from .._core.hyper import Hyper, hyper
-
-HYPER_KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
-              "decoupled_weight_decay", "bias_correction", "eps_root", "nesterov",
-              "decouple_lr", "max_lr")
+from .._core.options import KEYS as HYPER_KEYS
 
 
 def specs(params) -> list[dict]:
@@ -52,13 +49,7 @@ def group_hyper(defaults: dict, spec: dict) -> Hyper:
 
 def as_dict(h: Hyper) -> dict:
     """The hyperparameters as the keyword arguments that set them."""
-    return {
-        "lr": h.lr, "betas": (h.beta1, h.beta2), "eps": h.eps,
-        "weight_decay": h.weight_decay, "amsgrad": h.amsgrad, "maximize": h.maximize,
-        "decoupled_weight_decay": h.decoupled_weight_decay,
-        "bias_correction": h.bias_correction, "eps_root": h.eps_root,
-        "nesterov": h.nesterov, "decouple_lr": h.decouple_lr, "max_lr": h.max_lr,
-    }
+    return {k: (h.beta1, h.beta2) if k == "betas" else getattr(h, k) for k in HYPER_KEYS}
 
 
 def index(group, count: int) -> int:

@@ -18,12 +18,20 @@ from typing import NamedTuple
 import numpy as np
 
 from .._backends.dispatch import (
+    adam_step_cuda_counted,
+    addresses_last,
     all_finite,
     apply,
     apply_8bit,
-    cpu,
-    cuda,
+    device_address,
+    device_batches,
+    device_grad_passes,
+    device_norm,
+    device_step_count,
+    forget_addresses,
+    host_batches,
     sum_of_squares,
+    thin_call,
     wait_for_inputs,
 )
 from .._backends.views import kernel_views
@@ -69,14 +77,14 @@ class Plans:
             self.one = OneHostArray(slots[0], num_threads)
         # Skipping and clipping are decided on the device: no waiting.
         if backend == "cuda" and (skip_nonfinite or max_grad_norm is not None):
-            self.steps = cuda().dense.StepCount(slots[0].step)  # all equal: load_state_dict checks
-            self.passes = cuda().norm.GradPasses([slot.flat.size for slot in slots])
+            self.steps = device_step_count(slots[0].step)  # all equal: load_state_dict checks
+            self.passes = device_grad_passes([slot.flat.size for slot in slots])
         # Lists step in one parallel region (CPU) or one launch (GPU) per batch of alike arrays.
         if not single and backend == "cpu":
-            self.host = cpu().batches.HostBatches(groups)
+            self.host = host_batches(groups)
         if not single and backend == "cuda":
 
-            self.gpu = cuda().batches.DeviceBatches(groups)
+            self.gpu = device_batches(groups)
 
     def step(self, grads, grad_scale, stream, prescaled: bool = False) -> bool:
         """Check ``grads`` and everything else, then step; False when ``skip_nonfinite``
@@ -125,7 +133,7 @@ class Plans:
             self.gpu.step(g, h, kinds, addresses, None, stream, self.steps)
         if self.steps is not None:
             self.steps.end(stream)
-        cuda().runtime.forget(addresses)
+        forget_addresses(addresses)
         return True
 
     def _step_counted(self, flats: list, scale, stream) -> None:
@@ -141,7 +149,7 @@ class Plans:
             self._step_rest(first, slots, done, flats, h, scale, stream, self.steps)
             first += len(slots)
         self.steps.end(stream)
-        cuda().runtime.forget(addresses)
+        forget_addresses(addresses)
 
     def _begin_on_device(self, kinds: tuple, addresses: np.ndarray, scale, stream) -> None:
         """The one read of the gradients before a counted step: the norm pass and the
@@ -154,8 +162,7 @@ class Plans:
         self.steps.begin_clipped(squares, scale, self.max_grad_norm, self.skip_nonfinite,
                                  stream)
         self.norm_serial += 1
-        self.grad_norm = cuda().norm.DeviceNorm(self.steps.norm, self, self.norm_serial,
-                                                stream)
+        self.grad_norm = device_norm(self.steps.norm, self, self.norm_serial, stream)
 
     def step_count(self) -> int:
         """How many updates were applied (from the device, a wait, where it counts)."""
@@ -187,7 +194,7 @@ class Plans:
     def _device_grads(self, flats: list) -> tuple:
         """(float kinds, device addresses) of checked GPU gradients, kept with them."""
         seen = self.seen  # (simulated addresses are dropped after each launch)
-        if seen is not None and seen.flats is flats and not cuda().runtime.SIMULATOR:
+        if seen is not None and seen.flats is flats and addresses_last():
             if seen.located is None:
                 self.seen = seen = seen._replace(located=_device_grads(flats))
             return seen.located
@@ -263,8 +270,7 @@ class Plans:
                 continue
             arrays = (slot.flat, flat, *slot.state)
             if steps is not None:
-                cuda().dense.adam_step_cuda_counted(kernel_views(arrays), slot.flags, h, steps,
-                                                    stream, slot.key)
+                adam_step_cuda_counted(arrays, slot.flags, h, steps, stream, slot.key)
                 continue
             apply(self.backend, arrays, h, slot.flags, slot.step + 1, grad_scale=scale,
                   num_threads=self.num_threads, stream=stream, key=slot.key)
@@ -284,9 +290,8 @@ def _numba_owned(arrays) -> bool:
 
 def _device_grads(flats: list) -> tuple:
     """(float kinds, device addresses) of checked GPU gradients."""
-    address = cuda().runtime.address
     return ([kind(f.dtype) for f in flats],
-            np.array([address(f) for f in flats], dtype=np.uint64))
+            np.array([device_address(f) for f in flats], dtype=np.uint64))
 
 
 def _guarded(slots: list, single: bool, adopted: bool) -> dict:
@@ -301,6 +306,9 @@ def _guarded(slots: list, single: bool, adopted: bool) -> dict:
     return guarded
 
 
+_NO_NOISE = np.uint32(0)  # the noise argument where rounding is to nearest
+
+
 class OneHostArray:
     """The thinnest call: one host params array, gradients of a dtype seen before.
 
@@ -312,12 +320,11 @@ class OneHostArray:
     def __init__(self, slot, num_threads: int | None) -> None:
         self.slot = slot
         self.num_threads, self.size = num_threads, slot.flat.size
-        self.run = cpu().threads.run_parallel  # (looked up once: this is the thin call)
         self.shape, self.one_d = slot.array.shape, slot.array.ndim == 1
         self.views = kernel_views((slot.flat, slot.flat, *slot.state))
         self.coef = np.empty(11, compute_dtype(slot.flags.param))
         self.hyper = None  # the hyperparameters ``coef`` holds, but for the step's own
-        self.kernels: dict = {}  # gradient dtype -> (kernel, 16-bit?)
+        self.kernels: dict = {}  # gradient dtype -> (call, 16-bit?): see dispatch.thin_call
 
     def step(self, grads, h) -> bool:
         """One update if ``grads`` takes this path (True), else False, nothing done."""
@@ -342,9 +349,8 @@ class OneHostArray:
             self.coef[:] = coefficients(h, slot.step + 1)
             self.hyper = h
         param, _, m, v, v_max, comp, master = self.views
-        noise = np.uint32(slot.noise(slot.step + 1))
-        refused = self.run(self.num_threads, self.size, kernel, param, flat, m, v, v_max, comp,
-                           master, self.coef, noise)
+        noise = np.uint32(slot.noise(slot.step + 1)) if slot.flags.stochastic else _NO_NOISE
+        refused = kernel(param, flat, m, v, v_max, comp, master, self.coef, noise)
         if refused:
             raise ValueError("grads and params (or their state) overlap in memory; "
                              "pass separate arrays")
@@ -355,7 +361,8 @@ class OneHostArray:
         grad_kind = kind(dtype)
         if grad_kind is None:
             return None
-        kernel = cpu().dense.fused_kernel(self.slot.flags._replace(grad=grad_kind))
+        kernel = thin_call(self.slot.flags._replace(grad=grad_kind), self.size,
+                           self.num_threads)
         found = (kernel, dtype.itemsize == 2)
         self.kernels[dtype] = found
         return found

@@ -15,8 +15,15 @@ import numbers
 
 import numpy as np
 
-from .._backends.dispatch import as_float32, flags_8bit, from_host, step_flags, to_host, zeros
-from .._backends.shared.convert import noise_of
+from .._backends.dispatch import (
+    as_float32,
+    flags_8bit,
+    from_host,
+    noise_of,
+    step_flags,
+    to_host,
+    zeros,
+)
 from .._core import checks, quant8
 from .._core.dtypes import SIXTEEN_BIT, compute_dtype, dtype_kind, kind, numpy_dtype
 

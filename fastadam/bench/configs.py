@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from .._core.dtypes import numpy_dtype
+from .._core.options import KERNEL_FLAGS
 
 # Adam keyword arguments of each configuration, on top of the defaults a user gets:
 # on 16-bit params those include Kahan summation, so "adam" is what ``Adam(params)`` does
@@ -13,8 +14,7 @@ from .._core.dtypes import numpy_dtype
 CONFIGS = {
     "adam": {},
     "adamw": {"weight_decay": 1e-2, "decoupled_weight_decay": True},
-    "amsgrad": {"amsgrad": True},
-    "nesterov": {"nesterov": True},
+    **{name: {name: True} for name in KERNEL_FLAGS},  # each option compiled into the kernel
     "skip_nonfinite": {"skip_nonfinite": True},
     "kahan": {"kahan_summation": True},
     "no_kahan": {"kahan_summation": False},

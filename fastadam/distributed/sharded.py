@@ -24,6 +24,7 @@ import numpy as np
 
 from .._backends.dispatch import all_finite, sum_of_squares
 from .._core import array_checks, checks
+from .._core import options as declared
 from .._core.gpu import is_device
 from .._core.hyper import clip_factor, clipped_scale
 from .._state import checkpoint as _checkpoint
@@ -34,9 +35,10 @@ from .pieces import cut_entry, float_moments, shard_counts
 
 __all__ = ["ShardedAdam", "ShardedAdamW"]
 
-_OPTION_KEYS = ("bias_correction", "eps_root", "nesterov", "decouple_lr", "max_lr",
-                "state_dtype", "kahan_summation", "master_weights", "skip_nonfinite",
-                "stochastic_rounding", "seed", "max_grad_norm")
+# The keywords beyond the signature's: the other hyperparameters, and the settings.
+_SIGNATURE = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
+              "decoupled_weight_decay")
+_OPTION_KEYS = (*(k for k in declared.KEYS if k not in _SIGNATURE), *declared.SETTINGS)
 
 
 class ShardedAdam:
@@ -74,14 +76,10 @@ class ShardedAdam:
             if unknown:
                 raise TypeError(f"unknown options {sorted(unknown)}; ShardedAdam takes "
                                 f"{', '.join(_OPTION_KEYS)}")
-            defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                            amsgrad=amsgrad, maximize=maximize,
-                            decoupled_weight_decay=decoupled_weight_decay,
-                            bias_correction=options.pop("bias_correction", True),
-                            eps_root=options.pop("eps_root", 0.0),
-                            nesterov=options.pop("nesterov", False),
-                            decouple_lr=options.pop("decouple_lr", False),
-                            max_lr=options.pop("max_lr", None))
+            defaults = {**declared.DEFAULTS, "lr": lr, "betas": betas, "eps": eps,
+                        "weight_decay": weight_decay, "amsgrad": amsgrad, "maximize": maximize,
+                        "decoupled_weight_decay": decoupled_weight_decay,
+                        **{k: options.pop(k) for k in declared.KEYS if k in options}}
             self._setup(params, defaults, options, num_threads)
             fingerprint = self._fingerprint()
         except (TypeError, ValueError, ImportError) as e:

@@ -23,9 +23,8 @@ from operator import itemgetter
 import numpy as np
 import torch
 
-from .._backends.dispatch import apply, resolve, step_flags, sum_of_squares
+from .._backends.dispatch import apply, resolve, rounding_key, step_flags, sum_of_squares
 from .._backends.owned import Owned
-from .._backends.shared.convert import rounding_key
 from .._core import array_checks, checks
 from .._core.gpu import to_stream
 from .._core.hyper import clip_factor, clipped_scale, hyper
@@ -45,9 +44,10 @@ __all__ = ["Adam", "AdamW"]
 
 def _hyper(group: dict):
     """A group's validated hyperparameters (tensor lr and betas read as numbers)."""
-    return hyper(float(group["lr"]), tuple(float(b) for b in group["betas"]), group["eps"],
-                 group["weight_decay"], group["decoupled_weight_decay"], group["amsgrad"],
-                 group["maximize"])
+    return hyper(lr=float(group["lr"]), betas=tuple(float(b) for b in group["betas"]),
+                 eps=group["eps"], weight_decay=group["weight_decay"],
+                 decoupled_weight_decay=group["decoupled_weight_decay"],
+                 amsgrad=group["amsgrad"], maximize=group["maximize"])
 
 
 class _FusedStep:

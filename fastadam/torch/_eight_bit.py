@@ -25,10 +25,10 @@ from .._backends.dispatch import (
     apply_8bit,
     flags_8bit,
     resolve,
+    rounding_key,
     step_flags,
     sum_of_squares,
 )
-from .._backends.shared.convert import rounding_key
 from .._core import array_checks, checks, quant8
 from .._core.hyper import clip_factor, clipped_scale, hyper
 from ._tensors import as_array, current_stream
@@ -51,7 +51,8 @@ class _Adam8bit(torch.optim.Optimizer):
                  weight_decay: float, maximize: bool, min_8bit_size: int,
                  max_grad_norm: float | None = None, stochastic_rounding: bool = False,
                  seed: int = 0) -> None:
-        hyper(lr, betas, eps, weight_decay, True, False, maximize)  # torch-style early errors
+        hyper(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,  # torch-style early errors
+              decoupled_weight_decay=True, maximize=maximize)
         self._max_grad_norm = checks.max_grad_norm(max_grad_norm)
         self.grad_norm = None  # with max_grad_norm: the last step's total norm, unclipped
         options = {"stochastic_rounding": checks.flag("stochastic_rounding",
@@ -91,8 +92,9 @@ class _Adam8bit(torch.optim.Optimizer):
         first = self.param_groups[0] if self.param_groups else {}
         stochastic, seed = first.get("stochastic_rounding", False), first.get("seed", 0)
         for group in self.param_groups:
-            h = hyper(float(group["lr"]), tuple(float(b) for b in group["betas"]),
-                      group["eps"], group["weight_decay"], True, False, group["maximize"])
+            h = hyper(lr=float(group["lr"]), betas=tuple(float(b) for b in group["betas"]),
+                      eps=group["eps"], weight_decay=group["weight_decay"],
+                      decoupled_weight_decay=True, maximize=group["maximize"])
             for p in group["params"]:
                 index += 1
                 if p.grad is None:
@@ -177,10 +179,11 @@ class _Adam8bit(torch.optim.Optimizer):
         groups = []
         for saved, current in zip(saved_groups, self.param_groups):
             group = {k: copy.deepcopy(v) for k, v in saved.items() if k != "params"}
-            hyper(float(group.get("lr", current["lr"])), tuple(group.get("betas",
-                  current["betas"])), group.get("eps", current["eps"]),
-                  group.get("weight_decay", current["weight_decay"]), True, False,
-                  group.get("maximize", current["maximize"]))
+            hyper(lr=float(group.get("lr", current["lr"])),
+                  betas=tuple(group.get("betas", current["betas"])),
+                  eps=group.get("eps", current["eps"]),
+                  weight_decay=group.get("weight_decay", current["weight_decay"]),
+                  decoupled_weight_decay=True, maximize=group.get("maximize", current["maximize"]))
             groups.append({**current, **group, "params": current["params"]})
         self.state.clear()
         self.state.update(state)

@@ -15,8 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._backends.dispatch import apply_sparse, prepare_sparse
-from .._backends.shared.convert import rounding_key
+from .._backends.dispatch import apply_sparse, prepare_sparse, rounding_key
 from .._core import array_checks, checks
 from .._core.hyper import hyper
 from ._tensors import as_array, current_stream
@@ -54,8 +53,8 @@ class SparseAdam(torch.optim.SparseAdam):
         stochastic, seed = first.get("stochastic_rounding", False), first.get("seed", 0)
         index = -1
         for g_index, group in enumerate(self.param_groups):
-            h = hyper(float(group["lr"]), tuple(float(b) for b in group["betas"]),
-                      group["eps"], 0.0, False, False, group.get("maximize", False))
+            h = hyper(lr=float(group["lr"]), betas=tuple(float(b) for b in group["betas"]),
+                      eps=group["eps"], maximize=group.get("maximize", False))
             for p_index, p in enumerate(group["params"]):
                 index += 1
                 grad = p.grad

@@ -57,10 +57,12 @@ CASES = [(k, o) for k, o in itertools.product(KINDS, OPTIONS)
 
 
 def make_flags(kinds, options) -> Flags:
-    return Flags(options.get("maximize", False), options.get("amsgrad", False),
-                 options.get("l2", False), options.get("decoupled", False),
-                 options.get("nesterov", False), options.get("kahan", False),
-                 options.get("master", False), *kinds, options.get("stochastic", False))
+    param, grad, state = kinds
+    return Flags(maximize=options.get("maximize", False), amsgrad=options.get("amsgrad", False),
+                 l2_decay=options.get("l2", False), decoupled_decay=options.get("decoupled", False),
+                 nesterov=options.get("nesterov", False), kahan=options.get("kahan", False),
+                 master=options.get("master", False), param=param, grad=grad, state=state,
+                 stochastic=options.get("stochastic", False))
 
 
 @pytest.mark.parametrize("kinds,options", CASES)

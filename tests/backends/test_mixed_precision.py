@@ -255,8 +255,9 @@ def test_sixteen_bit_kernels_vectorize(param, f16c, state, option):
     from fastadam._backends.cpu import dense
     from fastadam._core.hyper import Flags
 
-    flags = Flags(False, option == "amsgrad", False, False, False, option == "kahan",
-                  option == "master", param, param, state)
+    flags = Flags(maximize=False, amsgrad=option == "amsgrad", nesterov=False, l2_decay=False,
+                  decoupled_decay=False, kahan=option == "kahan", master=option == "master",
+                  param=param, grad=param, state=state)
     cached = dense.fused_kernel(flags, f16c)
     # A fresh compile: a kernel loaded from the disk cache has no assembly text to read.
     kernel = numba.njit(**cached.targetoptions)(cached.py_func)

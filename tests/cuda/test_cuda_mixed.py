@@ -43,7 +43,8 @@ def test_kernel_matches_cpu_kernel(rng, param, grad, state, extra):
               (0.02 * rng.random(n)).astype(state),
               np.zeros(n, param) if extra == "kahan" else None,
               rng.standard_normal(n).astype(F32) if extra == "master" else None]
-    h = hyper(0.01, (0.9, 0.99), 1e-8, 0.1, True, True, False, nesterov=True, eps_root=1e-9)
+    h = hyper(lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, decoupled_weight_decay=True,
+              amsgrad=True, nesterov=True, eps_root=1e-9)
     got = device_step(tuple(arrays), h, 4, grad_scale=2.0)
     host_step(tuple(arrays), h, 4, grad_scale=2.0)
     want = kernel_views(tuple(arrays))

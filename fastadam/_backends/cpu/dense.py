@@ -20,7 +20,7 @@ from ..._core.hyper import Flags
 from ..cache import cached
 from ..shared import element, pointers
 from .runtime import at, converters, rounding, shares_memory
-from .threads import run_parallel
+from .threads import on_one_thread, run_parallel
 
 OVERLAP = 1  # the kernel's refusal: the gradient shares memory with an array it writes
 
@@ -56,6 +56,13 @@ def fused_kernel(flags: Flags, f16c: bool | None = None):
         return 0
 
     return cached(kernel, "cpu.fused_kernel", flags, f16c)
+
+
+@cache
+def one_thread_kernel(flags: Flags):
+    """``fused_kernel(flags)`` on one thread, the thread count set and restored from
+    compiled code (``threads.on_one_thread``): the thin call's kernel for small arrays."""
+    return on_one_thread(fused_kernel(flags), "cpu.fused_kernel.one_thread", flags)
 
 
 @cache

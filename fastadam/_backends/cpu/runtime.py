@@ -132,7 +132,7 @@ def with_threads(num_threads: int | None, fn, *args):
     """``fn(*args)`` on ``num_threads`` Numba threads, restored afterwards even on error."""
     if num_threads is None:
         return fn(*args)
-    get, put = _thread_count()
+    get, put = thread_count_calls()
     previous = get()
     put(num_threads)
     try:
@@ -143,11 +143,11 @@ def with_threads(num_threads: int | None, fn, *args):
 
 def thread_count() -> int:
     """This thread's Numba thread count now (``numba.set_num_threads`` sets it)."""
-    return _thread_count()[0]()
+    return thread_count_calls()[0]()
 
 
 @cache
-def _thread_count() -> tuple:
+def thread_count_calls() -> tuple:
     """(get, set) of this thread's Numba thread count: the threading layer's own calls
     (0.1-0.25 us, checked by ``checks.num_threads`` before), else numba's public ones."""
     try:

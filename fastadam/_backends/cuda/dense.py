@@ -36,8 +36,6 @@ from .runtime import (
     rounding,
 )
 
-_step_terms = device_function(hyper.step_terms)  # the host's definition, compiled for the GPU
-
 
 def counted_coefficients(flags: Flags):
     """``coefficients(count, inv_scale, lr, beta1, beta2, eps, eps_root, bias_correction)``:
@@ -45,12 +43,12 @@ def counted_coefficients(flags: Flags):
     gradients' multiplier ``inv_scale[0]``), rounded to the compute dtype (float64
     hyperparameters, as on the host)."""
     compute = np.dtype(compute_dtype(flags.param)).type
-    nesterov = flags.nesterov
+    step_terms = hyper.step_terms_for(device_function, flags)  # the host's, on the GPU
 
     @device_function
     def coefficients(count, inv_scale, lr, beta1, beta2, eps, eps_root, bias_correction):
-        m_coef, g_coef, scaled_eps_root, scaled_eps = _step_terms(
-            np.float64(count[0] + 1), lr, beta1, beta2, eps, eps_root, bias_correction, nesterov)
+        m_coef, g_coef, scaled_eps_root, scaled_eps = step_terms(
+            np.float64(count[0] + 1), lr, beta1, beta2, eps, eps_root, bias_correction)
         return (compute(m_coef), compute(g_coef), compute(scaled_eps_root), compute(scaled_eps),
                 compute(inv_scale[0]))
 
