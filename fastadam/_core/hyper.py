@@ -67,7 +67,15 @@ def flags(h: Hyper, param: str, grad: str, state: str, kahan: bool, master: bool
                  stochastic=stochastic)
 
 
+# The per-step scalars as one record, from the host to the kernels (which take them in
+# this order, as an array on the CPU and as arguments on the GPU).
+Coefficients = _record("Coefficients", "The per-step scalars, named (``COEFFICIENTS``).",
+                       [(name, float) for name in COEFFICIENTS])
+
 STEP_DEPENDENT = slice(4, 8)  # m_coef, g_coef, scaled_eps_root, scaled_eps
+# What a step with its count on the device still takes from the host.
+HOST_COUNTED = ("beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "weight_decay",
+                "decay_factor")
 
 
 def step_coefficients(h: Hyper, step: int) -> tuple[float, float, float, float]:
@@ -119,7 +127,7 @@ def clip_into_scale(grad_scale: float, factor: float) -> float:
     return grad_scale / factor if factor != 0.0 else math.inf
 
 
-def coefficients(h: Hyper, step: int, grad_scale: float | None = None) -> tuple[float, ...]:
+def coefficients(h: Hyper, step: int, grad_scale: float | None = None) -> Coefficients:
     """The float64 coefficients for update number ``step`` (1-based).
 
     With ``bc = 1 - beta**step`` (or 1 without bias correction), the update
@@ -132,16 +140,12 @@ def coefficients(h: Hyper, step: int, grad_scale: float | None = None) -> tuple[
         decay_factor = 1.0 - h.weight_decay * h.lr / h.max_lr
     else:
         decay_factor = 1.0 - h.lr * h.weight_decay
-    return (
-        h.beta1,
-        1.0 - h.beta1,
-        h.beta2,
-        1.0 - h.beta2,
-        *step_coefficients(h, step),
-        h.weight_decay,
-        decay_factor,
-        1.0 if grad_scale is None else 1.0 / grad_scale,
-    )
+    m_coef, g_coef, scaled_eps_root, scaled_eps = step_coefficients(h, step)
+    return Coefficients(
+        beta1=h.beta1, one_minus_beta1=1.0 - h.beta1, beta2=h.beta2,
+        one_minus_beta2=1.0 - h.beta2, m_coef=m_coef, g_coef=g_coef,
+        scaled_eps_root=scaled_eps_root, scaled_eps=scaled_eps, weight_decay=h.weight_decay,
+        decay_factor=decay_factor, inv_grad_scale=1.0 if grad_scale is None else 1.0 / grad_scale)
 
 
 def hyper(**settings) -> Hyper:

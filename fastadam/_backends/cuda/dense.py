@@ -250,7 +250,7 @@ def counted_scalars(flags: Flags, h) -> tuple:
     hyperparameters of the rest."""
     scalar = np.dtype(compute_dtype(flags.param)).type
     c = hyper.coefficients(h, 1)
-    return (*(scalar(x) for x in c[:4]), *(scalar(x) for x in c[8:10]), h.lr, h.beta1,
+    return (*(scalar(getattr(c, name)) for name in hyper.HOST_COUNTED), h.lr, h.beta1,
             h.beta2, h.eps, h.eps_root, 1.0 if h.bias_correction else 0.0)
 
 
