@@ -22,6 +22,7 @@ LAZY_MODULES = {
     "fastadam._backends.cpu",  # numba, on the first compiled step
     "fastadam._backends.cuda",  # numba.cuda
     "fastadam.bench.roofline_cuda",  # numba.cuda
+    "fastadam.bench.gpu_coefficients",  # numba.cuda
     "fastadam",  # fastadam.torch, from the benchmark: torch
 }
 

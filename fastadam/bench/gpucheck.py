@@ -6,7 +6,8 @@ error, if it fails, and the rest still runs): the GPU benchmark rows (flat buffe
 params, 8-bit state, steps queued back to back, a GPT-2-small parameter list through the
 torch drop-in, a list of 1000 arrays against one buffer, the cost of a call, the clipped
 step), one step past
-32-bit indexing, bad input on the device, and the CPU kernel's thread scaling. GPU times
+32-bit indexing, bad input on the device, the counted step's coefficients (device against
+host, in ulps), and the CPU kernel's thread scaling. GPU times
 are CUDA-event medians of interleaved repeats (wall clock with a synchronize where torch
 is absent, as on numba's simulator, where ``--tiny`` shrinks everything to run the code
 paths, not to time them).
@@ -252,11 +253,19 @@ def bad_input(check: Check) -> dict:
     return {"refusals": out, "params and step count unchanged": unchanged}
 
 
+def coefficient_ulps(check: Check) -> dict:
+    """The counted step's coefficients, device against host (``gpu_coefficients``)."""
+    from .gpu_coefficients import coefficient_ulps as ulps  # numba.cuda at its top
+
+    return ulps(check)
+
+
 SECTIONS = {"flat buffers and 16-bit params": flat_rows, "8-bit state": eight_bit_rows,
             "steps back to back": back_to_back_rows,
             "GPT-2 small through fastadam.torch.AdamW": gpt2_rows,
             "a list of arrays, and one call": list_and_call_rows, "clipped step": clip_rows,
             "past 32-bit indexing": past_32_bit_indexing, "bad input on the device": bad_input,
+            "the counted step's coefficients, device against host": coefficient_ulps,
             "the CPU kernel's thread scaling": cpu_scaling}
 
 
