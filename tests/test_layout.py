@@ -24,6 +24,7 @@ LAZY_MODULES = {
     "fastadam.bench.roofline_cuda",  # numba.cuda
     "fastadam.bench.gpu_coefficients",  # numba.cuda
     "fastadam",  # fastadam.torch, from the benchmark: torch
+    "fastadam.numba",  # fastadam.numba.device (numba.cuda), on first use of fastadam.numba.cuda
 }
 
 

@@ -41,7 +41,7 @@ except ImportError:  # not POSIX: processes starting together may compile a vari
 
 OFF = ("0", "off", "false", "no")
 _PACKAGE = Path(__file__).resolve().parents[1]
-_SOURCES = ("_core", "_backends")  # every kernel is assembled from modules under these
+_SOURCES = ("_core", "_backends", "numba")  # every kernel is assembled from modules here
 
 
 def enabled() -> bool:

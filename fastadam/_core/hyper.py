@@ -136,16 +136,22 @@ def coefficients(h: Hyper, step: int, grad_scale: float | None = None) -> Coeffi
     value with one division per element. Nesterov (as optax)
     uses ``beta1 * m / bc1(step + 1) + (1 - beta1) * g / bc1(step)`` for m / bc1.
     """
-    if h.decouple_lr:
-        decay_factor = 1.0 - h.weight_decay * h.lr / h.max_lr
-    else:
-        decay_factor = 1.0 - h.lr * h.weight_decay
+    decay_factor = decay_factor_of(h.lr, h.weight_decay, h.decouple_lr, h.max_lr)
     m_coef, g_coef, scaled_eps_root, scaled_eps = step_coefficients(h, step)
     return Coefficients(
         beta1=h.beta1, one_minus_beta1=1.0 - h.beta1, beta2=h.beta2,
         one_minus_beta2=1.0 - h.beta2, m_coef=m_coef, g_coef=g_coef,
         scaled_eps_root=scaled_eps_root, scaled_eps=scaled_eps, weight_decay=h.weight_decay,
         decay_factor=decay_factor, inv_grad_scale=1.0 if grad_scale is None else 1.0 / grad_scale)
+
+
+def decay_factor_of(lr, weight_decay, decouple_lr, max_lr):
+    """AdamW's per-step factor on the params: ``1 - lr * weight_decay``, or with
+    ``decouple_lr`` ``1 - weight_decay * lr / max_lr``; the one definition, run on the
+    host and compiled into code that counts its steps itself."""
+    if decouple_lr:
+        return 1.0 - weight_decay * lr / max_lr
+    return 1.0 - lr * weight_decay
 
 
 def hyper(**settings) -> Hyper:

@@ -22,6 +22,7 @@ from .configs import (
 )
 from .contenders import gpu_available
 from .harness import Row, all_threads
+from .inline_suite import inline_rows
 from .plot import plot
 from .progress import Progress, parse_size
 from .report import conclusion, format_table, header, machine
@@ -83,6 +84,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the row-sparse step instead of the dense sweep: float32 tables of "
                         "1M x 64 (1K, 16K, 256K lookups per step) and 10M x 64 (16K), against "
                         "torch.optim.SparseAdam where torch is installed")
+    p.add_argument("--inline", action="store_true",
+                   help="Adam inside compiled code (fastadam.numba) against the same work "
+                        "from Python: a small step, a gradient fused into the update, and a "
+                        "matrix factorization trained all in Numba (--sizes: the fused "
+                        "step's; default 16M)")
     p.add_argument("--check-harness", action="store_true",
                    help="time the fused step's rows against the same step alone in a fresh "
                         "process (default sizes 4M and 16M)")
@@ -239,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     threads_list = sorted({1, threads})
     if args.sparse:
         return sparse_main(args)
+    if args.inline:
+        print(header(machine(), args.repeats, threads))
+        for n in args.sizes or [1 << 24]:
+            print("\n".join(inline_rows(n=n, repeats=args.repeats, rng=np.random.default_rng(
+                args.seed), torch=args.peers or not _missing("torch"))))
+        return 0
     if args.threads == 0:
         return threads_main(args)
     if args.check_harness:

@@ -110,9 +110,9 @@ def test_an_edited_source_is_never_served_an_old_kernel(tmp_path):
     before = run(env, path=copy)
     element = copy / "fastadam" / "_backends" / "shared" / "element.py"
     text = element.read_text()
-    line = "p = p - mul(m_coef, m_i / denom)"
+    line = "p = p - mul(m_coef, div(m_i, denom))"
     assert line in text  # the step of the update every dense kernel inlines: doubled
-    element.write_text(text.replace(line, "p = p - 2 * mul(m_coef, m_i / denom)"))
+    element.write_text(text.replace(line, "p = p - 2 * mul(m_coef, div(m_i, denom))"))
     after = run(env, path=copy)
     assert after["file"] == str(copy / "fastadam" / "__init__.py")
     assert all(misses == 1 for name, (_, misses) in after["kernels"].items()

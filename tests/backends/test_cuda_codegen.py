@@ -14,8 +14,10 @@ cuda = pytest.importorskip("numba.cuda")
 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     pytest.skip("the simulator compiles nothing", allow_module_level=True)
 
+import fastadam.numba.cuda as adam  # noqa: E402
 from numba import types  # noqa: E402
 
+import fastadam.numba as fn  # noqa: E402
 from fastadam._backends.cuda import dense, eight_bit, memory, sparse  # noqa: E402
 from fastadam._core.hyper import Flags  # noqa: E402
 from fastadam.bench import roofline_cuda  # noqa: E402
@@ -338,3 +340,24 @@ print("ok")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=env, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def _user_kernel(p, target, m, v, v_max, c):
+    """A user's kernel: the gradient of a quadratic, then fastadam.numba.cuda.update."""
+    i = cuda.grid(1)
+    if i < p.size:
+        adam.update(i, 2.0 * (target[i] - target[i] * 0.5), p, m, v, c, v_max)
+
+
+@pytest.mark.parametrize("param,state", [("float32", "float32"), ("bfloat16", "float32"),
+                                         ("float16", "float16"), ("float64", "float64")])
+def test_update_compiles_into_a_users_kernel(compile_ptx, param, state):
+    from numba.cuda.typing.typeof import typeof
+
+    c = fn.coefficients(2, fn.hyper(amsgrad=True, weight_decay=0.1, uint16_as=(
+        param if param in ("float16", "bfloat16") else None)))
+    sig = (ARRAY[param][::1], types.float32[::1], ARRAY[state][::1], ARRAY[state][::1],
+           ARRAY[state][::1], typeof(c))
+    ptx = compile_ptx(_user_kernel, sig)
+    assert "sqrt.rn" in ptx and "st.global" in ptx
+    assert "fma.rn.f32" not in ptx  # products round on their own, as on the CPU

@@ -349,3 +349,14 @@ def test_the_harness_check_times_each_row_against_a_fresh_process(capsys):
     assert [r[:2] for r in rows] == [["5,000", str(t)] for t in sorted({1, harness.all_threads()})]
     assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
     assert "15%" in lines[-1]
+
+
+def test_inline_rows():
+    from fastadam.bench.inline_suite import inline_rows
+
+    lines = inline_rows(n=4099, repeats=1, rng=np.random.default_rng(0), torch=False,
+                        data_size=(300, 200, 8, 5000))
+    text = "\n".join(lines)
+    for expected in ("in a @njit loop", "us per step", "fused in a prange loop",
+                     "% of its memory limit", "all in Numba", "SparseAdam from Python", "RMSE"):
+        assert expected in text

@@ -10,7 +10,7 @@ import numba
 import numpy as np
 from llvmlite import binding, ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, cpu, registry
 from numba.extending import intrinsic
 from numba.np.ufunc import parallel
 
@@ -67,6 +67,49 @@ def _prefetch(typingctx, address):
         return context.get_dummy_value()
 
     return types.void(address), codegen
+
+
+@intrinsic
+def divide(typingctx, a, b):
+    """``a / b`` as one IEEE division whatever the caller's error model (Python's checks
+    ``b == 0`` first and raises, which also keeps a loop from vectorizing)."""
+    if not isinstance(a, types.Float) or a != b:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fdiv(*args)
+
+    return a(a, b), codegen
+
+
+class _NoAliasOptions(cpu.CPUTargetOptions):
+    def finalize(self, flags, options):
+        super().finalize(flags, options)
+        flags.noalias = True
+
+
+class _NoAliasTarget(registry.CPUTarget):
+    options = _NoAliasOptions
+
+    @property
+    def target_context(self):  # the CPU target's own: calls link as between njit functions
+        return registry.cpu_target.target_context
+
+    @property
+    def typing_context(self):
+        return registry.cpu_target.typing_context
+
+
+class _NoAliasDispatcher(registry.CPUDispatcher):
+    targetdescr = _NoAliasTarget("cpu")
+
+
+def njit_noalias(fn):
+    """``fn`` compiled as ``numba.njit(nogil=True, error_model="numpy")`` whose array
+    arguments LLVM may take as not overlapping (what prange's loop bodies get): its loops
+    vectorize. The caller checks that written arrays overlap nothing they use."""
+    return _NoAliasDispatcher(fn, targetoptions={"nopython": True, "nogil": True,
+                                                 "error_model": "numpy"})
 
 
 @numba.njit(inline="always")

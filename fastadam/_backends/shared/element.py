@@ -60,32 +60,33 @@ def _plain_multiply(jit):
     return mul
 
 
-def make(jit, flags: Flags, converters: dict, rounding: tuple, mul=None, stride: int = 1):
-    """``update(i, param, grad, m, v, v_max, comp, master, *coefficients, noise, offset)``,
-    in place.
+def _plain_divide(jit):
+    @jit
+    def div(a, b):
+        return a / b
 
-    Arrays are 1-D, 16-bit ones as uint16 views; unused ones (v_max, comp, master
-    when their option is off) are never touched. The coefficients are
-    ``hyper.COEFFICIENTS``, rounded once to the compute dtype. With stochastic
-    rounding, element ``i`` draws the bits of index ``offset + i * stride`` in ``noise``
-    (the array's random noise at this step), wherever the arrays were sliced or
-    gathered. ``mul``: the
-    target's product of two compute-dtype values rounded on its own (on the GPU one that
-    never fuses with an add into an FMA, so that the GPU rounds as the CPU does); a
-    plain product by default.
-    """
+    return div
+
+
+def make_value(jit, flags: Flags, converters: dict, rounding: tuple, mul=None,
+               stride: int = 1, div=None):
+    """``update(i, g, param, m, v, v_max, comp, master, *coefficients, noise, offset)``:
+    ``make``'s update with element ``i``'s gradient given as ``g``, a compute-dtype
+    value (what loading ``grad[i]`` gives), for loops that compute the gradient
+    themselves. ``div``: the target's quotient (one IEEE division, for code compiled
+    with any error model); a plain one by default."""
     mul = _plain_multiply(jit) if mul is None else mul
+    div = _plain_divide(jit) if div is None else div
     maximize, amsgrad, nesterov = flags.maximize, flags.amsgrad, flags.nesterov
     l2_decay, decoupled_decay = flags.l2_decay, flags.decoupled_decay
     load_param, store_param = _param_access(jit, flags, converters, rounding)
-    load_g = converters[flags.grad][0]
     load_s, store_s = converters[flags.state]
 
     @jit
-    def update(i, param, grad, m, v, v_max, comp, master_param, beta1, one_minus_beta1, beta2,
+    def update(i, g, param, m, v, v_max, comp, master_param, beta1, one_minus_beta1, beta2,
                one_minus_beta2, m_coef, g_coef, scaled_eps_root, scaled_eps, weight_decay,
                decay_factor, inv_grad_scale, noise, offset):
-        g = mul(load_g(grad[i]), inv_grad_scale)
+        g = mul(g, inv_grad_scale)
         if maximize:
             g = -g
         p = load_param(i, param, comp, master_param)
@@ -102,10 +103,38 @@ def make(jit, flags: Flags, converters: dict, rounding: tuple, mul=None, stride:
             v_max[i] = store_s(v_i)
         denom = math.sqrt(v_i + scaled_eps_root) + scaled_eps
         if nesterov:
-            p = p - (mul(m_coef, m_i) + mul(g_coef, g)) / denom
+            p = p - div(mul(m_coef, m_i) + mul(g_coef, g), denom)
         else:
-            p = p - mul(m_coef, m_i / denom)
+            p = p - mul(m_coef, div(m_i, denom))
         store_param(i, p, param, comp, master_param, noise, offset + i * stride)
+
+    return update
+
+
+def make(jit, flags: Flags, converters: dict, rounding: tuple, mul=None, stride: int = 1):
+    """``update(i, param, grad, m, v, v_max, comp, master, *coefficients, noise, offset)``,
+    in place.
+
+    Arrays are 1-D, 16-bit ones as uint16 views; unused ones (v_max, comp, master
+    when their option is off) are never touched. The coefficients are
+    ``hyper.COEFFICIENTS``, rounded once to the compute dtype. With stochastic
+    rounding, element ``i`` draws the bits of index ``offset + i * stride`` in ``noise``
+    (the array's random noise at this step), wherever the arrays were sliced or
+    gathered. ``mul``: the
+    target's product of two compute-dtype values rounded on its own (on the GPU one that
+    never fuses with an add into an FMA, so that the GPU rounds as the CPU does); a
+    plain product by default.
+    """
+    update_value = make_value(jit, flags, converters, rounding, mul, stride)
+    load_g = converters[flags.grad][0]
+
+    @jit
+    def update(i, param, grad, m, v, v_max, comp, master_param, beta1, one_minus_beta1, beta2,
+               one_minus_beta2, m_coef, g_coef, scaled_eps_root, scaled_eps, weight_decay,
+               decay_factor, inv_grad_scale, noise, offset):
+        update_value(i, load_g(grad[i]), param, m, v, v_max, comp, master_param, beta1,
+                     one_minus_beta1, beta2, one_minus_beta2, m_coef, g_coef, scaled_eps_root,
+                     scaled_eps, weight_decay, decay_factor, inv_grad_scale, noise, offset)
 
     return update
 

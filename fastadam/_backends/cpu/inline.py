@@ -1,0 +1,322 @@
+"""Adam compiled into the user's own Numba code: the typing and implementations behind
+``fastadam.numba`` (Numba ``overload`` generators: given argument types, an
+implementation, or a ``TypeError`` that says what is wrong).
+
+The element update is ``shared.element``'s, specialized on the record's class (its
+options) and the arrays' dtypes, as the kernels are: a caller's loop has no branch on
+an option, and gives the bits the fused kernel gives.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import numba
+import numpy as np
+from numba import types
+from numba.extending import overload
+from numba.np.ufunc import parallel
+
+from ..._core import hyper as hyperparameters
+from ..._core.dtypes import compute_dtype
+from ..shared import element, records
+from ..shared.signatures import (
+    COMPUTE,
+    absent,
+    constant,
+    default_of,
+    element_update,
+    given_or,
+    given_or_typer,
+    record_kind,
+    step_flags,
+)
+from .dense import OVERLAP, fused_kernel
+from .record_types import constructor
+from .runtime import converters, divide, njit_noalias, prefetch_row, rounding, shares_memory
+from .sparse import AHEAD
+from .threads import SERIAL_BELOW
+
+# Not inlined by Numba: inlined, an argument it returns was written as a copy (numba 0.68).
+overload(given_or)(given_or_typer)
+
+
+@numba.njit
+def check_hyper(lr, beta1, beta2, eps, weight_decay, eps_root, max_lr):
+    """Raise ValueError on a value ``hyper`` refuses (checks.real's ranges)."""
+    if not (0.0 <= lr < math.inf):
+        raise ValueError("fastadam.numba.hyper: lr must be finite and >= 0")
+    if not (0.0 <= beta1 < 1.0) or not (0.0 <= beta2 < 1.0):
+        raise ValueError("fastadam.numba.hyper: betas must each be in [0, 1)")
+    if not (0.0 <= eps < math.inf):
+        raise ValueError("fastadam.numba.hyper: eps must be finite and >= 0")
+    if not (0.0 <= weight_decay < math.inf):
+        raise ValueError("fastadam.numba.hyper: weight_decay must be finite and >= 0")
+    if not (0.0 <= eps_root < math.inf):
+        raise ValueError("fastadam.numba.hyper: eps_root must be finite and >= 0")
+    if max_lr == max_lr and not (0.0 < max_lr < math.inf):
+        raise ValueError("fastadam.numba.hyper: max_lr must be finite and > 0")
+
+
+def hyper_typer(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                decoupled_weight_decay=False, amsgrad=False, maximize=False,
+                bias_correction=True, eps_root=0.0, nesterov=False, decouple_lr=False,
+                max_lr=None, uint16_as=None):
+    """``fastadam.numba.hyper`` in compiled code: the options that choose the update must
+    be constants; weight decay is compiled in wherever ``weight_decay`` is given."""
+    decoupled = constant(decoupled_weight_decay, "decoupled_weight_decay", False)
+    lr_decoupled = constant(decouple_lr, "decouple_lr", False)
+    kind16 = constant(uint16_as, "uint16_as", None)
+    if kind16 not in (None, "float16", "bfloat16"):
+        raise TypeError("fastadam.numba.hyper: uint16_as must be 'float16' or 'bfloat16'")
+    if lr_decoupled and absent(default_of(max_lr)):
+        raise TypeError("fastadam.numba.hyper: decouple_lr=True needs max_lr")
+    decay = default_of(weight_decay)
+    if isinstance(decay, types.Literal):
+        decay = decay.literal_value
+    decay = decay != 0 if not isinstance(decay, types.Type) else True
+    flags = {name: bool(constant(t, name, False)) for name, t in
+             (("amsgrad", amsgrad), ("maximize", maximize), ("nesterov", nesterov))}
+    kind = records.Kind(**flags, l2_decay=decay and not (decoupled or lr_decoupled),
+                        decoupled_decay=decay and (decoupled or lr_decoupled),
+                        uint16_as=kind16)
+    make = constructor(records.record_class("Hyper", kind))
+    on_amsgrad, on_maximize, on_nesterov = flags["amsgrad"], flags["maximize"], flags["nesterov"]
+    on_decoupled, on_lr_decoupled = bool(decoupled), bool(lr_decoupled)
+
+    def impl(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+             decoupled_weight_decay=False, amsgrad=False, maximize=False, bias_correction=True,
+             eps_root=0.0, nesterov=False, decouple_lr=False, max_lr=None, uint16_as=None):
+        beta1, beta2 = betas
+        decay_value = float(given_or(weight_decay, 0.0))
+        peak = float(given_or(max_lr, math.nan))
+        check_hyper(float(lr), float(beta1), float(beta2), float(eps), decay_value,
+                    float(eps_root), peak)
+        return make((float(lr), float(beta1), float(beta2), float(eps), decay_value,
+                     on_decoupled, on_amsgrad, on_maximize, bool(bias_correction),
+                     float(eps_root), on_nesterov, on_lr_decoupled, peak))
+
+    return impl
+
+
+_step_terms = numba.njit(hyperparameters.step_terms)
+_decay_factor = numba.njit(hyperparameters.decay_factor_of)
+
+
+def coefficients_typer(step, h, grad_scale=None):
+    """``fastadam.numba.coefficients`` in compiled code: ``hyper.coefficients``' numbers."""
+    where = "fastadam.numba.coefficients"
+    kind = record_kind(h, "Hyper", "h", where)
+    if not isinstance(step, types.Integer):
+        raise TypeError(f"{where}: step must be an integer, got {step}")
+    if not absent(grad_scale) and not isinstance(grad_scale, (types.Float, types.Integer)):
+        raise TypeError(f"{where}: grad_scale must be a number, got {grad_scale}")
+    make = constructor(records.record_class("Coefficients", kind))
+    nesterov = kind.nesterov
+
+    def impl(step, h, grad_scale=None):
+        if step < 1:
+            raise ValueError("fastadam.numba: step must be >= 1 (the first update is step 1)")
+        scale = float(given_or(grad_scale, 1.0))
+        if not (0.0 < scale < math.inf):
+            raise ValueError("fastadam.numba.coefficients: grad_scale must be finite and > 0")
+        m_coef, g_coef, scaled_eps_root, scaled_eps = _step_terms(
+            float(step), h.lr, h.beta1, h.beta2, h.eps, h.eps_root, h.bias_correction, nesterov)
+        return make((h.beta1, 1.0 - h.beta1, h.beta2, 1.0 - h.beta2, m_coef, g_coef,
+                     scaled_eps_root, scaled_eps, h.weight_decay,
+                     _decay_factor(h.lr, h.weight_decay, h.decouple_lr, h.max_lr), 1.0 / scale))
+
+    return impl
+
+
+def coefficients_of(step, h, grad_scale=None):
+    """The compiled ``coefficients``, for the implementations below."""
+    raise NotImplementedError("compiled code only")
+
+
+overload(coefficients_of)(coefficients_typer)
+
+
+@cache
+def value_update(flags: hyperparameters.Flags):
+    """``element.make_value`` for the CPU, inlined into the caller."""
+    return element.make_value(numba.njit(inline="always"), flags,
+                              converters(compute_dtype(flags.param)), rounding(), div=divide)
+
+
+def update_typer(i, g, param, m, v, c, v_max=None, kahan_comp=None, master_params=None):
+    """``fastadam.numba.update`` in compiled code: element ``i`` of one step."""
+    kind = record_kind(c, "Coefficients", "c", "fastadam.numba.update")
+    flags = step_flags(kind, "fastadam.numba.update", param, None, m, v, v_max, kahan_comp,
+                       master_params, one_dim=True)
+    return element_update(value_update(flags), COMPUTE[compute_dtype(flags.param)])
+
+
+@numba.njit
+def fill_coefficients(c, coef):
+    """The kernels' coefficient vector from a Coefficients record (``hyper.COEFFICIENTS``'
+    order), rounded to ``coef``'s dtype."""
+    coef[0], coef[1], coef[2], coef[3] = c.beta1, c.one_minus_beta1, c.beta2, c.one_minus_beta2
+    coef[4], coef[5], coef[6], coef[7] = c.m_coef, c.g_coef, c.scaled_eps_root, c.scaled_eps
+    coef[8], coef[9], coef[10] = c.weight_decay, c.decay_factor, c.inv_grad_scale
+
+
+@cache
+def serial_kernel(flags: hyperparameters.Flags):
+    """``fused_kernel``'s loop on the calling thread, for small arrays and parallel callers."""
+    update = element.make(numba.njit(inline="always"), flags,
+                          converters(compute_dtype(flags.param)), rounding())
+
+    @njit_noalias  # checked apart before: the loop vectorizes as prange's does
+    def kernel(param, grad, m, v, v_max, comp, master, coef):
+        c0, c1, c2, c3, c4, c5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
+        c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]
+        for i in range(param.size):
+            update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7,
+                   c8, c9, c10, np.uint32(0), 0)
+
+    return kernel
+
+
+@cache
+def nesting_allowed() -> bool:
+    """Whether a parallel kernel may start inside a caller's parallel region: OpenMP and
+    TBB run it (on the caller's thread, or nested); Numba's workqueue would abort."""
+    parallel._launch_threads()
+    return numba.threading_layer() != "workqueue"
+
+
+@numba.njit(inline="always")
+def _overlap(a, b, c=None, d=None):
+    """Whether ``a`` shares memory with ``b``, ``c`` or ``d`` (those given)."""
+    return (shares_memory(a, b) or (c is not None and shares_memory(a, c))
+            or (d is not None and shares_memory(a, d)))
+
+
+def adam_step_typer(param, grad, m, v, step, h, v_max=None, kahan_comp=None,
+                    master_params=None):
+    """``fastadam.numba.adam_step`` in compiled code: checks, then the fused pass, in
+    parallel from ``SERIAL_BELOW`` elements where the threading layer nests safely."""
+    where = "fastadam.numba.adam_step"
+    kind = record_kind(h, "Hyper", "h", where)
+    flags = step_flags(kind, where, param, grad, m, v, v_max, kahan_comp, master_params,
+                       one_dim=False)
+    compute = COMPUTE[compute_dtype(flags.param)]
+    serial, threaded = serial_kernel(flags), fused_kernel(flags)
+    nests, amsgrad, kahan, master = (nesting_allowed(), flags.amsgrad, flags.kahan,
+                                     flags.master)
+
+    shape_error = f"{where}: grad, m, v (and v_max, kahan_comp, master_params) must " \
+                  "have param's shape"
+    overlap_error = f"{where}: param, grad, m, v, v_max, kahan_comp, master_params overlap"
+
+    def impl(param, grad, m, v, step, h, v_max=None, kahan_comp=None, master_params=None):
+        shape = param.shape
+        if grad.shape != shape or m.shape != shape or v.shape != shape:
+            raise ValueError(shape_error)
+        p, g, m1, v1 = param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1)
+        vm = given_or(v_max, v).reshape(-1)
+        kc = given_or(kahan_comp, param).reshape(-1)
+        ms = given_or(master_params, param).reshape(-1)
+        if vm.size != p.size or kc.size != p.size or ms.size != p.size:
+            raise ValueError(shape_error)
+        if (_overlap(g, p, m1, v1) or _overlap(p, m1, v1) or _overlap(m1, v1)
+                or (amsgrad and _overlap(vm, p, g, m1) or amsgrad and _overlap(vm, v1))
+                or (kahan and (_overlap(kc, p, g, m1) or _overlap(kc, v1)))
+                or (master and (_overlap(ms, p, g, m1) or _overlap(ms, v1)))
+                or (kahan and master and _overlap(kc, ms))):
+            raise ValueError(overlap_error)
+        c = coefficients_of(step, h)
+        coef = np.empty(11, compute)
+        fill_coefficients(c, coef)
+        if nests and p.size >= SERIAL_BELOW:  # (the thread count would keep callers uncached)
+            if threaded(p, g, m1, v1, vm, kc, ms, coef, np.uint32(0)) == OVERLAP:
+                raise ValueError(overlap_error)
+        else:
+            serial(p, g, m1, v1, vm, kc, ms, coef)
+
+    return impl
+
+
+@numba.njit(nogil=True)
+def sum_rows(rows, values):
+    """``(distinct rows, their summed values)``: the lookups of one step with duplicates
+    summed, sorted by row, as a row-sparse step sums them."""
+    order = np.argsort(rows)
+    dim = values.shape[1]
+    distinct = np.empty(rows.size, np.int64)
+    summed = np.empty((rows.size, dim), values.dtype)
+    count = 0
+    for k in range(rows.size):
+        row, source = rows[order[k]], order[k]
+        if count > 0 and distinct[count - 1] == row:
+            for j in range(dim):  # loops: a row's array += or = costs more than its adds
+                summed[count - 1, j] += values[source, j]
+        else:
+            distinct[count] = row
+            for j in range(dim):
+                summed[count, j] = values[source, j]
+            count += 1
+    return distinct[:count], summed[:count]
+
+
+@cache
+def rows_kernel(flags: hyperparameters.Flags):
+    """``kernel(table, m, v, rows, grads, coef)``: the update on the elements of each of
+    ``rows`` of (rows, dim) tables, their gradients ``grads`` (len(rows), dim); one thread,
+    the row loop vectorized (the caller checked that no array overlaps another)."""
+    compute = COMPUTE[compute_dtype(flags.param)]
+    update = value_update(flags)
+
+    @njit_noalias
+    def kernel(table, m, v, rows, grads, coef):
+        dim = grads.shape[1]
+        flat, m_flat, v_flat = table.reshape(-1), m.reshape(-1), v.reshape(-1)
+        c0, c1, c2, c3, c4, c5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
+        c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]
+        for t in range(rows.size):
+            if t + AHEAD < rows.size:  # random rows: their lines in flight, as the sparse step
+                prefetch_row(table, rows[t + AHEAD])
+                prefetch_row(m, rows[t + AHEAD])
+                prefetch_row(v, rows[t + AHEAD])
+            start = rows[t] * dim
+            row, m_row, v_row = flat[start:start + dim], m_flat[start:start + dim], \
+                v_flat[start:start + dim]
+            for j in range(dim):
+                update(j, compute(grads[t, j]), row, m_row, v_row, v_row, row, row, c0, c1,
+                       c2, c3, c4, c5, c6, c7, c8, c9, c10, np.uint32(0), 0)
+
+    return kernel
+
+
+def update_rows_typer(table, m, v, rows, grads, c):
+    """``fastadam.numba.update_rows`` in compiled code."""
+    where = "fastadam.numba.update_rows"
+    kind = record_kind(c, "Coefficients", "c", where)
+    if kind.amsgrad:
+        raise TypeError(f"{where}: amsgrad does not apply to rows (nor in SparseAdam)")
+    flags = step_flags(kind, where, table, None, m, v, None, None, None, one_dim=False)
+    if table.ndim != 2 or m.ndim != 2 or v.ndim != 2 or getattr(grads, "ndim", 0) != 2:
+        raise TypeError(f"{where}: table, m, v and grads must be 2-D")
+    kernel, compute = rows_kernel(flags), COMPUTE[compute_dtype(flags.param)]
+    shape_error = f"{where}: m and v must have table's shape, grads one row per row of rows"
+    index_error = f"{where}: rows must lie in [0, table rows)"
+    overlap_error = f"{where}: table, m, v and grads must not overlap"
+
+    def impl(table, m, v, rows, grads, c):
+        if (m.shape != table.shape or v.shape != table.shape or grads.shape[0] != rows.size
+                or grads.shape[1] != table.shape[1]):
+            raise ValueError(shape_error)
+        for t in range(rows.size):
+            if not 0 <= rows[t] < table.shape[0]:
+                raise ValueError(index_error)
+        if (shares_memory(table, m) or shares_memory(table, v) or shares_memory(m, v)
+                or shares_memory(grads, table) or shares_memory(grads, m)
+                or shares_memory(grads, v)):
+            raise ValueError(overlap_error)
+        coef = np.empty(11, compute)
+        fill_coefficients(c, coef)
+        kernel(table, m, v, rows, grads, coef)
+
+    return impl

@@ -1,0 +1,102 @@
+"""Records for code compiled into the user's: hyperparameters and per-step scalars whose
+class names the options compiled into the element update.
+
+``Hyper[amsgrad,nesterov]@tag`` is a named tuple whose fields are ``hyper.Hyper``'s, and
+whose class fixes the options (``Kind``): code compiled for one class has no branch on
+them, and two classes never share compiled code. ``tag`` is a hash of the kernels'
+sources, so a user's on-disk cache of code that takes a record as an argument misses
+after fastadam changes instead of running stale code. Classes are made on demand, and
+``record_class_named`` remakes one from its name when a pickled type is read back.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from typing import NamedTuple
+
+from ..._core import hyper
+from ..cache import source_hash
+
+
+class Kind(NamedTuple):
+    """What a record's class fixes: the options compiled into the element update, and
+    which 16-bit float uint16 arrays hold (None: refuse them)."""
+
+    amsgrad: bool = False
+    maximize: bool = False
+    nesterov: bool = False
+    l2_decay: bool = False
+    decoupled_decay: bool = False
+    uint16_as: str | None = None
+
+
+FIELDS = {"Hyper": hyper.Hyper._fields, "Coefficients": hyper.COEFFICIENTS}
+FLAGS = ("decoupled_weight_decay", "amsgrad", "maximize", "bias_correction", "nesterov",
+         "decouple_lr")  # the Hyper fields that are bools; the others are floats
+
+
+class Record:
+    """The base of every record class: what Numba's CPU typing recognizes them by."""
+
+    __slots__ = ()
+TAG = source_hash()[:8]
+_NAME = re.compile(r"(Hyper|Coefficients)\[([^\]]*)\]@(\w+)$")
+_classes: dict = {}
+
+
+def kind_of(h: hyper.Hyper, uint16_as: str | None) -> Kind:
+    """The kind of validated hyperparameters ``h`` (decay as ``hyper.flags`` decides it)."""
+    f = hyper.flags(h, "float32", "float32", "float32", False, False)
+    return Kind(f.amsgrad, f.maximize, f.nesterov, f.l2_decay, f.decoupled_decay, uint16_as)
+
+
+def record_class(family: str, kind: Kind, tag: str = TAG) -> type:
+    """The named-tuple class of ``family`` ("Hyper" or "Coefficients") for ``kind``."""
+    key = (family, kind, tag)
+    found = _classes.get(key)
+    if found is None:
+        on = [name for name in Kind._fields[:-1] if getattr(kind, name)]
+        if kind.uint16_as:
+            on.append(f"uint16={kind.uint16_as}")
+        name = f"{family}[{','.join(on)}]@{tag}"
+        found = type(name, (Record, collections.namedtuple(family, FIELDS[family])),
+                     {"__slots__": ()})
+        found.__qualname__ = name
+        found.__module__ = __name__  # pickled by name: ``__getattr__`` below remakes it
+        found.family, found.kind = family, kind
+        _classes[key] = found
+    return found
+
+
+def record_class_named(name: str) -> type:
+    """The class whose ``__name__`` is ``name`` (AttributeError if none could be)."""
+    match = _NAME.match(name)
+    if match is None:
+        raise AttributeError(name)
+    family, items, tag = match.groups()
+    values: dict = {}
+    for item in filter(None, items.split(",")):
+        if item.startswith("uint16="):
+            values["uint16_as"] = item[len("uint16="):]
+        elif item in Kind._fields:
+            values[item] = True
+        else:
+            raise AttributeError(name)
+    return record_class(family, Kind(**values), tag)
+
+
+__getattr__ = record_class_named  # the module's: a pickled type's class, by its name
+
+
+def family_of(record) -> str | None:
+    """"Hyper" or "Coefficients" for a record of these classes, else None."""
+    return getattr(type(record), "family", None)
+
+
+def as_hyper(record) -> hyper.Hyper:
+    """The validated ``hyper.Hyper`` a Hyper record holds (max_lr NaN: None)."""
+    values = record._asdict()
+    if values["max_lr"] != values["max_lr"]:
+        values["max_lr"] = None
+    return hyper.Hyper(**values)
