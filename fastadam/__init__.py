@@ -2,10 +2,11 @@
 
 from ._core.bfloat16 import as_bfloat16
 from .flat import FlatBuffer, flatten
-from .functional import adam_step, adam_step_8bit, grad_norm, sparse_adam_step
+from .functional import adam_step, adam_step_4bit, adam_step_8bit, grad_norm, sparse_adam_step
 from .optimizer import Adam, AdamW
 from .sparse import SparseAdam
 
-__all__ = ["Adam", "AdamW", "FlatBuffer", "SparseAdam", "adam_step", "adam_step_8bit",
-           "as_bfloat16", "flatten", "grad_norm", "sparse_adam_step", "__version__"]
+__all__ = ["Adam", "AdamW", "FlatBuffer", "SparseAdam", "adam_step", "adam_step_4bit",
+           "adam_step_8bit", "as_bfloat16", "flatten", "grad_norm", "sparse_adam_step",
+           "__version__"]
 __version__ = "0.1.0"

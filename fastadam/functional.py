@@ -20,6 +20,7 @@ from ._backends.dispatch import (
 )
 from ._core import array_checks, checks
 from ._core.hyper import hyper
+from ._core.options import KEYS
 
 
 def _call(step, grad_scale, num_threads, backend, stream, param) -> tuple:
@@ -189,6 +190,68 @@ def adam_step_8bit(
     wait_for_inputs(kind, [*arrays, *codes, *absmax], cuda_stream)
     apply_8bit(kind, tuple(arrays), codes, absmax, h, flags, step, grad_scale=scale,
                num_threads=threads, stream=cuda_stream)
+
+
+def adam_step_4bit(
+    param: np.ndarray,
+    grad: np.ndarray,
+    m_codes: np.ndarray,
+    v_codes: np.ndarray,
+    m_scale: np.ndarray,
+    v_scale: np.ndarray,
+    *,
+    step: int,
+    v_max_codes: np.ndarray | None = None,
+    v_max_scale: np.ndarray | None = None,
+    **options,
+) -> None:
+    """``adam_step`` with m and v (and v_max) held in 4 bits, in place, in one pass.
+
+    The format is torchao's (``AdamW4bit``; ``fastadam.quant4``): per block of 128
+    elements one float32 scale per moment (the block's absmax, at least 1e-12), per
+    element a 4-bit code, two to a byte (the even element in the high nibble), into a
+    map of 16 values: for m the signed dynamic map, for v and v_max the linear map
+    without zero ((code + 1) / 16). Each block is decoded, updated exactly as
+    ``adam_step`` does (every option), and encoded against its new scale as torchao
+    encodes. Unlike torchao, which keeps arrays under 4,096 elements or not divisible
+    by 128 in float32, every size is quantized: a last, partial block has a scale of
+    its own.
+
+    Args:
+        m_codes: uint8 array of ``(param.size + 1) // 2`` bytes; zeros with zero scales
+            to start.
+        v_codes, v_max_codes: as m_codes (v_max for amsgrad).
+        m_scale: float32 array of ``ceil(param.size / 128)``.
+        v_scale, v_max_scale: as m_scale.
+        options: every keyword of :func:`adam_step` (on the CPU and NumPy backends).
+
+    Raises:
+        TypeError, ValueError: on bad input, naming the argument; nothing is modified.
+    """
+    _low_bit_step("4bit", param, grad, (m_codes, v_codes, v_max_codes),
+                  (m_scale, v_scale, v_max_scale), step, options)
+
+
+def _low_bit_step(fmt: str, param, grad, codes: tuple, scales: tuple, step, options: dict):
+    known = set(KEYS) | {"grad_scale", "kahan_comp", "master_params", "backend",
+                         "num_threads", "stream"}
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {sorted(unknown)}")
+    h = hyper(**{k: v for k, v in options.items() if k in KEYS})
+    step, scale, threads, kind, cuda_stream = _call(
+        step, options.get("grad_scale"), options.get("num_threads"),
+        options.get("backend", "auto"), options.get("stream"), param)
+    if kind == "cuda" and fmt != "8bit":
+        raise ValueError(f"{fmt} states step on the CPU (and NumPy) backends only, for now")
+    *arrays, codes, scales = array_checks.step_arrays_8bit(
+        kind, param, grad, codes, scales, options.get("kahan_comp"),
+        options.get("master_params"), h.amsgrad, fmt)
+    flags = flags_8bit(h, arrays[0], arrays[1], arrays[2] is not None, arrays[3] is not None,
+                       fmt=fmt)
+    wait_for_inputs(kind, [*arrays, *codes, *scales], cuda_stream)
+    apply_8bit(kind, tuple(arrays), codes, scales, h, flags, step, grad_scale=scale,
+               num_threads=threads, stream=cuda_stream, fmt=fmt)
 
 
 def sparse_adam_step(

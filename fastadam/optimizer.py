@@ -63,6 +63,12 @@ class Adam:
       block (``absmax1`` ...) and the maps (``qmap1``, ``qmap2``), bitsandbytes'
       names; 32-bit moments load into it quantized, and its state into a 32-bit
       optimizer decoded.
+    - ``state_dtype="4bit"`` (the CPU, any params dtype): m and v (and v_max) in
+      torchao's 4-bit format (``fastadam.quant4``), 1.06 bytes per param, for arrays
+      of any size; the moments move as torchao's do (``m + (1 - beta1) * (g - m)``), so
+      from the same state the codes are torchao's. ``state_dict()`` uses the 8-bit
+      keys with packed codes and torchao's 16-value maps; entries move between 32, 8
+      and 4 bits, decoded and quantized.
     - ``stochastic_rounding`` (with ``seed``): 16-bit params are rounded up or down with
       probability proportional to the distance, unbiased, with no compensation buffer
       and no master copy (2 bytes per param fewer than Kahan summation, which stays the

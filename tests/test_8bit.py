@@ -490,4 +490,4 @@ def test_optimizer_8bit_skips_nonfinite_and_refuses_overlap(rng):
 
 def test_state_dtype_8bit_is_a_cpu_state():
     with pytest.raises(TypeError, match="state_dtype"):
-        fastadam.Adam(np.zeros(8, F32), state_dtype="4bit")
+        fastadam.Adam(np.zeros(8, F32), state_dtype="2bit")

@@ -121,18 +121,21 @@ def _noise(flags: Flags, key: int, step: int) -> int | None:
 
 def apply_8bit(backend: str, arrays: tuple, codes: tuple, absmax: tuple, h: Hyper,
                flags: Flags, step: int, *, grad_scale: float | None = None,
-               num_threads: int | None = None, stream=None, steps=None, key: int = 0) -> None:
-    """One update with 8-bit moments: ``arrays`` is ``(param, grad, comp, master)`` and
-    ``codes``/``absmax`` are (m, v, v_max), all validated and 1-D; ``flags`` is
-    ``step_flags`` with the moments' compute kind as the state kind. ``steps``: on the
-    GPU, the step count, skip flag and gradients' multiplier on the device (the CUDA
-    backend's ``StepCount``; ``grad_scale`` is then in it)."""
+               num_threads: int | None = None, stream=None, steps=None, key: int = 0,
+               fmt: str = "8bit") -> None:
+    """One update with low-bit moments in format ``fmt`` ("8bit", "4bit"): ``arrays`` is
+    ``(param, grad, comp, master)`` and ``codes``/``absmax`` are (m, v, v_max), all
+    validated and 1-D; ``flags`` is ``step_flags`` with the moments' compute kind as the
+    state kind. ``steps``: on the GPU, the step count, skip flag and gradients'
+    multiplier on the device (the CUDA backend's ``StepCount``; ``grad_scale`` is then
+    in it)."""
     if arrays[0].size == 0:
         return
     param, grad, comp, master = arrays
     if backend == "numpy":
         adam_step_8bit_numpy(param, grad, list(codes), list(absmax), comp, master, h, step,
-                             grad_scale, noise=_noise(flags, key, step))
+                             grad_scale, noise=_noise(flags, key, step), fmt=fmt,
+                             lerp=flags.lerp)
         return
     views = kernel_views((param, grad, param, param, None, comp, master))
     m, v = codes[0], codes[1]
@@ -141,6 +144,8 @@ def apply_8bit(backend: str, arrays: tuple, codes: tuple, absmax: tuple, h: Hype
     arrays = (views[0], views[1], m, v, v_max, absmax[0], absmax[1], v_max_absmax, views[5],
               views[6])
     if backend == "cuda":
+        if fmt != "8bit":  # refused where the state is made, before any step
+            raise ValueError(f"{fmt} states step on the CPU only, for now")
         eight_bit = cuda().eight_bit
         if steps is not None:
             eight_bit.adam_step_8bit_cuda_counted(arrays, flags, h, steps, stream, key)
@@ -150,7 +155,7 @@ def apply_8bit(backend: str, arrays: tuple, codes: tuple, absmax: tuple, h: Hype
         return
     coef = np.array(coefficients(h, step, grad_scale), dtype=compute_dtype(flags.param))
     cpu().eight_bit.adam_step_8bit_cpu(arrays, flags, coef, num_threads,
-                                       _noise(flags, key, step) or 0)
+                                       _noise(flags, key, step) or 0, fmt)
 
 
 def wait_for_inputs(backend: str, arrays, stream) -> None:
@@ -203,11 +208,12 @@ def apply_sparse(backend: str, arrays: tuple, h: Hyper, step: int, *,
 
 
 def flags_8bit(h: Hyper, param, grad, kahan: bool, master: bool,
-               stochastic: bool = False) -> Flags:
-    """The kernel flags of an 8-bit step: the moments decode to the compute kind."""
+               stochastic: bool = False, fmt: str = "8bit") -> Flags:
+    """The kernel flags of a low-bit step: the moments decode to the compute kind; in the
+    4-bit format they move as torchao moves them (``lerp``)."""
     param_kind = kind(param.dtype)
     return flags(h, param_kind, kind(grad.dtype), compute_dtype(param_kind), kahan=kahan,
-                 master=master, stochastic=stochastic)
+                 master=master, stochastic=stochastic, lerp=fmt == "4bit")
 
 
 def all_finite(backend: str, grads: list, *, num_threads=None) -> bool:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._core import quant8
 from .._core.dtypes import numpy_dtype
 from .._core.hyper import Hyper
+from .._core.lowbit import FORMATS
 from .shared.convert import mix32_array
 
 
@@ -51,9 +51,11 @@ def stochastic_round(x: np.ndarray, kind: str, r: np.ndarray) -> np.ndarray:
 
 
 def adam_step_numpy(param, grad, m, v, v_max, comp, master, h: Hyper, step: int,
-                    grad_scale: float | None = None, noise: int | None = None) -> None:
+                    grad_scale: float | None = None, noise: int | None = None,
+                    lerp: bool = False) -> None:
     """One Adam/AdamW update in place, with NumPy array expressions; with ``noise`` (the
-    params' random bits at this step), 16-bit params rounded stochastically."""
+    params' random bits at this step), 16-bit params rounded stochastically; with
+    ``lerp``, the moments move as ``m + (1 - beta1) * (g - m)``."""
     compute = np.float64 if param.dtype == np.float64 else np.float32
     g = grad.astype(compute, copy=False)
     if grad_scale is not None:
@@ -73,8 +75,13 @@ def adam_step_numpy(param, grad, m, v, v_max, comp, master, h: Hyper, step: int,
             p *= 1.0 - h.lr * h.weight_decay
         else:
             g = g + h.weight_decay * p
-    m_new = h.beta1 * m.astype(compute, copy=False) + (1.0 - h.beta1) * g
-    v_new = h.beta2 * v.astype(compute, copy=False) + (1.0 - h.beta2) * g * g
+    m_old, v_old = m.astype(compute, copy=False), v.astype(compute, copy=False)
+    if lerp:
+        m_new = m_old + compute(1.0 - h.beta1) * (g - m_old)
+        v_new = v_old + compute(1.0 - h.beta2) * (g * g - v_old)
+    else:
+        m_new = h.beta1 * m_old + (1.0 - h.beta1) * g
+        v_new = h.beta2 * v_old + (1.0 - h.beta2) * g * g
     m[...] = m_new
     v[...] = v_new
     if h.amsgrad:
@@ -103,16 +110,17 @@ def adam_step_numpy(param, grad, m, v, v_max, comp, master, h: Hyper, step: int,
 
 def adam_step_8bit_numpy(param, grad, codes: list, absmax: list, comp, master, h: Hyper,
                          step: int, grad_scale: float | None = None,
-                         noise: int | None = None) -> None:
-    """The 8-bit step as three passes: decode the moments, the NumPy step above on
-    them, encode them against their new absmax (``quant8``)."""
-    signed = (True, False, False)
-    moments = [None if c is None else quant8.dequantize(c, a, s)
+                         noise: int | None = None, fmt: str = "8bit",
+                         lerp: bool = False) -> None:
+    """The low-bit step as three passes: decode the moments, the NumPy step above on
+    them, encode them against their new scales (``lowbit.FORMATS[fmt]``)."""
+    form, signed = FORMATS[fmt], (True, False, False)
+    moments = [None if c is None else form.dequantize(c, a, s, param.size)
                for c, a, s in zip(codes, absmax, signed)]
-    adam_step_numpy(param, grad, *moments, comp, master, h, step, grad_scale, noise)
+    adam_step_numpy(param, grad, *moments, comp, master, h, step, grad_scale, noise, lerp)
     for c, a, s, x in zip(codes, absmax, signed, moments):
         if c is not None:
-            c[...], a[...] = quant8.quantize(x, s)
+            c[...], a[...] = form.quantize(x, s)
 
 
 def sparse_adam_step_numpy(param, indices, values, m, v, comp, master, h: Hyper,

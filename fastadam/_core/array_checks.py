@@ -14,7 +14,7 @@ import numpy as np
 
 from .dtypes import KINDS, SIXTEEN_BIT, kind
 from .gpu import as_device_array, device_interval, is_device, wait_for_producer
-from .quant8 import blocks
+from .lowbit import FORMATS
 
 
 def refuse_torch_tensor(name: str, a) -> None:
@@ -200,15 +200,18 @@ def _param_extras(param, comp, master, device: bool) -> tuple:
 
 
 def step_arrays_8bit(backend: str, param, grad, codes: tuple, absmax: tuple, comp, master,
-                     amsgrad: bool) -> tuple:
-    """``step_arrays`` for 8-bit moments: ``codes`` (m, v, v_max) are uint8 arrays of
-    param's size, ``absmax`` (m, v, v_max) float32 1-D arrays of one entry per block of
-    256. Returns (param, grad, comp, master) flattened, then the codes and absmax."""
+                     amsgrad: bool, fmt: str = "8bit") -> tuple:
+    """``step_arrays`` for low-bit moments in format ``fmt`` (``lowbit.FORMATS``):
+    ``codes`` (m, v, v_max) are uint8 arrays of the format's bytes for param's size,
+    ``absmax`` (m, v, v_max) float32 1-D arrays of one scale per block. Returns (param,
+    grad, comp, master) flattened, then the codes and scales."""
+    form = FORMATS[fmt]
     device = backend == "cuda"
     param = (device_array if device else host_array)("param", param, writable=True)
     grad = like("grad", grad, param, writable=False, device=device)
     comp, master = _param_extras(param, comp, master, device)
-    names = ("m_codes", "v_codes", "v_max_codes"), ("m_absmax", "v_absmax", "v_max_absmax")
+    names = (("m_codes", "v_codes", "v_max_codes"),
+             tuple(f"{m}_{form.scale_name}" for m in ("m", "v", "v_max")))
     wanted = (True, True, amsgrad)
     n = param.size
     out = [], []
@@ -219,7 +222,8 @@ def step_arrays_8bit(backend: str, param, grad, codes: tuple, absmax: tuple, com
                 continue
             if a is None:
                 raise ValueError(f"amsgrad=True needs {name}")
-            dtype, size = (np.uint8, n) if group == 0 else (np.float32, blocks(n))
+            dtype, size = ((np.uint8, form.code_bytes(n)) if group == 0
+                           else (np.float32, form.blocks(n)))
             out[group].append(_state_array(name, a, dtype, size, device))
     named = {"param": param, "grad": grad, "kahan_comp": comp, "master_params": master}
     for labels, arrays in zip(names, out):

@@ -32,12 +32,14 @@ Hyper = _record(
 # buffer carries what rounding the params lost), ``master`` (float32 master params),
 # ``stochastic`` (16-bit params rounded stochastically); and the dtypes by name
 # ("float16", "bfloat16", "float32", "float64": 16-bit arrays reach the kernels as
-# uint16 views, so their kind must be known at compile time).
+# uint16 views, so their kind must be known at compile time); ``lerp``: the moments
+# move as ``m + (1 - beta1) * (g - m)`` (torchao's 4-bit step) instead of
+# ``beta1 * m + (1 - beta1) * g``.
 Flags = _record(
     "Flags", "What a kernel specializes on (see the comment above its definition).",
     [*((name, bool) for name in options.KERNEL_FLAGS), ("l2_decay", bool),
      ("decoupled_decay", bool), ("kahan", bool), ("master", bool), ("param", str),
-     ("grad", str), ("state", str), ("stochastic", bool)], (False,))
+     ("grad", str), ("state", str), ("stochastic", bool), ("lerp", bool)], (False, False))
 
 
 # Order of the coefficient vector handed to the kernels.
@@ -57,14 +59,14 @@ COEFFICIENTS = (
 
 
 def flags(h: Hyper, param: str, grad: str, state: str, kahan: bool, master: bool,
-          stochastic: bool = False) -> Flags:
+          stochastic: bool = False, lerp: bool = False) -> Flags:
     """The kernel specialization for these hyperparameters and dtypes."""
     decay = h.weight_decay != 0.0
     decoupled = h.decoupled_weight_decay or h.decouple_lr
     return Flags(**{name: getattr(h, name) for name in options.KERNEL_FLAGS},
                  l2_decay=decay and not decoupled, decoupled_decay=decay and decoupled,
                  kahan=kahan, master=master, param=param, grad=grad, state=state,
-                 stochastic=stochastic)
+                 stochastic=stochastic, lerp=lerp)
 
 
 # The per-step scalars as one record, from the host to the kernels (which take them in

@@ -29,23 +29,32 @@ def _linspace(n: int) -> np.ndarray:
     return exact.astype(_F32)
 
 
-@cache
-def dynamic_map(signed: bool) -> np.ndarray:
-    """bitsandbytes' ``create_dynamic_map(signed)`` (7 exponent bits, 8 bits in all):
-    256 ascending float32 values in [-1, 1] (signed) or [0, 1], 0 and 1 among them."""
+def create_dynamic_map(signed: bool, exponent_bits: int, total_bits: int) -> np.ndarray:
+    """bitsandbytes' ``create_dynamic_map(signed, exponent_bits, total_bits)`` without its
+    zero padding (torchao's copy), in float32 as torch computes it: ``2**total_bits``
+    ascending values in [-1, 1] (signed) or [0, 1], 0 and 1 among them."""
     data = []
-    for i in range(7):
-        bounds = _linspace(2**i + 1 if signed else 2 ** (i + 1) + 1)
+    for i in range(exponent_bits):
+        bounds = _linspace(2 ** (i + total_bits - 1 - exponent_bits) * (1 if signed else 2) + 1)
         means = (bounds[:-1] + bounds[1:]) / _F32(2)
-        scale = _F32(10.0 ** (i - 6))
+        scale = _F32(10.0 ** (i - exponent_bits + 1))
         data += (scale * means).tolist()
         if signed:
             data += ((-scale) * means).tolist()
     data += [0.0, 1.0]
     data.sort()
     out = np.array(data, dtype=_F32)
+    if out.size != 2**total_bits:
+        raise AssertionError("the map's size")
     out.flags.writeable = False
     return out
+
+
+@cache
+def dynamic_map(signed: bool) -> np.ndarray:
+    """bitsandbytes' ``create_dynamic_map(signed)`` (7 exponent bits, 8 bits in all):
+    256 ascending float32 values in [-1, 1] (signed) or [0, 1], 0 and 1 among them."""
+    return create_dynamic_map(signed, 7, 8)
 
 
 def encode_reference(x, signed: bool) -> np.ndarray:

@@ -264,7 +264,7 @@ class Plans:
                 apply_8bit(self.backend, (slot.flat, flat, *slot.state[3:]),
                            tuple(slot.state[:3]), tuple(slot.absmax), h, slot.flags,
                            slot.step + 1, grad_scale=scale, num_threads=self.num_threads,
-                           stream=stream, steps=steps, key=slot.key)
+                           stream=stream, steps=steps, key=slot.key, fmt=slot.fmt)
                 if steps is None:  # else the device counts
                     slot.step += 1
                 continue

@@ -6,7 +6,9 @@ arrays are, in the order the kernels take them after (param, grad): m, v, v_max
 With ``state_dtype="8bit"`` a slot of ``quant8.MIN_8BIT_SIZE`` elements or more
 holds m, v and v_max as uint8 codes, plus one float32 absmax per block and moment
 (``absmax``); its state_dict entry is bitsandbytes' (state1/2, absmax1/2,
-qmap1/2; state3/absmax3 for v_max). Smaller slots keep 32-bit moments.
+qmap1/2; state3/absmax3 for v_max). Smaller slots keep 32-bit moments. With
+``state_dtype="4bit"`` every slot holds torchao's 4-bit format (two codes per byte, a
+scale per block of 128) under the same keys, with torchao's 16-value maps.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from .._backends.dispatch import (
     to_host,
     zeros,
 )
-from .._core import checks, quant8
+from .._core import checks
 from .._core.dtypes import SIXTEEN_BIT, compute_dtype, dtype_kind, kind, numpy_dtype
+from .._core.lowbit import FORMATS, of_map_size
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "kahan_comp", "master_params")
 CODE_KEYS = ("state1", "state2", "state3")  # m, v, v_max as codes (bitsandbytes' names)
@@ -33,6 +36,7 @@ ABSMAX_KEYS = ("absmax1", "absmax2", "absmax3")
 MAP_KEYS = ("qmap1", "qmap2")  # the signed map (m), the unsigned one (v, v_max)
 PARAM_DTYPE = "param"  # state_dtype: moments in each array's own dtype, as torch keeps them
 EIGHT_BIT = "8bit"  # state_dtype: m and v (and v_max) in bitsandbytes' 8-bit blockwise format
+FOUR_BIT = "4bit"  # state_dtype: m and v (and v_max) in torchao's 4-bit blockwise format
 
 
 class Options:
@@ -51,7 +55,7 @@ class Options:
             if self.stochastic and on:
                 raise ValueError(f"stochastic_rounding and {name} exclude each other: "
                                  "stochastic rounding needs no compensation or master copy")
-        named = isinstance(state_dtype, str) and state_dtype in (PARAM_DTYPE, EIGHT_BIT)
+        named = isinstance(state_dtype, str) and state_dtype in (PARAM_DTYPE, *FORMATS)
         self.state_kind = (None if state_dtype is None else state_dtype if named
                            else dtype_kind("state_dtype", state_dtype))
 
@@ -64,14 +68,15 @@ class Options:
 
     def name(self, slot: Slot) -> str:
         """How ``options`` reports the state dtype (of ``slot``, the first)."""
-        return EIGHT_BIT if self.state_kind == EIGHT_BIT else slot.state_dtype.name
+        return self.state_kind if self.state_kind in FORMATS else slot.state_dtype.name
 
 
 class Slot:
     """One params array (``array``, and ``flat``, its 1-D view), its state arrays (1-D, in
     ``STATE_KEYS`` order, None where an option is off), kernel flags and step count."""
 
-    __slots__ = ("array", "flat", "state", "flags", "step", "state_dtype", "absmax", "key")
+    __slots__ = ("array", "flat", "state", "flags", "step", "state_dtype", "absmax", "key",
+                 "fmt")
 
     @classmethod
     def new(cls, view, h, backend: str, options: Options) -> Slot:
@@ -90,10 +95,13 @@ class Slot:
             raise ValueError("kahan_summation and master_weights exclude each other")
         state_kind = options.state_kind
         n = slot.flat.size
-        slot.absmax = None
-        if state_kind == EIGHT_BIT:
-            if n >= quant8.MIN_8BIT_SIZE:
-                return slot._eight_bit(h, kahan, options.master, backend, stochastic)
+        slot.absmax = slot.fmt = None
+        if state_kind in FORMATS:
+            if backend == "cuda" and state_kind != EIGHT_BIT:
+                raise ValueError(f"state_dtype={state_kind!r} steps on the CPU only, for now "
+                                 "(state_dtype='8bit' runs on the GPU)")
+            if n >= FORMATS[state_kind].min_size:
+                return slot._low_bit(state_kind, h, kahan, options.master, backend, stochastic)
             state_kind = compute_dtype(param_kind)  # small arrays: 32-bit moments
         if state_kind is None:
             state_kind = "float32" if sixteen else param_kind
@@ -110,11 +118,14 @@ class Slot:
         slot.flags = slot._flags(h, slot.state, stochastic)
         return slot
 
-    def _eight_bit(self, h, kahan: bool, master: bool, backend: str, stochastic: bool) -> Slot:
-        n, blocks = self.flat.size, quant8.blocks(self.flat.size)
-        self.state_dtype = np.dtype(np.uint8)
-        self.state = [zeros(backend, n, np.uint8), zeros(backend, n, np.uint8),
-                      zeros(backend, n, np.uint8) if h.amsgrad else None,
+    def _low_bit(self, fmt: str, h, kahan: bool, master: bool, backend: str,
+                 stochastic: bool) -> Slot:
+        form = FORMATS[fmt]
+        n, blocks, size = self.flat.size, form.blocks(self.flat.size), form.code_bytes(
+            self.flat.size)
+        self.fmt, self.state_dtype = fmt, np.dtype(np.uint8)
+        self.state = [zeros(backend, size, np.uint8), zeros(backend, size, np.uint8),
+                      zeros(backend, size, np.uint8) if h.amsgrad else None,
                       zeros(backend, n, self.array.dtype) if kahan else None,
                       as_float32(backend, self.flat) if master else None]
         self.absmax = [zeros(backend, blocks, np.float32), zeros(backend, blocks, np.float32),
@@ -125,7 +136,7 @@ class Slot:
     def _flags(self, h, state: list, stochastic: bool):
         if self.absmax is not None:
             return flags_8bit(h, self.flat, self.flat, state[3] is not None,
-                              state[4] is not None, stochastic)
+                              state[4] is not None, stochastic, self.fmt)
         return step_flags(h, (self.flat, self.flat, *state), stochastic)
 
     def noise(self, step: int) -> int:
@@ -139,51 +150,56 @@ class Slot:
     def entry(self, backend: str) -> dict:
         """This slot's state_dict entry: host copies shaped like the params."""
         entry = {"step": self.step}
-        for name, a, dtype in zip(STATE_KEYS, self.state, self.dtypes()):
-            if a is not None:
+        low = self.absmax is not None
+        for i, (name, a, dtype) in enumerate(zip(STATE_KEYS, self.state, self.dtypes())):
+            if a is not None and not (low and i < 3):
                 entry[name] = to_host(backend, a, dtype).reshape(self.array.shape)
-        if self.absmax is not None:  # codes, absmax and maps in place of the moments
+        if low:  # codes, scales and maps in place of the moments
+            shape = self.array.shape if self.fmt == EIGHT_BIT else (-1,)  # 4-bit: packed
             for i, (a, top) in enumerate(zip(self.state, self.absmax)):
                 if a is not None:
-                    del entry[STATE_KEYS[i]]
-                    entry[CODE_KEYS[i]] = to_host(backend, a, np.uint8).reshape(
-                        self.array.shape)
+                    entry[CODE_KEYS[i]] = to_host(backend, a, np.uint8).reshape(shape)
                     entry[ABSMAX_KEYS[i]] = to_host(backend, top, np.float32)
             for name, signed in zip(MAP_KEYS, (True, False)):
-                entry[name] = quant8.dynamic_map(signed).copy()
+                entry[name] = FORMATS[self.fmt].qmap(signed).copy()
         return entry
 
     def loaded(self, i: int, entry: dict, h, backend: str) -> tuple[int, list, list | None]:
         """(step, state arrays, absmax or None) from a state_dict entry, checked and
         copied to where the state lives; raises naming the entry, and changes nothing.
 
-        Moments convert between the layouts: 32-bit ones load into an 8-bit slot
-        quantized, 8-bit ones into a 32-bit slot decoded."""
+        Moments convert between the layouts: 32-bit ones load into a low-bit slot
+        quantized, low-bit ones (8 or 4 bits, which the entry's maps say) into a 32-bit
+        slot decoded, or into a slot of the other format decoded and quantized."""
         label = f"state_dict['state'][{i}]"
         step = entry.get("step")
         if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
             raise ValueError(f"{label}['step'] must be an int >= 0, got {step!r}")
         wanted = (True, True, h.amsgrad, self.flags.kahan, self.flags.master)
-        eight = self.absmax is not None
-        own, other = (CODE_KEYS[0], STATE_KEYS[0]) if eight else (STATE_KEYS[0], CODE_KEYS[0])
-        saved_8bit = eight != (other in entry and own not in entry)  # the other layout?
-        moment_dtype = np.float32 if eight else self.state_dtype
-        moments = (self._codes(label, entry, wanted[:3]) if saved_8bit
+        low = self.absmax is not None
+        own, other = (CODE_KEYS[0], STATE_KEYS[0]) if low else (STATE_KEYS[0], CODE_KEYS[0])
+        saved_low = low != (other in entry and own not in entry)  # the other layout?
+        saved = self._format(label, entry) if saved_low else None
+        moment_dtype = np.float32 if low else self.state_dtype
+        moments = (self._codes(label, entry, wanted[:3], saved) if saved_low
                    else [self._floats(label, entry, name, moment_dtype) if want else None
                          for name, want in zip(STATE_KEYS, wanted[:3])])
         extras = [self._floats(label, entry, name, dtype) if want else None
                   for name, want, dtype in zip(STATE_KEYS[3:], wanted[3:], self.dtypes()[3:])]
-        if eight:
-            if not saved_8bit:
-                moments = [None if a is None else quant8.quantize(a, signed)
-                           for a, signed in zip(moments, (True, False, False))]
+        signs, n = (True, False, False), self.flat.size
+        if saved_low and (not low or saved.name != self.fmt):  # decoded, as floats
+            moments = [None if c is None else saved.dequantize(*c, signed, n)
+                       for c, signed in zip(moments, signs)]
+        if low:
+            if not (saved_low and saved.name == self.fmt):
+                moments = [None if a is None else FORMATS[self.fmt].quantize(a, signed)
+                           for a, signed in zip(moments, signs)]
             codes = [None if c is None else from_host(backend, c[0]) for c in moments]
             absmax = [None if c is None else from_host(backend, c[1]) for c in moments]
             return int(step), codes + [None if a is None else from_host(backend, a)
                                        for a in extras], absmax
-        if saved_8bit:
-            moments = [None if c is None else quant8.dequantize(*c, signed).astype(
-                self.state_dtype) for c, signed in zip(moments, (True, False, False))]
+        moments = [None if a is None else np.asarray(a, dtype=self.state_dtype)
+                   for a in moments]
         return int(step), [None if a is None else from_host(backend, a)
                            for a in moments + extras], None
 
@@ -200,31 +216,42 @@ class Slot:
             raise TypeError(f"{label} must be a float array, got {value.dtype}")
         return np.array(value, dtype=dtype, order="C", copy=True).reshape(-1)
 
-    def _codes(self, label: str, entry: dict, wanted: tuple) -> list:
-        """The (codes, absmax) of each wanted moment of an 8-bit entry, checked, copied."""
-        n = self.flat.size
+    @staticmethod
+    def _format(label: str, entry: dict):
+        """The low-bit format of an entry, which its maps say (8-bit: bitsandbytes' 256
+        values, 4-bit: torchao's 16), checked to be that format's own."""
+        first = entry.get(MAP_KEYS[0])
+        form = of_map_size(first.size) if isinstance(first, np.ndarray) else None
         for name, signed in zip(MAP_KEYS, (True, False)):
             q = entry.get(name)
-            if not (isinstance(q, np.ndarray) and q.dtype == np.float32 and q.size == 256
+            if not (form is not None and isinstance(q, np.ndarray) and q.dtype == np.float32
                     and np.array_equal(q.reshape(-1).view(np.uint32),
-                                       quant8.dynamic_map(signed).view(np.uint32))):
-                raise ValueError(f"{label}[{name!r}] must be the standard "
-                                 f"{'signed' if signed else 'unsigned'} dynamic map "
-                                 "(fastadam.quant8.dynamic_map)")
+                                       form.qmap(signed).view(np.uint32))):
+                raise ValueError(f"{label}[{name!r}] must be a standard "
+                                 f"{'signed' if signed else 'unsigned'} map: "
+                                 "fastadam.quant8.dynamic_map (8 bits) or "
+                                 "fastadam.quant4.qmap (4 bits)")
+        return form
+
+    def _codes(self, label: str, entry: dict, wanted: tuple, form) -> list:
+        """The (codes, scales) of each wanted moment of a low-bit entry in ``form``,
+        checked, copied."""
+        n = self.flat.size
         out = []
         for codes_key, absmax_key, want in zip(CODE_KEYS, ABSMAX_KEYS, wanted):
             if not want:
                 out.append(None)
                 continue
             codes, top = entry.get(codes_key), entry.get(absmax_key)
+            size, blocks = form.code_bytes(n), form.blocks(n)
             if not (isinstance(codes, np.ndarray) and codes.dtype == np.uint8
-                    and codes.size == n):
-                raise ValueError(f"{label}[{codes_key!r}] must be a uint8 array of {n} "
-                                 "elements")
+                    and codes.size == size):
+                raise ValueError(f"{label}[{codes_key!r}] must be a uint8 array of {size} "
+                                 f"elements ({form.name} codes of {n})")
             if not (isinstance(top, np.ndarray) and top.dtype == np.float32
-                    and top.size == quant8.blocks(n)):
+                    and top.size == blocks):
                 raise ValueError(f"{label}[{absmax_key!r}] must be a float32 array of "
-                                 f"{quant8.blocks(n)} elements (one per block of 256)")
+                                 f"{blocks} elements (one per block of {form.block})")
             if not (np.isfinite(top).all() and (top >= 0).all()):
                 raise ValueError(f"{label}[{absmax_key!r}] must be finite and >= 0")
             out.append((codes.reshape(-1).copy(), top.reshape(-1).copy()))

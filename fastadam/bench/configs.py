@@ -21,6 +21,7 @@ CONFIGS = {
     "master": {"master_weights": True},
     "bf16_state": {"state_dtype": "bfloat16"},
     "8bit": {"state_dtype": "8bit"},
+    "4bit": {"state_dtype": "4bit"},
     "stochastic": {"stochastic_rounding": True},
 }
 
@@ -36,11 +37,11 @@ DEFAULT_DTYPES = ("float32", "bfloat16", "float16")
 
 # Every option on every param dtype, each with the user's defaults, so no cliff can hide.
 _SIXTEEN_BIT_CONFIGS = ("adam", "no_kahan", "stochastic", "master", "amsgrad", "skip_nonfinite",
-                        "bf16_state", "8bit")
+                        "bf16_state", "8bit", "4bit")
 
 
 DEFAULT_CONFIGS = {"float32": ("adam", "adamw", "amsgrad", "skip_nonfinite", "bf16_state",
-                               "8bit"),
+                               "8bit", "4bit"),
                    "float64": ("adam",),
                    "bfloat16": _SIXTEEN_BIT_CONFIGS,
                    "float16": _SIXTEEN_BIT_CONFIGS}

@@ -160,6 +160,18 @@ def unsigned_copy(a):
     return out
 
 
+def _in_units(arrays: list) -> list:
+    """``arrays`` as unsigned views of one element count, the smallest array's: 4-bit codes
+    hold two elements per byte, so beside them a float32 array is read 8 bytes at a time."""
+    units = min(a.size for a in arrays)
+    out = []
+    for a in arrays:
+        width = a.nbytes // units if units else a.dtype.itemsize
+        out.append(a if width == a.dtype.itemsize or width not in (1, 2, 4, 8)
+                   or a.nbytes % units else a.view(f"u{width}"))
+    return out
+
+
 def roofline_contenders(opt, grad, threads_list, memory_only_kernel, backend="roofline"):
     """The memory-only kernel with the step's traffic, on scratch arrays of the step's
     dtypes. On the CPU, each loop variant: the flat loop on every thread count, the serial
@@ -167,6 +179,9 @@ def roofline_contenders(opt, grad, threads_list, memory_only_kernel, backend="ro
     arrays = step_arrays(opt)
     reads = [unsigned_copy(grad) for _ in range(2 if opt.options["skip_nonfinite"] else 1)]
     writes = [unsigned_copy(a) for a in arrays]
+    if backend == "roofline":
+        units = _in_units(reads + writes)
+        reads, writes = units[:len(reads)], units[len(reads):]
     if backend != "roofline":  # the GPU: one launch, no threads
         kernel = memory_only_kernel(len(reads), len(writes))
         return [Contender(backend, 1, lambda: kernel(*reads, *writes))]

@@ -1,6 +1,6 @@
-"""The peers: torch's fused and foreach Adam (CPU and CUDA), and bitsandbytes' and
-torchao's 8-bit AdamW where installed. All optional: imported inside the functions
-that time them."""
+"""The peers: torch's fused and foreach Adam (CPU and CUDA), bitsandbytes' and torchao's
+8-bit AdamW and torchao's 4-bit AdamW where installed. All optional: imported inside the
+functions that time them."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ def torch_optimizer(config: str):
 
 def torch_contenders(param, grad, config, threads) -> list[Contender]:
     """torch.optim.Adam/AdamW fused and foreach on the same param and grad memory; for
-    8-bit states, torch's fp32-state Adam and, where installed, bitsandbytes' and
-    torchao's 8-bit AdamW."""
+    low-bit states, torch's fp32-state Adam and, where installed, bitsandbytes' and
+    torchao's 8-bit AdamW (8 bits) or torchao's 4-bit AdamW (4 bits)."""
     import torch  # optional
 
-    eight = config == "8bit"
+    eight = config in ("8bit", "4bit")
     cls, kw = torch_optimizer("adam" if eight else config)
     if cls is None or param.dtype not in (np.float32, np.float64):
         return []
@@ -39,13 +39,22 @@ def torch_contenders(param, grad, config, threads) -> list[Contender]:
         opt = cls([p], **kw, **{impl: True})
         out.append(Contender(f"torch-{impl}" + ("-fp32" if eight else ""), threads, opt.step))
     if eight and param.dtype == np.float32:
-        out += _eight_bit_peers(param, grad, threads)
+        out += _eight_bit_peers(param, grad, threads, config)
     return out
 
 
-def _eight_bit_makers() -> list[tuple[str, type]]:
-    """(name, class) of the 8-bit AdamW peers installed: bitsandbytes', torchao's."""
+def _eight_bit_makers(config: str = "8bit") -> list[tuple[str, type]]:
+    """(name, class) of the low-bit AdamW peers installed: for 8 bits bitsandbytes' and
+    torchao's, for 4 bits torchao's."""
     makers = []
+    if config == "4bit":
+        try:
+            from torchao.optim import AdamW4bit  # optional
+
+            makers.append(("torchao", AdamW4bit))
+        except ImportError:
+            pass
+        return makers
     try:
         import bitsandbytes  # optional
 
@@ -61,16 +70,16 @@ def _eight_bit_makers() -> list[tuple[str, type]]:
     return makers
 
 
-def _eight_bit_peers(param, grad, threads) -> list[Contender]:
-    """bitsandbytes' and torchao's 8-bit AdamW on copies of param (where installed)."""
+def _eight_bit_peers(param, grad, threads, config: str = "8bit") -> list[Contender]:
+    """The low-bit AdamW peers on copies of param (where installed)."""
     import torch  # optional
 
     out = []
-    for name, cls in _eight_bit_makers():
+    for name, cls in _eight_bit_makers(config):
         p = torch.nn.Parameter(torch.from_numpy(param.copy()))
         p.grad = torch.from_numpy(grad)
         opt = cls([p], weight_decay=0.0)
-        out.append(Contender(f"{name}-8bit", threads, opt.step))
+        out.append(Contender(f"{name}-{config}", threads, opt.step))
     return out
 
 
@@ -82,6 +91,8 @@ def cuda_peers(n: int, dtype: str, config: str) -> list[Contender]:
     if not torch.cuda.is_available():
         return []
     eight = config == "8bit"
+    if config == "4bit":
+        return []  # the 4-bit step runs on the CPU only, for now
     cls, kw = torch_optimizer("adam" if eight else config)
 
     def tensor():

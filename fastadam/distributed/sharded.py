@@ -58,7 +58,7 @@ class ShardedAdam:
     torch.distributed process group, or None (torch's default group if initialised,
     else ``MPI.COMM_WORLD``). ``options``: the keyword-only options of
     :class:`fastadam.Adam` (16-bit params with master weights or Kahan summation in
-    the shard, ``state_dtype`` including "8bit", ``skip_nonfinite``, ...).
+    the shard, ``state_dtype`` including "8bit" and "4bit", ``skip_nonfinite``, ...).
 
     Ranks that disagree on sizes, dtypes or hyperparameters get a ValueError on every
     rank at construction. Every method is collective: call it on every rank.
@@ -342,10 +342,11 @@ class ShardedAdam:
                                                  for g in self._param_groups()]}
 
     def _float_pieces(self) -> list[dict]:
-        """This rank's state per piece, every array 1-D and in floats (8-bit decoded)."""
+        """This rank's state per piece, every array 1-D and in floats (low-bit decoded)."""
         if self._inner is None:
             return []
-        return [float_moments(entry) for entry in self._inner.state_dict()["state"].values()]
+        return [float_moments(entry, slot.flat.size) for entry, slot in
+                zip(self._inner.state_dict()["state"].values(), self._inner._slots)]
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore this rank's ``state_dict()``, or a consolidated one (``fastadam.Adam``'s

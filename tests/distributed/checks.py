@@ -131,20 +131,21 @@ def check_mixed_precision_and_8bit(comm, rank, size):
 
     n = 5000 * size + 3
     start = np.random.default_rng(4).standard_normal(n).astype(F32)
-    ours = ShardedAdamW(start.copy(), comm, lr=1e-2, state_dtype="8bit")
-    bounds = np.cumsum([0] + shard_counts(n, size))
-    pieces = [start[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
-    ref = fastadam.AdamW(pieces, lr=1e-2, state_dtype="8bit")
-    for step in range(10):
-        ours.step(grads_of(rank, step, [(n,)])[0])
-        mean = mean_grads(size, step, [(n,)])[0]
-        ref.step([mean[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
-    close(ours.params, np.concatenate(ref.params), "8-bit params", atol=1e-5)
-    assert ours.state_bytes < 2.1 * shard_counts(n, size)[rank]  # ~2 bytes per element
-    whole = ours.consolidated_state_dict()
-    if rank == 0:
-        eight = fastadam.AdamW(ours.params.copy(), state_dtype="8bit")
-        eight.load_state_dict(whole)  # float moments load quantized
+    for fmt, per_element in (("8bit", 2.1), ("4bit", 1.1)):
+        ours = ShardedAdamW(start.copy(), comm, lr=1e-2, state_dtype=fmt)
+        bounds = np.cumsum([0] + shard_counts(n, size))
+        pieces = [start[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
+        ref = fastadam.AdamW(pieces, lr=1e-2, state_dtype=fmt)
+        for step in range(10):
+            ours.step(grads_of(rank, step, [(n,)])[0])
+            mean = mean_grads(size, step, [(n,)])[0]
+            ref.step([mean[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+        close(ours.params, np.concatenate(ref.params), f"{fmt} params", atol=1e-5)
+        assert ours.state_bytes < per_element * shard_counts(n, size)[rank]
+        whole = ours.consolidated_state_dict()
+        if rank == 0:
+            again = fastadam.AdamW(ours.params.copy(), state_dtype=fmt)
+            again.load_state_dict(whole)  # float moments load quantized
 
 
 def check_skip_nonfinite_and_refusal(comm, rank, size):

@@ -1,10 +1,12 @@
-"""The fused 8-bit Adam step on the CPU: one pass over memory, block by block.
+"""The fused low-bit Adam step on the CPU (8-bit and 4-bit states): one pass over
+memory, block by block.
 
-Per block of 256 elements, while it is in cache: decode m and v (and v_max) into
-float scratch, run the element update of ``shared/element.py`` on them (every option
-of the 32-bit step), find each moment's new absmax, and encode it against that.
-Every loop is a plain loop over one block, so each one vectorizes; the encoding
-reads a ``quant8.Encoder`` table (one gather) instead of searching.
+Per block (256 elements in 8 bits, 128 in 4), while it is in cache: decode m and v
+(and v_max) into float scratch, run the element update of ``shared/element.py`` on
+them (every option of the 32-bit step), find each moment's new scale, and encode it
+against that. Every loop is a plain loop over one block, so each one vectorizes; the
+8-bit encoding reads a ``quant8.Encoder`` table (one gather) instead of searching, the
+4-bit one counts ``quant4.thresholds`` (compares only).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..._core import quant8
+from ..._core import quant4, quant8
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
 from ..cache import cached
@@ -31,8 +33,9 @@ from .runtime import (
 from .threads import run_parallel
 
 OVERLAP = 1
-BLOCKS_PER_TASK = 64  # 16K elements per parallel task: its scratch is allocated once
+ELEMENTS_PER_TASK = 1 << 14  # per parallel task: its scratch is allocated once
 BLOCK = quant8.BLOCK
+FORMATS = ("8bit", "4bit")
 
 
 @numba.njit(inline="always")
@@ -61,26 +64,111 @@ def _encode(x, n, absmax, codes, entries, zero, signed):
         codes[j] = _code(x[j], inverse, entries, zero, signed)
 
 
+@numba.njit(inline="always")
+def _decode4(codes, table, scale, out, n):
+    for k in range(n // 2):
+        byte = codes[k]
+        out[2 * k] = table[byte >> 4] * scale
+        out[2 * k + 1] = table[byte & 15] * scale
+    if n & 1:
+        out[n - 1] = table[codes[n // 2] >> 4] * scale
+
+
+@numba.njit(inline="always")
+def _scale4(x, n):
+    # torchao's: the largest magnitude (inf, NaN included), at least 1e-12.
+    top = np.uint32(0)
+    for j in range(n):
+        top = max(top, np.uint32(bits_from_f32(np.float32(x[j])) & np.uint32(0x7FFFFFFF)))
+    value = f32_from_bits(top)
+    return value if value >= quant4.MIN_SCALE or value != value else quant4.MIN_SCALE
+
+
+def _counter(thresholds: np.ndarray):
+    """``code(value)``: how many of ``thresholds`` are at or below ``value``, as one
+    expression of compiled-in constants (a loop over an array of them stays a loop)."""
+    terms = " + ".join(f"np.uint8(value >= np.float32({float(t)!r}))" for t in thresholds)
+    scope = {"np": np}
+    exec(f"def code(value):\n    return np.uint8({terms})\n", scope)
+    return numba.njit(inline="always")(scope["code"])
+
+
+def _linear_counter(thresholds: np.ndarray):
+    """``_counter`` for thresholds at (c + 1.5) / 16 (the unsigned linear map's): the count
+    is floor(16 * value - 0.5), clamped to [0, 15], NaN 0; exact, since 16 * value and the
+    subtraction round nothing for values up to 1 (and the clamp covers the rest)."""
+    if not np.array_equal(thresholds, (np.arange(15, dtype=np.float32) + np.float32(1.5))
+                          / np.float32(16)):
+        return _counter(thresholds)
+
+    @numba.njit(inline="always")
+    def code(value):
+        if not value >= np.float32(0.09375):  # below the first threshold, or NaN
+            return np.uint8(0)
+        if value >= np.float32(1.0):
+            return np.uint8(15)
+        return np.uint8(np.int32(value * np.float32(16.0) - np.float32(0.5)))
+
+    return code
+
+
+def _encoder4(code):
+    """``encode(x, n, scale, codes, scratch)`` for one block: each value divided by the
+    scale (as torchao divides: a reciprocal would round apart) and counted against the
+    thresholds into ``scratch``, then packed two to a byte (the even one high)."""
+    @numba.njit(inline="always")
+    def encode(x, n, scale, codes, scratch):
+        for j in range(n):
+            scratch[j] = code(np.float32(x[j]) / scale)
+        for k in range(n // 2):
+            codes[k] = np.uint8((scratch[2 * k] << np.uint8(4)) | scratch[2 * k + 1])
+        if n & 1:
+            codes[n // 2] = np.uint8(scratch[n - 1] << np.uint8(4))
+
+    return encode
+
+
+def _codec(fmt: str) -> tuple:
+    """``(block, per_byte, decode, scale, encode_m, encode_v)`` of a state format, the
+    encoders' tables or thresholds compiled in."""
+    if fmt == "4bit":
+        return (quant4.BLOCK, 2, _decode4, _scale4, _encoder4(_counter(quant4.thresholds(True))),
+                _encoder4(_linear_counter(quant4.thresholds(False))))
+    signed, unsigned = quant8.encoder(True), quant8.encoder(False)
+    m_entries, m_zero = signed.entries, np.int32(signed.zero)
+    v_entries, v_zero = unsigned.entries, np.int32(unsigned.zero)
+
+    @numba.njit(inline="always")
+    def encode_m8(x, n, scale, codes, scratch):
+        _encode(x, n, scale, codes, m_entries, m_zero, True)
+
+    @numba.njit(inline="always")
+    def encode_v8(x, n, scale, codes, scratch):
+        _encode(x, n, scale, codes, v_entries, v_zero, False)
+
+    return quant8.BLOCK, 1, _decode, _absmax, encode_m8, encode_v8
+
+
 @cache
-def fused_kernel(flags: Flags):
+def fused_kernel(flags: Flags, fmt: str = "8bit"):
     """The compiled kernel ``(param, grad, m_codes, v_codes, v_max_codes, m_absmax,
-    v_absmax, v_max_absmax, comp, master, coef, m_map, v_map) -> 0``.
+    v_absmax, v_max_absmax, comp, master, coef, m_map, v_map) -> 0`` for the state format
+    ``fmt`` ("8bit": one code per byte, absmax per 256; "4bit": two per byte, scale per
+    128).
 
     Arrays are 1-D kernel views (16-bit ones as uint16); unused ones (v_max, comp,
     master) may be placeholders. ``flags.state`` is the compute kind the moments are
-    decoded to. ``m_map``, ``v_map``: ``quant8.dynamic_map(True/False)``, arguments
-    so that decoding reads them one value at a time (faster on Zen 4 than a gather);
-    the encoder tables are compiled in, so that encoding reads them with a gather.
-    Returns ``OVERLAP``, changing nothing, if grad shares memory with an array the
-    step writes.
+    decoded to. ``m_map``, ``v_map``: the format's maps (``dynamic_map`` or ``qmap``),
+    arguments so that decoding reads them one value at a time (faster on Zen 4 than a
+    gather); the encoder tables are compiled in. Returns ``OVERLAP``, changing nothing,
+    if grad shares memory with an array the step writes.
     """
     update = element.make(numba.njit(inline="always"), flags,
                            converters(compute_dtype(flags.param)), rounding())
     compute = np.dtype(compute_dtype(flags.param)).type
     amsgrad = flags.amsgrad
-    signed, unsigned = quant8.encoder(True), quant8.encoder(False)
-    m_entries, m_zero = signed.entries, np.int32(signed.zero)
-    v_entries, v_zero = unsigned.entries, np.int32(unsigned.zero)
+    block, per_byte, decode, scale_of, encode_m, encode_v = _codec(fmt)
+    blocks_per_task = ELEMENTS_PER_TASK // block
 
     @numba.njit(parallel=True, nogil=True)
     def kernel(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax, v_max_absmax,
@@ -94,47 +182,49 @@ def fused_kernel(flags: Flags):
         c0, c1, c2, c3, c4, c5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
         c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]
         n = param.size
-        n_blocks = (n + BLOCK - 1) // BLOCK
-        tasks = (n_blocks + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK
+        n_blocks = (n + block - 1) // block
+        tasks = (n_blocks + blocks_per_task - 1) // blocks_per_task
         for task in prange(tasks):
-            m = np.empty(BLOCK, compute)
-            v = np.empty(BLOCK, compute)
-            v_max = np.empty(BLOCK if amsgrad else 1, compute)
-            for b in range(task * BLOCKS_PER_TASK, min((task + 1) * BLOCKS_PER_TASK, n_blocks)):
-                s = b * BLOCK
-                e = min(s + BLOCK, n)
+            m = np.empty(block, compute)
+            v = np.empty(block, compute)
+            v_max = np.empty(block if amsgrad else 1, compute)
+            scratch = np.empty(block, np.uint8)  # a block's codes, before packing
+            for b in range(task * blocks_per_task, min((task + 1) * blocks_per_task, n_blocks)):
+                s = b * block
+                e = min(s + block, n)
                 size = e - s
-                _decode(m_codes[s:e], m_map, m_absmax[b], m, size)
-                _decode(v_codes[s:e], v_map, v_absmax[b], v, size)
+                cs, ce = s // per_byte, (e + per_byte - 1) // per_byte  # the block's bytes
+                decode(m_codes[cs:ce], m_map, m_absmax[b], m, size)
+                decode(v_codes[cs:ce], v_map, v_absmax[b], v, size)
                 if amsgrad:
-                    _decode(v_max_codes[s:e], v_map, v_max_absmax[b], v_max, size)
+                    decode(v_max_codes[cs:ce], v_map, v_max_absmax[b], v_max, size)
                 p, g = param[s:e], grad[s:e]
                 k, w = comp[s:e], master[s:e]
                 for j in range(size):
                     update(j, p, g, m, v, v_max, k, w, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
                            c10, noise, s)
-                top = _absmax(m, size)
+                top = scale_of(m, size)
                 m_absmax[b] = top
-                _encode(m, size, top, m_codes[s:e], m_entries, m_zero, True)
-                top = _absmax(v, size)
+                encode_m(m, size, top, m_codes[cs:ce], scratch)
+                top = scale_of(v, size)
                 v_absmax[b] = top
-                _encode(v, size, top, v_codes[s:e], v_entries, v_zero, False)
+                encode_v(v, size, top, v_codes[cs:ce], scratch)
                 if amsgrad:
-                    top = _absmax(v_max, size)
+                    top = scale_of(v_max, size)
                     v_max_absmax[b] = top
-                    _encode(v_max, size, top, v_max_codes[s:e], v_entries, v_zero,
-                            False)
+                    encode_v(v_max, size, top, v_max_codes[cs:ce], scratch)
         return 0
 
-    return cached(kernel, "cpu.eight_bit.fused_kernel", flags)
+    return cached(kernel, "cpu.eight_bit.fused_kernel", flags, fmt)
 
 
 def adam_step_8bit_cpu(arrays: tuple, flags: Flags, coef: np.ndarray,
-                       num_threads: int | None, noise: int = 0) -> None:
+                       num_threads: int | None, noise: int = 0, fmt: str = "8bit") -> None:
     """Run the kernel on checked kernel views ``(param, grad, m_codes, v_codes,
     v_max_codes, m_absmax, v_absmax, v_max_absmax, comp, master)``; ``noise``: the
-    params' random noise at this step, for stochastic rounding."""
-    if run_parallel(num_threads, arrays[0].size, fused_kernel(flags), *arrays, coef,
-                    quant8.dynamic_map(True), quant8.dynamic_map(False),
-                    np.uint32(noise)) == OVERLAP:
+    params' random noise at this step, for stochastic rounding; ``fmt``: the format."""
+    maps = ((quant4.qmap(True), quant4.qmap(False)) if fmt == "4bit"
+            else (quant8.dynamic_map(True), quant8.dynamic_map(False)))
+    if run_parallel(num_threads, arrays[0].size, fused_kernel(flags, fmt), *arrays, coef,
+                    *maps, np.uint32(noise)) == OVERLAP:
         raise ValueError("grad overlaps an array the step writes")  # checked before: a bug

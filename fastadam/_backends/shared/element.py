@@ -78,7 +78,7 @@ def make_value(jit, flags: Flags, converters: dict, rounding: tuple, mul=None,
     mul = _plain_multiply(jit) if mul is None else mul
     div = _plain_divide(jit) if div is None else div
     maximize, amsgrad, nesterov = flags.maximize, flags.amsgrad, flags.nesterov
-    l2_decay, decoupled_decay = flags.l2_decay, flags.decoupled_decay
+    l2_decay, decoupled_decay, lerp = flags.l2_decay, flags.decoupled_decay, flags.lerp
     load_param, store_param = _param_access(jit, flags, converters, rounding)
     load_s, store_s = converters[flags.state]
 
@@ -94,8 +94,14 @@ def make_value(jit, flags: Flags, converters: dict, rounding: tuple, mul=None,
             g = g + mul(weight_decay, p)
         if decoupled_decay:
             p = mul(p, decay_factor)
-        m_i = mul(beta1, load_s(m[i])) + mul(one_minus_beta1, g)
-        v_i = mul(beta2, load_s(v[i])) + mul(one_minus_beta2, mul(g, g))
+        if lerp:  # torchao's: start + weight * (end - start)
+            m_i = load_s(m[i])
+            m_i = m_i + mul(one_minus_beta1, g - m_i)
+            v_i = load_s(v[i])
+            v_i = v_i + mul(one_minus_beta2, mul(g, g) - v_i)
+        else:
+            m_i = mul(beta1, load_s(m[i])) + mul(one_minus_beta1, g)
+            v_i = mul(beta2, load_s(v[i])) + mul(one_minus_beta2, mul(g, g))
         m[i] = store_s(m_i)
         v[i] = store_s(v_i)
         if amsgrad:
