@@ -203,7 +203,7 @@ def adam_step_4bit(
     step: int,
     v_max_codes: np.ndarray | None = None,
     v_max_scale: np.ndarray | None = None,
-    **options,
+    **options: object,
 ) -> None:
     """``adam_step`` with m and v (and v_max) held in 4 bits, in place, in one pass.
 
@@ -220,10 +220,12 @@ def adam_step_4bit(
     Args:
         m_codes: uint8 array of ``(param.size + 1) // 2`` bytes; zeros with zero scales
             to start.
-        v_codes, v_max_codes: as m_codes (v_max for amsgrad).
+        v_codes: as m_codes.
         m_scale: float32 array of ``ceil(param.size / 128)``.
-        v_scale, v_max_scale: as m_scale.
-        options: every keyword of :func:`adam_step` (on the CPU and NumPy backends).
+        v_scale: as m_scale.
+        v_max_codes: as m_codes, for amsgrad.
+        v_max_scale: as m_scale, for amsgrad.
+        **options: every keyword of :func:`adam_step` (on the CPU and NumPy backends).
 
     Raises:
         TypeError, ValueError: on bad input, naming the argument; nothing is modified.

@@ -268,3 +268,70 @@ def test_state_bytes_per_param():
     opt = fastadam.Adam(np.zeros(1 << 20, F32), state_dtype="4bit")
     held = sum(a.nbytes for s in opt._slots for a in [*s.state, *s.absmax] if a is not None)
     assert held / (1 << 20) == 1.0625
+
+
+def _mlp(torch):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Tanh(),
+                               torch.nn.Linear(128, 10))
+
+
+def _train(torch, model, opt, steps, data):
+    x, y = data
+    for _ in range(steps):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+
+
+def test_torch_drop_in_state_moves_to_torchao_and_back():
+    """A torchao AdamW4bit state_dict loads into fastadam.torch.AdamW4bit and the reverse
+    (torchao_state_dict); the next step agrees to float32 rounding on the 8,192-weight
+    layer, which torchao keeps in 4 bits (it keeps the smaller ones in float32, which
+    fastadam quantizes: those agree to the 4-bit error)."""
+    torch, AdamW4bit, *_ = _torchao()
+    import fastadam.torch as ft
+
+    torch.manual_seed(1)
+    data = (torch.randn(32, 64), torch.randn(32, 10))
+    ours, theirs = _mlp(torch), _mlp(torch)
+    ours_opt = ft.AdamW4bit(ours.parameters(), lr=1e-2)
+    theirs_opt = AdamW4bit(theirs.parameters(), lr=1e-2)
+    _train(torch, ours, ours_opt, 5, data)
+    _train(torch, theirs, theirs_opt, 5, data)
+    for source, source_opt, make, convert in (
+            (theirs, theirs_opt, lambda m: ft.AdamW4bit(m.parameters(), lr=1e-2),
+             lambda o: o.state_dict()),
+            (ours, ours_opt, lambda m: AdamW4bit(m.parameters(), lr=1e-2),
+             ft.torchao_state_dict)):
+        twin = _mlp(torch)
+        twin.load_state_dict(source.state_dict())
+        twin_opt = make(twin)
+        twin_opt.load_state_dict(convert(source_opt))
+        _train(torch, source, source_opt, 1, data)
+        _train(torch, twin, twin_opt, 1, data)
+        torch.testing.assert_close(twin[0].weight, source[0].weight, rtol=0, atol=1e-6)
+
+
+def test_torch_drop_in_refuses_bad_state_unchanged():
+    torch = optional("torch")
+    import fastadam.torch as ft
+
+    model = _mlp(torch)
+    opt = ft.AdamW4bit(model.parameters(), lr=1e-2)
+    _train(torch, model, opt, 2, (torch.randn(8, 64), torch.randn(8, 10)))
+    before = {k: v.clone() for k, v in opt.state[model[0].weight].items() if torch.is_tensor(v)}
+    bad = opt.state_dict()
+    bad["state"][0] = {**bad["state"][0]}  # torch's state_dict shares the live entries
+    bad["state"][0]["exp_avg_codes"] = bad["state"][0]["exp_avg_codes"][:7]
+    with pytest.raises(ValueError, match="exp_avg_codes"):
+        opt.load_state_dict(bad)
+    dense = ft.AdamW(_mlp(torch).parameters(), lr=1e-2)  # a 4-bit state in a 32-bit drop-in
+    with pytest.raises(ValueError, match="low-bit moments"):
+        dense.load_state_dict(opt.state_dict())
+    assert not dense.state
+    for k, v in opt.state[model[0].weight].items():
+        if torch.is_tensor(v):
+            assert torch.equal(v, before[k])
+    with pytest.raises(ValueError, match="block_size"):
+        ft.AdamW4bit(model.parameters(), block_size=256)

@@ -31,6 +31,7 @@ from .._core.hyper import clip_factor, clipped_scale, hyper
 from .._state import groups as _groups
 from .._state.slots import PARAM_DTYPE
 from ..optimizer import Adam as _ArrayAdam
+from ._common import refuse_low_bit
 from ._errors import in_torch_words
 from ._tensors import DTYPES, KINDS, as_array, current_stream, memory_views, real_view
 
@@ -52,6 +53,11 @@ def _hyper(group: dict):
 
 class _FusedStep:
     """The step shared by :class:`Adam` and :class:`AdamW`."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's, after refusing low-bit states (``refuse_low_bit``): nothing changes."""
+        refuse_low_bit(state_dict)
+        super().load_state_dict(state_dict)
 
     def _fastadam_init(self, stochastic_rounding, seed, max_grad_norm) -> None:
         # torch's fused Adam lets GradScaler hand it the unscaling; this step does not,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-from itertools import chain
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ from .._backends.dispatch import (
 )
 from .._core import array_checks, checks, quant8
 from .._core.hyper import clip_factor, clipped_scale, hyper
+from ._common import closure_loss, matched_params, with_gradients
 from ._tensors import as_array, current_stream
 
 __all__ = ["Adam8bit", "AdamW8bit"]
@@ -84,43 +84,37 @@ class _Adam8bit(torch.optim.Optimizer):
     def step(self, closure=None):
         """One update of every parameter with a gradient; returns the closure's loss.
         Everything is checked before anything is written: a refused step changes nothing."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        planned, index = [], -1
+        loss = closure_loss(closure)
+        planned = []
         first = self.param_groups[0] if self.param_groups else {}
         stochastic, seed = first.get("stochastic_rounding", False), first.get("seed", 0)
-        for group in self.param_groups:
-            h = hyper(lr=float(group["lr"]), betas=tuple(float(b) for b in group["betas"]),
-                      eps=group["eps"], weight_decay=group["weight_decay"],
-                      decoupled_weight_decay=True, maximize=group["maximize"])
-            for p in group["params"]:
-                index += 1
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("fastadam does not support sparse gradients")
-                if p.dtype not in _DTYPES:
-                    raise TypeError(f"fastadam's 8-bit Adam steps float tensors; got {p.dtype}")
-                state = self.state.get(p) or self._fresh(p)
-                param = as_array(p.detach())
-                backend = resolve("auto", param)
-                grad = as_array(p.grad.detach().contiguous())
-                eight = state["state1"].dtype == torch.uint8
-                if eight:
-                    arrays = array_checks.step_arrays_8bit(
-                        backend, param, grad,
-                        (as_array(state["state1"]), as_array(state["state2"]), None),
-                        (as_array(state["absmax1"]), as_array(state["absmax2"]), None),
-                        None, None, False)
-                else:
-                    arrays = array_checks.step_arrays(
-                        backend, param, grad, as_array(state["state1"]),
-                        as_array(state["state2"]), None, None, None, False)
-                rounded = bool(stochastic) and p.dtype in (torch.float16, torch.bfloat16)
-                planned.append((p, state, h, eight, backend, arrays, rounded,
-                                rounding_key(seed, index)))
+
+        def hyper_of(group):
+            return hyper(lr=float(group["lr"]), betas=tuple(float(b) for b in group["betas"]),
+                         eps=group["eps"], weight_decay=group["weight_decay"],
+                         decoupled_weight_decay=True, maximize=group["maximize"])
+
+        for _, h, index, p in with_gradients(self.param_groups, hyper_of):
+            if p.dtype not in _DTYPES:
+                raise TypeError(f"fastadam's 8-bit Adam steps float tensors; got {p.dtype}")
+            state = self.state.get(p) or self._fresh(p)
+            param = as_array(p.detach())
+            backend = resolve("auto", param)
+            grad = as_array(p.grad.detach().contiguous())
+            eight = state["state1"].dtype == torch.uint8
+            if eight:
+                arrays = array_checks.step_arrays_8bit(
+                    backend, param, grad,
+                    (as_array(state["state1"]), as_array(state["state2"]), None),
+                    (as_array(state["absmax1"]), as_array(state["absmax2"]), None),
+                    None, None, False)
+            else:
+                arrays = array_checks.step_arrays(
+                    backend, param, grad, as_array(state["state1"]),
+                    as_array(state["state2"]), None, None, None, False)
+            rounded = bool(stochastic) and p.dtype in (torch.float16, torch.bfloat16)
+            planned.append((p, state, h, eight, backend, arrays, rounded,
+                            rounding_key(seed, index)))
         scale = self._clip_scale(planned)
         for p, state, h, eight, backend, arrays, rounded, key in planned:  # all checked
             step = int(state["step"]) + 1
@@ -162,19 +156,10 @@ class _Adam8bit(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a state_dict of this class or of bitsandbytes' Adam8bit/AdamW8bit: every
         entry is checked (codes, absmax, maps) before anything changes."""
-        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
-            raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
+        params = matched_params(state_dict, self.param_groups)
         saved_groups = state_dict["param_groups"]
-        if len(saved_groups) != len(self.param_groups) or any(
-                len(a["params"]) != len(b["params"])
-                for a, b in zip(saved_groups, self.param_groups)):
-            raise ValueError("state_dict['param_groups'] does not match this optimizer's groups")
-        params = dict(zip(chain.from_iterable(g["params"] for g in saved_groups),
-                          chain.from_iterable(g["params"] for g in self.param_groups)))
         state = {}
         for key, entry in state_dict["state"].items():
-            if key not in params:
-                raise ValueError(f"state_dict['state'][{key!r}] names no parameter")
             state[params[key]] = _checked_entry(key, dict(entry), params[key])
         groups = []
         for saved, current in zip(saved_groups, self.param_groups):
