@@ -14,7 +14,15 @@ from .cpu.inline import (  # noqa: F401  (the door)
     update_rows_typer,
     update_typer,
 )
-from .shared.records import Kind, as_hyper, family_of, kind_of, record_class  # noqa: F401
+from .shared.records import (  # noqa: F401
+    Kind,
+    as_hyper,
+    family_of,
+    kind_of,
+    record_class,
+    uint16_kinds,
+    uint16_spec,
+)
 from .shared.signatures import given_or, given_or_typer
 
 

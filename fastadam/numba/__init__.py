@@ -44,7 +44,9 @@ def hyper(lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: floa
     to pass into compiled functions, or to make inside them.
 
     ``uint16_as`` ("bfloat16" or "float16"): what uint16 arrays hold, in compiled code
-    (Numba has no 16-bit float arrays; pass ``a.view(np.uint16)``). ``max_lr`` None is
+    (Numba has no 16-bit float arrays; pass ``a.view(np.uint16)``); one kind per role
+    where they differ: ``"param=float16;grad=bfloat16;state=float16"`` (the state: m, v,
+    v_max; the Kahan compensation is the param's). ``max_lr`` None is
     kept as NaN. In compiled code, ``decoupled_weight_decay``, ``amsgrad``,
     ``maximize``, ``nesterov``, ``decouple_lr`` and ``uint16_as`` must be constants, and
     weight decay is compiled in wherever ``weight_decay`` is passed (in Python, where it
@@ -57,8 +59,7 @@ def hyper(lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: floa
                       decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
                       maximize=maximize, bias_correction=bias_correction, eps_root=eps_root,
                       nesterov=nesterov, decouple_lr=decouple_lr, max_lr=max_lr)
-    if uint16_as not in (None, *SIXTEEN_BIT):
-        raise ValueError(f"uint16_as must be None, 'float16' or 'bfloat16', got {uint16_as!r}")
+    compiled.uint16_kinds(uint16_as)  # ValueError on a bad spec
     record = compiled.record_class("Hyper", compiled.kind_of(h, uint16_as))
     return record(**{**h._asdict(), "max_lr": float("nan") if max_lr is None else h.max_lr})
 
@@ -158,20 +159,18 @@ def update_rows(table: np.ndarray, m: np.ndarray, v: np.ndarray, rows: np.ndarra
 
 def _step_arrays(param, grad, m, v, v_max, kahan_comp, master_params, record) -> tuple:
     """The checked arrays as compiled code takes them (1-D, 16-bit ones as uint16), and
-    the 16-bit kind among them (None if none)."""
+    the ``uint16_as`` that says what they hold (None: no 16-bit array)."""
     arrays = array_checks.step_arrays("cpu", param, grad, m, v, v_max, kahan_comp,
                                       master_params, type(record).kind.amsgrad)
-    sixteen = {kind(a.dtype) for a in arrays if a is not None} & set(SIXTEEN_BIT)
-    if len(sixteen) > 1:
-        raise TypeError("fastadam.numba takes one 16-bit float kind per step (uint16 arrays "
-                        "hold the one hyper(uint16_as=...) names); got float16 and bfloat16")
+    roles = dict(zip(("param", "grad", "state"), (kind(a.dtype) for a in arrays[:3])))
+    sixteen = {role: k for role, k in roles.items() if k in SIXTEEN_BIT}
     views = tuple(None if a is None else as_kernel_array(a) for a in arrays)
-    return views, (sixteen.pop() if sixteen else None)
+    return views, compiled.uint16_spec(sixteen)
 
 
 def _holding(record, sixteen: str | None):
-    """``record`` as the class whose uint16 arrays hold ``sixteen``: from Python the
-    arrays' dtypes say what they hold, not the record."""
+    """``record`` as the class whose uint16 arrays hold ``sixteen`` (a ``uint16_as``):
+    from Python the arrays' dtypes say what they hold, not the record."""
     kind16 = type(record).kind
     if sixteen is None or kind16.uint16_as == sixteen:
         return record

@@ -68,8 +68,10 @@ def hyper_typer(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
     decoupled = constant(decoupled_weight_decay, "decoupled_weight_decay", False)
     lr_decoupled = constant(decouple_lr, "decouple_lr", False)
     kind16 = constant(uint16_as, "uint16_as", None)
-    if kind16 not in (None, "float16", "bfloat16"):
-        raise TypeError("fastadam.numba.hyper: uint16_as must be 'float16' or 'bfloat16'")
+    try:
+        records.uint16_kinds(kind16)
+    except ValueError as e:
+        raise TypeError(f"fastadam.numba.hyper: {e}") from None
     if lr_decoupled and absent(default_of(max_lr)):
         raise TypeError("fastadam.numba.hyper: decouple_lr=True needs max_lr")
     decay = default_of(weight_decay)

@@ -45,6 +45,38 @@ _NAME = re.compile(r"(Hyper|Coefficients)\[([^\]]*)\]@(\w+)$")
 _classes: dict = {}
 
 
+ROLES = {"param": "param", "kahan_comp": "param", "grad": "grad", "m": "state", "v": "state",
+         "v_max": "state"}  # which 16-bit kind of a ``uint16_as`` spec an argument takes
+_SIXTEEN = ("float16", "bfloat16")
+
+
+def uint16_kinds(uint16_as: str | None) -> dict | None:
+    """``uint16_as`` as ``{role: kind}`` for the roles "param", "grad" and "state": one kind
+    for all ("bfloat16"), or one per role ("param=float16;grad=bfloat16;state=float16",
+    roles left out taking none); ValueError on anything else."""
+    if uint16_as is None:
+        return None
+    if uint16_as in _SIXTEEN:
+        return dict.fromkeys(("param", "grad", "state"), uint16_as)
+    kinds = {}
+    for part in str(uint16_as).split(";"):
+        role, _, value = part.partition("=")
+        if role not in ("param", "grad", "state") or value not in _SIXTEEN or role in kinds:
+            raise ValueError("uint16_as must be 'float16', 'bfloat16', or one kind per role "
+                             f"as 'param=float16;grad=bfloat16;state=float16'; got {uint16_as!r}")
+        kinds[role] = value
+    return kinds
+
+
+def uint16_spec(kinds: dict) -> str | None:
+    """The ``uint16_as`` of ``{role: kind}``: one kind where the roles agree, else per role."""
+    if not kinds:
+        return None
+    if len(set(kinds.values())) == 1:
+        return next(iter(kinds.values()))
+    return ";".join(f"{role}={kinds[role]}" for role in ("param", "grad", "state") if role in kinds)
+
+
 def kind_of(h: hyper.Hyper, uint16_as: str | None) -> Kind:
     """The kind of validated hyperparameters ``h`` (decay as ``hyper.flags`` decides it)."""
     f = hyper.flags(h, "float32", "float32", "float32", False, False)

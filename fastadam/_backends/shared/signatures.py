@@ -81,11 +81,12 @@ def array_kind(t, argument: str, kind: records.Kind, where: str, *, written: boo
     if str(t.dtype) in ("float32", "float64"):
         return str(t.dtype)
     if str(t.dtype) == "uint16":
-        if kind.uint16_as is None:
+        held = (records.uint16_kinds(kind.uint16_as) or {}).get(records.ROLES[argument])
+        if held is None:
             raise TypeError(f"{where}: {argument} is uint16; say which 16-bit float it "
-                              "holds: fastadam.numba.hyper(..., uint16_as='bfloat16' or "
-                              "'float16')")
-        return kind.uint16_as
+                            "holds: fastadam.numba.hyper(..., uint16_as='bfloat16' or "
+                            "'float16', or per role 'param=float16;grad=bfloat16;state=...')")
+        return held
     raise TypeError(f"{where}: {argument} must hold float32, float64 or 16-bit floats "
                       f"as uint16, got {t.dtype}")
 
