@@ -23,6 +23,7 @@ LAZY_MODULES = {
     "fastadam._backends.cuda",  # numba.cuda
     "fastadam.bench.roofline_cuda",  # numba.cuda
     "fastadam.bench.gpu_coefficients",  # numba.cuda
+    "fastadam.bench.gpu_inline",  # numba.cuda
     "fastadam",  # fastadam.torch, from the benchmark: torch
     "fastadam.numba",  # fastadam.numba.device (numba.cuda), on first use of fastadam.numba.cuda
 }

@@ -260,12 +260,20 @@ def coefficient_ulps(check: Check) -> dict:
     return ulps(check)
 
 
+def inline_rows(check: Check) -> dict:
+    """Adam inside a user's own kernel (``gpu_inline``)."""
+    from .gpu_inline import inline_rows as rows  # numba.cuda at its top
+
+    return rows(check)
+
+
 SECTIONS = {"flat buffers and 16-bit params": flat_rows, "8-bit state": eight_bit_rows,
             "steps back to back": back_to_back_rows,
             "GPT-2 small through fastadam.torch.AdamW": gpt2_rows,
             "a list of arrays, and one call": list_and_call_rows, "clipped step": clip_rows,
             "past 32-bit indexing": past_32_bit_indexing, "bad input on the device": bad_input,
             "the counted step's coefficients, device against host": coefficient_ulps,
+            "Adam inside a user's kernel (fastadam.numba.cuda)": inline_rows,
             "the CPU kernel's thread scaling": cpu_scaling}
 
 
