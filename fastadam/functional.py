@@ -177,19 +177,15 @@ def adam_step_8bit(
     Raises:
         TypeError, ValueError: on bad input, naming the argument; nothing is modified.
     """
-    h = hyper(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-              decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
-              maximize=maximize, bias_correction=bias_correction, eps_root=eps_root,
-              nesterov=nesterov, decouple_lr=decouple_lr, max_lr=max_lr)
-    step, scale, threads, kind, cuda_stream = _call(step, grad_scale, num_threads, backend,
-                                                    stream, param)
-    *arrays, codes, absmax = array_checks.step_arrays_8bit(
-        kind, param, grad, (m_codes, v_codes, v_max_codes), (m_absmax, v_absmax, v_max_absmax),
-        kahan_comp, master_params, h.amsgrad)
-    flags = flags_8bit(h, arrays[0], arrays[1], arrays[2] is not None, arrays[3] is not None)
-    wait_for_inputs(kind, [*arrays, *codes, *absmax], cuda_stream)
-    apply_8bit(kind, tuple(arrays), codes, absmax, h, flags, step, grad_scale=scale,
-               num_threads=threads, stream=cuda_stream)
+    _low_bit_step("8bit", param, grad, (m_codes, v_codes, v_max_codes),
+                  (m_absmax, v_absmax, v_max_absmax), step, dict(
+                      lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                      decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
+                      maximize=maximize, bias_correction=bias_correction, eps_root=eps_root,
+                      nesterov=nesterov, decouple_lr=decouple_lr, max_lr=max_lr,
+                      grad_scale=grad_scale, kahan_comp=kahan_comp,
+                      master_params=master_params, backend=backend, num_threads=num_threads,
+                      stream=stream))
 
 
 def adam_step_4bit(

@@ -37,6 +37,17 @@ OPTIONS = {
 }
 
 
+# The low-bit steps' options (8 and 4 bits): every kernel option, once each.
+LOW_BIT_OPTIONS = {
+    "plain": {},
+    "adamw": {"weight_decay": 0.1, "decoupled_weight_decay": True},
+    "l2_maximize": {"weight_decay": 0.05, "maximize": True},
+    "amsgrad": {"amsgrad": True},
+    "nesterov_eps_root": {"nesterov": True, "eps_root": 1e-8},
+    "grad_scale": {"grad_scale": 512.0},
+}
+
+
 def make_state(rng, shape, dtype, amsgrad=True):
     """Random param/grad and a non-trivial state, as after a few steps."""
     param = rng.standard_normal(shape).astype(dtype)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import optional
+from helpers import LOW_BIT_OPTIONS, optional
 
 import fastadam
 from fastadam import quant8
@@ -93,14 +93,7 @@ def _step(param, grad, codes, absmax, step, backend, **options):
                             backend=backend, **extra, **options)
 
 
-OPTIONS = {
-    "plain": {},
-    "adamw": {"weight_decay": 0.1, "decoupled_weight_decay": True},
-    "l2_maximize": {"weight_decay": 0.05, "maximize": True},
-    "amsgrad": {"amsgrad": True},
-    "nesterov_eps_root": {"nesterov": True, "eps_root": 1e-8},
-    "grad_scale": {"grad_scale": 512.0},
-}
+OPTIONS = LOW_BIT_OPTIONS
 
 
 @pytest.mark.parametrize("option", OPTIONS)

@@ -36,7 +36,6 @@ ABSMAX_KEYS = ("absmax1", "absmax2", "absmax3")
 MAP_KEYS = ("qmap1", "qmap2")  # the signed map (m), the unsigned one (v, v_max)
 PARAM_DTYPE = "param"  # state_dtype: moments in each array's own dtype, as torch keeps them
 EIGHT_BIT = "8bit"  # state_dtype: m and v (and v_max) in bitsandbytes' 8-bit blockwise format
-FOUR_BIT = "4bit"  # state_dtype: m and v (and v_max) in torchao's 4-bit blockwise format
 
 
 class Options:
