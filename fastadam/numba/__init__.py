@@ -116,10 +116,10 @@ def adam_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray,
     the hyperparameters of ``h = hyper(...)``, from compiled code or from Python.
 
     Arrays as ``fastadam.adam_step`` takes them (any shape, C-contiguous); in compiled
-    code 16-bit ones as uint16 views, with ``hyper(uint16_as=...)``. From
-    ``SERIAL_BELOW`` (65,536) elements it runs on Numba's threads, except under Numba's
-    workqueue threading layer (which cannot nest in a caller's parallel loop); below,
-    on the calling thread.
+    code 16-bit ones as uint16 views, with ``hyper(uint16_as=...)``. It runs on the
+    calling thread, vectorized (threads started from compiled code would wait
+    milliseconds for cores a BLAS call left spinning); for threads, step slices in your
+    own ``prange``, or from Python call ``fastadam.adam_step``, which measures its choice.
 
     Raises:
         TypeError, ValueError: on bad input, naming the argument, before anything is

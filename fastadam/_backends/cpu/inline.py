@@ -16,7 +16,6 @@ import numba
 import numpy as np
 from numba import types
 from numba.extending import overload
-from numba.np.ufunc import parallel
 
 from ..._core import hyper as hyperparameters
 from ..._core.dtypes import compute_dtype
@@ -32,11 +31,9 @@ from ..shared.signatures import (
     record_kind,
     step_flags,
 )
-from .dense import OVERLAP, fused_kernel
 from .record_types import constructor
 from .runtime import converters, divide, njit_noalias, prefetch_row, rounding, shares_memory
 from .sparse import AHEAD
-from .threads import SERIAL_BELOW
 
 # Not inlined by Numba: inlined, an argument it returns was written as a copy (numba 0.68).
 overload(given_or)(given_or_typer)
@@ -166,7 +163,7 @@ def fill_coefficients(c, coef):
 
 @cache
 def serial_kernel(flags: hyperparameters.Flags):
-    """``fused_kernel``'s loop on the calling thread, for small arrays and parallel callers."""
+    """``fused_kernel``'s loop on the calling thread: ``adam_step``'s in compiled code."""
     update = element.make(numba.njit(inline="always"), flags,
                           converters(compute_dtype(flags.param)), rounding())
 
@@ -181,14 +178,6 @@ def serial_kernel(flags: hyperparameters.Flags):
     return kernel
 
 
-@cache
-def nesting_allowed() -> bool:
-    """Whether a parallel kernel may start inside a caller's parallel region: OpenMP and
-    TBB run it (on the caller's thread, or nested); Numba's workqueue would abort."""
-    parallel._launch_threads()
-    return numba.threading_layer() != "workqueue"
-
-
 @numba.njit(inline="always")
 def _overlap(a, b, c=None, d=None):
     """Whether ``a`` shares memory with ``b``, ``c`` or ``d`` (those given)."""
@@ -198,16 +187,18 @@ def _overlap(a, b, c=None, d=None):
 
 def adam_step_typer(param, grad, m, v, step, h, v_max=None, kahan_comp=None,
                     master_params=None):
-    """``fastadam.numba.adam_step`` in compiled code: checks, then the fused pass, in
-    parallel from ``SERIAL_BELOW`` elements where the threading layer nests safely."""
+    """``fastadam.numba.adam_step`` in compiled code: checks, then the fused pass on the
+    calling thread. Not on Numba's threads: started from compiled code, with no measured
+    choice, they wait for cores that a BLAS call left spinning (3.7 ms against 0.09 after
+    a 256 x 256 matmul, at 70K elements), and under the workqueue layer cannot start
+    inside a caller's prange; a caller parallel over its own chunks uses every core."""
     where = "fastadam.numba.adam_step"
     kind = record_kind(h, "Hyper", "h", where)
     flags = step_flags(kind, where, param, grad, m, v, v_max, kahan_comp, master_params,
                        one_dim=False)
     compute = COMPUTE[compute_dtype(flags.param)]
-    serial, threaded = serial_kernel(flags), fused_kernel(flags)
-    nests, amsgrad, kahan, master = (nesting_allowed(), flags.amsgrad, flags.kahan,
-                                     flags.master)
+    serial = serial_kernel(flags)
+    amsgrad, kahan, master = flags.amsgrad, flags.kahan, flags.master
 
     shape_error = f"{where}: grad, m, v (and v_max, kahan_comp, master_params) must " \
                   "have param's shape"
@@ -232,11 +223,7 @@ def adam_step_typer(param, grad, m, v, step, h, v_max=None, kahan_comp=None,
         c = coefficients_of(step, h)
         coef = np.empty(11, compute)
         fill_coefficients(c, coef)
-        if nests and p.size >= SERIAL_BELOW:  # (the thread count would keep callers uncached)
-            if threaded(p, g, m1, v1, vm, kc, ms, coef, np.uint32(0)) == OVERLAP:
-                raise ValueError(overlap_error)
-        else:
-            serial(p, g, m1, v1, vm, kc, ms, coef)
+        serial(p, g, m1, v1, vm, kc, ms, coef)
 
     return impl
 
