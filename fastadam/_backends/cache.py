@@ -13,6 +13,12 @@ truncated entry is recompiled, never loaded. A process compiles a variant under
 an exclusive file lock, so processes starting at once (MPI ranks) compile each
 variant once and the others load it.
 
+Numba names each compiled function by its qualified name and a number counted from 1 in
+every process, and a loaded entry's functions keep the names they were compiled under.
+Two variants of one closure (the fused kernel with and without weight decay, say), one
+compiled here and one loaded, could then share a name, and the loaded code would call
+the other variant's. So numbers here start from a random offset of the process's own.
+
 Where: ``FASTADAM_CACHE_DIR``, else ``NUMBA_CACHE_DIR/fastadam``, else
 ``__pycache__/kernels`` inside the installed package, or, where that is not
 writable, the user's cache directory (``$XDG_CACHE_HOME/fastadam``, by default
@@ -23,8 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import pickle
+import secrets
 import sys
 import tempfile
 import warnings
@@ -32,7 +40,7 @@ from pathlib import Path
 
 import llvmlite
 import numba
-from numba.core import caching
+from numba.core import bytecode, caching
 
 try:
     import fcntl
@@ -42,6 +50,18 @@ except ImportError:  # not POSIX: processes starting together may compile a vari
 OFF = ("0", "off", "false", "no")
 _PACKAGE = Path(__file__).resolve().parents[1]
 _SOURCES = ("_core", "_backends", "numba")  # every kernel is assembled from modules here
+
+
+def _distinct_function_names() -> None:
+    """Number this process's compiled functions from a random offset (see the module's
+    docstring): names then differ from those of every cached entry another process wrote."""
+    ids = getattr(bytecode.FunctionIdentity, "_unique_ids", None)
+    if isinstance(ids, itertools.count):  # (numba's; another numba: left as it is)
+        bytecode.FunctionIdentity._unique_ids = itertools.count(
+            next(ids) + (secrets.randbits(44) << 8))
+
+
+_distinct_function_names()
 
 
 def enabled() -> bool:

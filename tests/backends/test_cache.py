@@ -190,3 +190,34 @@ def test_the_lock_file_is_per_kernel(tmp_path):
     run({"FASTADAM_CACHE_DIR": str(tmp_path)})
     locks = list(tmp_path.glob("*.lock"))
     assert len(locks) == len(list(tmp_path.glob("*.nbi"))) >= 4
+
+
+# Steps an AdamW without weight decay, then one with it (both small arrays: the one-thread
+# wrapper with the fused kernel compiled into it); prints the second one's params.
+VARIANTS = """
+import json
+import numpy as np
+import fastadam
+
+if {plain_first}:
+    plain = fastadam.AdamW(np.ones(64, np.float32), lr=1e-2, weight_decay=0.0)
+    plain.step(np.ones(64, np.float32))
+p = np.full(1001, 3.0, np.float32)
+decayed = fastadam.AdamW(p, lr=1e-2, weight_decay=0.5)
+for _ in range(3):
+    decayed.step(np.full(1001, 1e-3, np.float32))
+print(json.dumps({{"params": [float(x) for x in p[:3]]}}))
+"""
+
+
+def test_a_loaded_variant_never_runs_another_variants_code(tmp_path):
+    """A process compiles one variant of a kernel and loads another from the cache: the
+    loaded one runs its own code. (Numba names functions by a per-process count, so both
+    variants, compiled first in their processes, were once the same function to the
+    linker, and the loaded one called the other's code: no weight decay.)"""
+    env = {"FASTADAM_CACHE_DIR": str(tmp_path)}
+    alone = run(env, VARIANTS.format(plain_first=False))  # caches the decayed variant
+    mixed = run(env, VARIANTS.format(plain_first=True))  # compiles plain, loads decayed
+    off = run({"FASTADAM_CACHE": "0"}, VARIANTS.format(plain_first=True))
+    assert alone["params"] == mixed["params"] == off["params"]
+    assert off["params"][0] < 3.0 - 3 * 1e-2 * 0.5 * 2.9  # the decay applied
