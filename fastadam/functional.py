@@ -221,7 +221,7 @@ def adam_step_4bit(
         v_scale: as m_scale.
         v_max_codes: as m_codes, for amsgrad.
         v_max_scale: as m_scale, for amsgrad.
-        **options: every keyword of :func:`adam_step` (on the CPU and NumPy backends).
+        **options: every keyword of :func:`adam_step`.
 
     Raises:
         TypeError, ValueError: on bad input, naming the argument; nothing is modified.
@@ -240,8 +240,6 @@ def _low_bit_step(fmt: str, param, grad, codes: tuple, scales: tuple, step, opti
     step, scale, threads, kind, cuda_stream = _call(
         step, options.get("grad_scale"), options.get("num_threads"),
         options.get("backend", "auto"), options.get("stream"), param)
-    if kind == "cuda" and fmt != "8bit":
-        raise ValueError(f"{fmt} states step on the CPU (and NumPy) backends only, for now")
     *arrays, codes, scales = array_checks.step_arrays_8bit(
         kind, param, grad, codes, scales, options.get("kahan_comp"),
         options.get("master_params"), h.amsgrad, fmt)

@@ -63,7 +63,7 @@ class Adam:
       block (``absmax1`` ...) and the maps (``qmap1``, ``qmap2``), bitsandbytes'
       names; 32-bit moments load into it quantized, and its state into a 32-bit
       optimizer decoded.
-    - ``state_dtype="4bit"`` (the CPU, any params dtype): m and v (and v_max) in
+    - ``state_dtype="4bit"`` (CPU and GPU, any params dtype): m and v (and v_max) in
       torchao's 4-bit format (``fastadam.quant4``), 1.06 bytes per param, for arrays
       of any size; the moments move as torchao's do (``m + (1 - beta1) * (g - m)``), so
       from the same state the codes are torchao's. ``state_dict()`` uses the 8-bit

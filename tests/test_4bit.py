@@ -3,6 +3,9 @@ against the three-pass reference and against torchao's own AdamW4bit (codes and 
 after a step, a training run), every option and param dtype through the optimizer,
 thread counts, state_dicts across formats, and bad input."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from helpers import LOW_BIT_OPTIONS, optional
@@ -261,6 +264,42 @@ def test_state_bytes_per_param():
     opt = fastadam.Adam(np.zeros(1 << 20, F32), state_dtype="4bit")
     held = sum(a.nbytes for s in opt._slots for a in [*s.state, *s.absmax] if a is not None)
     assert held / (1 << 20) == 1.0625
+
+
+_NO_TEMPORARIES = """
+import os, resource, numpy as np, fastadam
+page = os.sysconf("SC_PAGE_SIZE")
+def current():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * page
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+small = fastadam.AdamW(np.ones(1000, np.float32), state_dtype="4bit", amsgrad=True)
+small.step(np.ones(1000, np.float32))  # compiled before the big arrays exist
+n = 1 << 26
+rng = np.random.default_rng(0)
+opt = fastadam.AdamW(rng.standard_normal(n, dtype=np.float32), state_dtype="4bit",
+                     amsgrad=True)
+grad = rng.standard_normal(n, dtype=np.float32)
+opt.step(grad)  # the state's pages touched
+before, now = peak(), current()
+for _ in range(3):
+    opt.step(grad)
+print(before, now, peak())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_step_makes_no_temporaries_of_the_arrays_size():
+    """The process's peak memory does not move over three steps at 64M elements (the
+    codes are 32 MB each, the params 256 MB): the step allocates only its blocks'
+    scratch. Measured where the arrays already set the peak, so that a temporary
+    would raise it."""
+    out = subprocess.run([sys.executable, "-c", _NO_TEMPORARIES], capture_output=True,
+                         text=True, timeout=300, check=True)
+    before, current, after = map(int, out.stdout.split())
+    assert before - current < 16 << 20  # the arrays set the peak
+    assert after - before < 4 << 20, f"the peak rose by {(after - before) >> 20} MB"
 
 
 def _mlp(torch):

@@ -144,14 +144,12 @@ def apply_8bit(backend: str, arrays: tuple, codes: tuple, absmax: tuple, h: Hype
     arrays = (views[0], views[1], m, v, v_max, absmax[0], absmax[1], v_max_absmax, views[5],
               views[6])
     if backend == "cuda":
-        if fmt != "8bit":  # refused where the state is made, before any step
-            raise ValueError(f"{fmt} states step on the CPU only, for now")
         eight_bit = cuda().eight_bit
         if steps is not None:
-            eight_bit.adam_step_8bit_cuda_counted(arrays, flags, h, steps, stream, key)
+            eight_bit.adam_step_8bit_cuda_counted(arrays, flags, h, steps, stream, key, fmt)
         else:
             eight_bit.adam_step_8bit_cuda(arrays, flags, coefficients(h, step, grad_scale),
-                                          stream, key, step)
+                                          stream, key, step, fmt)
         return
     coef = np.array(coefficients(h, step, grad_scale), dtype=compute_dtype(flags.param))
     cpu().eight_bit.adam_step_8bit_cpu(arrays, flags, coef, num_threads,

@@ -96,9 +96,6 @@ class Slot:
         n = slot.flat.size
         slot.absmax = slot.fmt = None
         if state_kind in FORMATS:
-            if backend == "cuda" and state_kind != EIGHT_BIT:
-                raise ValueError(f"state_dtype={state_kind!r} steps on the CPU only, for now "
-                                 "(state_dtype='8bit' runs on the GPU)")
             if n >= FORMATS[state_kind].min_size:
                 return slot._low_bit(state_kind, h, kahan, options.master, backend, stochastic)
             state_kind = compute_dtype(param_kind)  # small arrays: 32-bit moments

@@ -90,15 +90,17 @@ def back_to_back_rows(check: Check) -> dict:
 
 
 def eight_bit_rows(check: Check) -> dict:
-    """8-bit state (16 bytes per float32 element moved) against torch's fused float32
-    Adam (28) and a device copy of 16 bytes per element."""
+    """8-bit and 4-bit states (16 and 14 bytes per float32 element moved) against torch's
+    fused float32 Adam (28) and a device copy of the 8-bit step's 16 bytes per element."""
     torch, out = torch_cuda(), {}
     rng = np.random.default_rng(1)
     for n in [1 << 12] if check.tiny else [1 << 26, 1 << 28]:
         p, g = (device_array(rng.standard_normal(n).astype(np.float32)) for _ in range(2))
-        mine = Adam(p, state_dtype="8bit")
-        contenders, moved = {"fastadam-8bit": lambda o=mine, g=g: o.step(g)}, {}
-        moved["fastadam-8bit"] = 16 * n
+        p4 = device_array(p.copy_to_host())
+        eight, four = Adam(p, state_dtype="8bit"), Adam(p4, state_dtype="4bit")
+        contenders = {"fastadam-8bit": lambda o=eight, g=g: o.step(g),
+                      "fastadam-4bit": lambda o=four, g=g: o.step(g)}
+        moved = {"fastadam-8bit": 16 * n, "fastadam-4bit": 14 * n}
         if torch is not None:
             tp = torch.nn.Parameter(torch.randn(n, device="cuda"))
             tp.grad = torch.randn_like(tp)
@@ -111,7 +113,7 @@ def eight_bit_rows(check: Check) -> dict:
         times = timed(contenders, 2 if check.tiny else 20)
         out[str(n)] = {k: {"ms": v, "GB/s": round(moved[k] / v / 1e6, 1)}
                        for k, v in times.items()}
-        del p, g, mine, contenders
+        del p, p4, g, eight, four, contenders
     return out
 
 
@@ -267,7 +269,8 @@ def inline_rows(check: Check) -> dict:
     return rows(check)
 
 
-SECTIONS = {"flat buffers and 16-bit params": flat_rows, "8-bit state": eight_bit_rows,
+SECTIONS = {"flat buffers and 16-bit params": flat_rows,
+            "8-bit and 4-bit states": eight_bit_rows,
             "steps back to back": back_to_back_rows,
             "GPT-2 small through fastadam.torch.AdamW": gpt2_rows,
             "a list of arrays, and one call": list_and_call_rows, "clipped step": clip_rows,

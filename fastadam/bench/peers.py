@@ -84,15 +84,13 @@ def _eight_bit_peers(param, grad, threads, config: str = "8bit") -> list[Contend
 
 
 def cuda_peers(n: int, dtype: str, config: str) -> list[Contender]:
-    """torch's fused CUDA Adam (for 8-bit states: its fp32-state step) and, for 8-bit
-    states, bitsandbytes' and torchao's 8-bit AdamW on the GPU; each call synced."""
+    """torch's fused CUDA Adam (for low-bit states: its fp32-state step) and, where
+    installed, the low-bit AdamW peers of ``config`` on the GPU; each call synced."""
     import torch  # optional
 
     if not torch.cuda.is_available():
         return []
-    eight = config == "8bit"
-    if config == "4bit":
-        return []  # the 4-bit step runs on the CPU only, for now
+    eight = config in ("8bit", "4bit")
     cls, kw = torch_optimizer("adam" if eight else config)
 
     def tensor():
@@ -109,6 +107,7 @@ def cuda_peers(n: int, dtype: str, config: str) -> list[Contender]:
                                                    else ""), 1,
                              synced(cls([tensor()], fused=True, **kw).step)))
     if eight:
-        out += [Contender(f"{name}-cuda-8bit", 1, synced(maker([tensor()], weight_decay=0.0).step))
-                for name, maker in _eight_bit_makers()]
+        out += [Contender(f"{name}-cuda-{config}", 1,
+                          synced(maker([tensor()], weight_decay=0.0).step))
+                for name, maker in _eight_bit_makers(config)]
     return out

@@ -32,7 +32,7 @@ def run_case(n, dtype, config, *, repeats, threads_list, peers, rng, gpu=False) 
     contenders += roofline_contenders(opt, grad, threads_list, memory_only_kernel)
     if peers:
         contenders += torch_contenders(opt.params, grad, config, max(threads_list))
-    if gpu and config != "4bit":  # the 4-bit step runs on the CPU only, for now
+    if gpu:
         on_gpu, nbytes["gpu"] = cuda_contenders(n, dtype, config, rng, peers) or ([], 0)
         contenders += on_gpu
     t = measure(contenders, repeats)

@@ -1,4 +1,5 @@
-"""``fastadam.torch.Adam4bit`` / ``AdamW4bit``: torchao's 4-bit Adam, fused, on CPU tensors.
+"""``fastadam.torch.Adam4bit`` / ``AdamW4bit``: torchao's 4-bit Adam, fused, on CPU and
+CUDA tensors.
 
 torchao's ``AdamW4bit`` keeps each moment as an ``OptimState4bit`` tensor (codes two to a
 byte, a float32 scale per block of 128, a map of 16 values), or as a float32 tensor for
@@ -8,6 +9,7 @@ bits, as plain tensors: ``exp_avg_codes``/``exp_avg_scale`` and ``exp_avg_sq_cod
 torchao's state_dicts (its 4-bit tensors, and its float32 ones, quantized) as well as
 this class's; ``torchao_state_dict`` gives one torchao's optimizers load (torchao
 installed). The moments move as torchao's do, so from one state the codes are the same.
+State lives on its param's device; CUDA tensors step on torch's current stream.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from itertools import chain
 import numpy as np
 import torch
 
-from .._backends.dispatch import apply_8bit, flags_8bit, rounding_key, sum_of_squares
+from .._backends.dispatch import apply_8bit, flags_8bit, resolve, rounding_key, sum_of_squares
 from .._core import array_checks, checks, quant4
 from .._core.hyper import clip_factor, clipped_scale, hyper
 from ._common import closure_loss, matched_params, with_gradients
-from ._tensors import as_array
+from ._tensors import as_array, current_stream
 
 __all__ = ["Adam4bit", "AdamW4bit", "torchao_state_dict"]
 
@@ -52,8 +54,10 @@ class _Adam4bit(torch.optim.Optimizer):
         n = p.numel()
         state = {"step": 0}
         for name, _ in _MOMENTS[:3 if amsgrad else 2]:
-            state[f"{name}_codes"] = torch.zeros(quant4.code_bytes(n), dtype=torch.uint8)
-            state[f"{name}_scale"] = torch.zeros(quant4.blocks(n), dtype=torch.float32)
+            state[f"{name}_codes"] = torch.zeros(quant4.code_bytes(n), dtype=torch.uint8,
+                                                 device=p.device)
+            state[f"{name}_scale"] = torch.zeros(quant4.blocks(n), dtype=torch.float32,
+                                                 device=p.device)
         return state
 
     @torch.no_grad()
@@ -69,26 +73,28 @@ class _Adam4bit(torch.optim.Optimizer):
                          decoupled_weight_decay=self._decoupled, amsgrad=group["amsgrad"])
 
         for group, h, index, p in with_gradients(self.param_groups, hyper_of):
-            if p.dtype not in _DTYPES or p.is_cuda:
-                raise TypeError(f"fastadam's 4-bit Adam steps float CPU tensors; got "
-                                f"{p.dtype} on {p.device}")
+            if p.dtype not in _DTYPES:
+                raise TypeError(f"fastadam's 4-bit Adam steps float tensors; got {p.dtype}")
             state = self.state.get(p) or self._fresh(p, h.amsgrad)
             names = [name for name, _ in _MOMENTS[:3 if h.amsgrad else 2]]
             absent = (None,) * (3 - len(names))
+            param = as_array(p.detach())
+            backend = resolve("auto", param)
             arrays = array_checks.step_arrays_8bit(
-                "cpu", as_array(p.detach()), as_array(p.grad.detach().contiguous()),
+                backend, param, as_array(p.grad.detach().contiguous()),
                 tuple(as_array(state[f"{n}_codes"]) for n in names) + absent,
                 tuple(as_array(state[f"{n}_scale"]) for n in names) + absent,
                 None, None, h.amsgrad, "4bit")
             rounded = group["bf16_stochastic_round"] and p.dtype == torch.bfloat16
-            planned.append((p, state, h, arrays, rounded, rounding_key(group["seed"], index)))
+            planned.append((p, state, h, arrays, rounded, rounding_key(group["seed"], index),
+                            backend))
         scale = self._clip_scale(planned)
-        for p, state, h, arrays, rounded, key in planned:  # all checked
+        for p, state, h, arrays, rounded, key, backend in planned:  # all checked
             *views, codes, scales = arrays
             flags = flags_8bit(h, views[0], views[1], False, False, rounded, "4bit")
             step = int(state["step"]) + 1
-            apply_8bit("cpu", tuple(views), codes, scales, h, flags, step, grad_scale=scale,
-                       key=key, fmt="4bit")
+            apply_8bit(backend, tuple(views), codes, scales, h, flags, step, grad_scale=scale,
+                       key=key, fmt="4bit", stream=current_stream(p) if p.is_cuda else None)
             state["step"] = step
             self.state[p] = state
         return loss
@@ -96,7 +102,11 @@ class _Adam4bit(torch.optim.Optimizer):
     def _clip_scale(self, planned: list):
         if self._max_grad_norm is None:
             return None
-        self.grad_norm = math.sqrt(sum_of_squares("cpu", [entry[3][1] for entry in planned]))
+        squares = 0.0
+        for backend in dict.fromkeys(entry[6] for entry in planned):
+            squares += sum_of_squares(backend, [entry[3][1] for entry in planned
+                                                if entry[6] == backend])
+        self.grad_norm = math.sqrt(squares)
         return clipped_scale(None, clip_factor(self.grad_norm, self._max_grad_norm))
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -150,7 +160,7 @@ def _checked_entry(key, entry: dict, p: torch.Tensor, amsgrad: bool) -> dict:
             if not (isinstance(value, torch.Tensor) and value.dtype == dtype
                     and value.numel() == size):
                 raise ValueError(f"{label}[{part!r}] must be {size} elements of {dtype}")
-            out[part] = value.detach().to("cpu", copy=True).contiguous().reshape(-1)
+            out[part] = value.detach().to(p.device, copy=True).contiguous().reshape(-1)
     return out
 
 
@@ -171,12 +181,14 @@ def torchao_state_dict(optimizer: _Adam4bit) -> dict:
                 continue
             codes, scale = entry[f"{name}_codes"], entry[f"{name}_scale"]
             if n >= 4096 and n % quant4.BLOCK == 0:
-                converted[name] = OptimState4bit(codes.clone(), scale.clone(),
-                                                 torch.from_numpy(quant4.qmap(signed).copy()),
-                                                 signed, p.shape, dtype=p.dtype)
+                converted[name] = OptimState4bit(
+                    codes.clone(), scale.clone(),
+                    torch.from_numpy(quant4.qmap(signed).copy()).to(codes.device), signed,
+                    p.shape, dtype=p.dtype)
             else:
                 converted[name] = torch.from_numpy(quant4.dequantize(
-                    codes.numpy(), scale.numpy(), signed, n)).reshape(p.shape)
+                    codes.cpu().numpy(), scale.cpu().numpy(), signed, n)).reshape(p.shape).to(
+                        codes.device)
         state[key] = converted
     groups = [{**g, "block_size": quant4.BLOCK, "lr": torch.tensor(g["lr"])}
               for g in out["param_groups"]]
@@ -186,7 +198,8 @@ def torchao_state_dict(optimizer: _Adam4bit) -> dict:
 class Adam4bit(_Adam4bit):
     """Adam with 4-bit states, torchao's format (``torchao.optim.Adam4bit``: L2 weight decay).
 
-    CPU tensors; every param's moments are 4 bits (torchao keeps small ones in float32).
+    CPU and CUDA tensors; every param's moments are 4 bits (torchao keeps small ones in
+    float32).
     ``max_grad_norm`` clips by the global norm inside the step (``grad_norm`` holds it);
     ``bf16_stochastic_round`` rounds bfloat16 params stochastically (``seed``)."""
 

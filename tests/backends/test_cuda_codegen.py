@@ -151,40 +151,51 @@ EIGHT_BIT_CASES = [(k, o) for k, o in CASES if k[2] in ("float32", "float64")
                    and k[1] == k[0] or k == ("bfloat16", "bfloat16", "float32")]
 
 
+def _low_bit(fmt, kinds, options):
+    """(flags, the encoder tables' type) of the low-bit kernels in format ``fmt`` (4-bit:
+    torchao's moment formula; its maps stand in for the tables)."""
+    flags = make_flags(kinds, options)._replace(lerp=fmt == "4bit")
+    return flags, types.float32[::1] if fmt == "4bit" else types.uint32[::1]
+
+
+@pytest.mark.parametrize("fmt", ["8bit", "4bit"])
 @pytest.mark.parametrize("counted", [False, True])
 @pytest.mark.parametrize("kinds,options", EIGHT_BIT_CASES)
-def test_8bit_kernel_compiles(compile_ptx, kinds, options, counted):
-    """The 8-bit kernel: shared-memory moments, an atomic max for absmax, the encoder's
-    table read; float32 arithmetic only for float32 and 16-bit params."""
+def test_low_bit_kernel_compiles(compile_ptx, kinds, options, counted, fmt):
+    """The low-bit kernels: a warp per block, the scales by shuffles (no barrier, no
+    atomics), the lanes' elements in registers; float32 arithmetic only for float32 and
+    16-bit params; in 4 bits, torchao's division by the scale rounded as IEEE's."""
     param, grad, state = kinds
-    flags = make_flags(kinds, options)
+    flags, entries = _low_bit(fmt, kinds, options)
     compute = types.float64 if param == "float64" else types.float32
     codes, absmax = types.uint8[::1], types.float32[::1]
     sig = ((ARRAY[param][::1], ARRAY[grad][::1]) + (codes,) * 3 + (absmax,) * 3
-           + (ARRAY[param][::1], types.float32[::1], absmax, absmax, types.uint32[::1],
-              types.uint32[::1]))
+           + (ARRAY[param][::1], types.float32[::1], absmax, absmax, entries, entries))
     sig += (SCALED + (compute,) * 6 + (types.float64,) * 6 + NOISE[:1] if counted
             else (compute,) * 11 + NOISE)
-    ptx = compile_ptx(eight_bit.fused_kernel(flags, counted).py_func, sig)
+    ptx = compile_ptx(eight_bit.fused_kernel(flags, counted, fmt).py_func, sig)
     assert "sqrt.rn" in ptx and "shfl.sync.bfly" in ptx
     assert "bar.sync" not in ptx and "atom" not in ptx  # a warp per block: no barrier
     assert "st.global.u8" in ptx and "st.local" not in ptx  # the lanes' elements in registers
+    if fmt == "4bit":
+        assert "div.rn.f32" in ptx and "div.approx" not in ptx
     if param != "float64" and not counted:
         assert ".f64" not in ptx
 
 
+@pytest.mark.parametrize("fmt", ["8bit", "4bit"])
 @pytest.mark.parametrize("counted", [False, True])
 @pytest.mark.parametrize("kinds,options", EIGHT_BIT_CASES)
-def test_8bit_list_kernel_compiles(compile_ptx, kinds, options, counted):
-    """The one-launch 8-bit kernel: arrays found through the address table (global
+def test_low_bit_list_kernel_compiles(compile_ptx, kinds, options, counted, fmt):
+    """The one-launch low-bit kernels: arrays found through the address table (global
     loads and byte stores through it), the array of each block by a search."""
-    flags = make_flags(kinds, options)
+    flags, entries = _low_bit(fmt, kinds, options)
     compute = types.float64 if kinds[0] == "float64" else types.float32
     sig = (types.uint64[:, ::1], types.uint64[::1], types.int64[::1], types.int64[::1],
-           types.float32[::1], types.float32[::1], types.uint32[::1], types.uint32[::1])
+           types.float32[::1], types.float32[::1], entries, entries)
     sig += (SCALED + (compute,) * 6 + (types.float64,) * 6 + NOISES[:1] if counted
             else (compute,) * 11 + NOISES)
-    ptx = compile_ptx(eight_bit.multi_kernel(flags, counted).py_func, sig)
+    ptx = compile_ptx(eight_bit.multi_kernel(flags, counted, fmt).py_func, sig)
     assert "sqrt.rn" in ptx and "shfl.sync.bfly" in ptx and "bar.sync" not in ptx
     assert "st.global.u8" in ptx and "ld.global" in ptx
     if kinds[0] != "float64" and not counted:

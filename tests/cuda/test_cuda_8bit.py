@@ -1,11 +1,12 @@
-"""8-bit states on the CUDA kernel: the same params, codes and absmax as the CPU kernel."""
+"""Low-bit states (8-bit and 4-bit) on the CUDA kernel: the same params, codes and scales
+as the CPU kernel."""
 
 import numpy as np
 import pytest
 from helpers import counting, on_device, to_host
 
 import fastadam
-from fastadam import quant8
+from fastadam._core.lowbit import FORMATS
 
 cuda = pytest.importorskip("numba.cuda")
 pytest.importorskip("fastadam._backends.cuda.runtime")
@@ -13,7 +14,8 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F32 = np.float32
-N = 4099  # 17 blocks, the last one of 3 elements
+N = 4099  # 17 blocks of 256 (33 of 128), the last one of 3 elements
+FMTS = ("8bit", "4bit")
 
 OPTIONS = {
     "plain": {},
@@ -23,43 +25,52 @@ OPTIONS = {
 }
 
 
-def _state(n, amsgrad):
-    codes = [np.zeros(n, np.uint8) for _ in range(3 if amsgrad else 2)]
-    absmax = [np.zeros(quant8.blocks(n), F32) for _ in range(3 if amsgrad else 2)]
+def _state(n, amsgrad, fmt="8bit"):
+    form = FORMATS[fmt]
+    codes = [np.zeros(form.code_bytes(n), np.uint8) for _ in range(3 if amsgrad else 2)]
+    absmax = [np.zeros(form.blocks(n), F32) for _ in range(3 if amsgrad else 2)]
     return codes, absmax
 
 
-def _step(param, grad, codes, absmax, step, backend, **options):
+def _step(param, grad, codes, absmax, step, backend, fmt="8bit", **options):
     extra = {}
+    if fmt == "4bit":
+        if len(codes) == 3:
+            extra = dict(v_max_codes=codes[2], v_max_scale=absmax[2])
+        fastadam.adam_step_4bit(param, grad, codes[0], codes[1], absmax[0], absmax[1],
+                                step=step, backend=backend, **extra, **options)
+        return
     if len(codes) == 3:
         extra = dict(v_max_codes=codes[2], v_max_absmax=absmax[2])
     fastadam.adam_step_8bit(param, grad, codes[0], codes[1], absmax[0], absmax[1], step=step,
                             backend=backend, **extra, **options)
 
 
+@pytest.mark.parametrize("fmt", FMTS)
 @pytest.mark.parametrize("option", OPTIONS)
-def test_device_step_equals_cpu_step(rng, option):
+def test_device_step_equals_cpu_step(rng, option, fmt):
     options = dict(OPTIONS[option])
     amsgrad = options.get("amsgrad", False)
     param = rng.standard_normal(N).astype(F32)
-    host_state = _state(N, amsgrad)
+    host_state = _state(N, amsgrad, fmt)
     dev_param = cuda.to_device(param)
     dev_codes = [cuda.to_device(c) for c in host_state[0]]
     dev_absmax = [cuda.to_device(a) for a in host_state[1]]
     for step in range(1, 4):
         grad = rng.standard_normal(N).astype(F32)
         grad[5] = np.nan if step == 3 else grad[5]  # stays in its element, on both
-        _step(param, grad, *host_state, step, "cpu", lr=1e-2, **options)
-        _step(dev_param, cuda.to_device(grad), dev_codes, dev_absmax, step, "cuda", lr=1e-2,
-              **options)
+        _step(param, grad, *host_state, step, "cpu", fmt, lr=1e-2, **options)
+        _step(dev_param, cuda.to_device(grad), dev_codes, dev_absmax, step, "cuda", fmt,
+              lr=1e-2, **options)
     np.testing.assert_array_equal(dev_param.copy_to_host(), param)
     for d, h in zip(dev_codes + dev_absmax, host_state[0] + host_state[1]):
         np.testing.assert_array_equal(d.copy_to_host(), h)
 
 
+@pytest.mark.parametrize("fmt", FMTS)
 @pytest.mark.parametrize("dtype,extra", [(np.float16, "kahan_comp"), (BF16, "master_params"),
                                          (np.float64, None)])
-def test_device_step_for_every_param_dtype(rng, dtype, extra):
+def test_device_step_for_every_param_dtype(rng, dtype, extra, fmt):
     dtype = np.dtype(dtype)
     param = rng.standard_normal(N).astype(dtype)
     dev_param = on_device(param)
@@ -69,25 +80,28 @@ def test_device_step_for_every_param_dtype(rng, dtype, extra):
     elif extra:
         buffers = {extra: param.astype(F32)}
     dev_buffers = {k: on_device(v) for k, v in buffers.items()}
-    host_state = _state(N, False)
+    host_state = _state(N, False, fmt)
     dev_state = ([cuda.to_device(c) for c in host_state[0]],
                  [cuda.to_device(a) for a in host_state[1]])
     for step in range(1, 3):
         grad = rng.standard_normal(N).astype(dtype)
-        _step(param, grad, *host_state, step, "cpu", lr=1e-2, **buffers)
-        _step(dev_param, on_device(grad), *dev_state, step, "cuda", lr=1e-2, **dev_buffers)
+        _step(param, grad, *host_state, step, "cpu", fmt, lr=1e-2, **buffers)
+        _step(dev_param, on_device(grad), *dev_state, step, "cuda", fmt, lr=1e-2,
+              **dev_buffers)
     np.testing.assert_array_equal(to_host(dev_param, dtype), param)
     for d, h in zip(dev_state[0] + dev_state[1], host_state[0] + host_state[1]):
         np.testing.assert_array_equal(d.copy_to_host(), h)
 
 
-def test_device_optimizer_equals_cpu_optimizer(rng, monkeypatch):
-    """A list on the GPU: its 8-bit arrays in one launch, the small one batched as 32-bit;
-    state_dicts equal to the CPU optimizer's, and skip_nonfinite decided on the device."""
+@pytest.mark.parametrize("fmt", FMTS)
+def test_device_optimizer_equals_cpu_optimizer(rng, monkeypatch, fmt):
+    """A list on the GPU: its low-bit arrays in one launch (in 8 bits the small one is
+    batched as 32-bit); state_dicts equal to the CPU optimizer's, and skip_nonfinite
+    decided on the device."""
     host = [rng.standard_normal(N).astype(F32), rng.standard_normal(300).astype(F32),
             rng.standard_normal((2, 2100)).astype(F32)]
     device = [cuda.to_device(a) for a in host]
-    kw = dict(lr=1e-2, state_dtype="8bit", amsgrad=True, skip_nonfinite=True)
+    kw = dict(lr=1e-2, state_dtype=fmt, amsgrad=True, skip_nonfinite=True)
     cpu_opt, gpu_opt = fastadam.AdamW(host, **kw), fastadam.AdamW(device, **kw)
     launches = counting(monkeypatch, "multi_kernel", "_backends.cuda.eight_bit")
     alone = counting(monkeypatch, "fused_kernel", "_backends.cuda.eight_bit")
@@ -112,21 +126,23 @@ def test_device_optimizer_equals_cpu_optimizer(rng, monkeypatch):
                                   b["state"][0]["state2"])
 
 
+@pytest.mark.parametrize("fmt", FMTS)
 @pytest.mark.parametrize("dtype,options", [
     (F32, {"nesterov": True, "grad_scale": 8.0}),
     (BF16, {"master_weights": True, "amsgrad": True, "maximize": True}),
     (np.float16, {"weight_decay": 0.1, "decoupled_weight_decay": True}),
 ])
-def test_device_8bit_batches_step_in_one_launch_each(rng, monkeypatch, dtype, options):
-    """Two groups of 8-bit arrays with ragged last blocks (and a small 32-bit one): one
-    launch per group and step, the params, codes and absmax of the CPU optimizer."""
+def test_device_low_bit_batches_step_in_one_launch_each(rng, monkeypatch, dtype, options, fmt):
+    """Two groups of low-bit arrays with ragged last blocks (and a small one, 32-bit in
+    8 bits): one launch per group and step, the params, codes and scales of the CPU
+    optimizer."""
     dtype = np.dtype(dtype)
     grad_scale = options.pop("grad_scale", None)
     shapes = [(N,), (3, 1500), (300,), (2 * 4096 + 1,)]
     host = [rng.standard_normal(s).astype(dtype) for s in shapes]
     groups = lambda params: [{"params": params[:3]},  # noqa: E731
                              {"params": params[3:], "lr": 3e-2, "betas": (0.8, 0.99)}]
-    kw = dict(lr=1e-2, state_dtype="8bit", **options)
+    kw = dict(lr=1e-2, state_dtype=fmt, **options)
     cpu_opt = fastadam.Adam(groups(host), **kw)
     device = [on_device(a) for a in host]
     gpu_opt = fastadam.Adam(groups(device), **kw)

@@ -20,7 +20,8 @@ def bits(a):
     return np.asarray(a).view(np.uint16)
 
 
-@pytest.mark.parametrize("dtype,state_dtype", [(BF16, None), (F16, None), (F16, "8bit")])
+@pytest.mark.parametrize("dtype,state_dtype", [(BF16, None), (F16, None), (F16, "8bit"),
+                                                     (BF16, "4bit")])
 def test_stochastic_rounding_is_the_cpu_kernels_bit_for_bit(rng, dtype, state_dtype):
     shapes = [(300,), (5000,)] if state_dtype else [(300,), (33, 7)]
     params = [rng.standard_normal(s).astype(dtype) for s in shapes]
@@ -72,7 +73,8 @@ def test_clipping_on_the_device_follows_the_cpu(rng):
         np.testing.assert_allclose(got.copy_to_host(), want, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("state_dtype,grad_scale", [(None, None), (None, 64.0), ("8bit", 8.0)])
+@pytest.mark.parametrize("state_dtype,grad_scale", [(None, None), (None, 64.0), ("8bit", 8.0),
+                                                       ("4bit", 8.0)])
 def test_the_device_clips_with_the_hosts_arithmetic(rng, state_dtype, grad_scale):
     # The device turns its sum of squares into the clip coefficient as the host does: a
     # clipped step equals an unclipped one given the host's coefficient for that sum.

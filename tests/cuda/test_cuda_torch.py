@@ -137,6 +137,46 @@ def test_adamw8bit_on_cuda_tensors_follows_the_cpu_step(dtype):
     resumed.step()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_adamw4bit_on_cuda_tensors_is_the_cpu_step(dtype):
+    """fastadam.torch.AdamW4bit on CUDA tensors: state on the device, the step on the
+    current stream, the CPU step's params, codes and scales bit for bit, and a state_dict
+    that continues on the CPU."""
+    shapes = [(300, 70), (4099,), (5,)]  # ragged blocks, odd sizes
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+    on_gpu = [torch.nn.Parameter(t.cuda()) for t in start]
+    on_cpu = [torch.nn.Parameter(t.clone()) for t in start]
+    kw = dict(lr=1e-2, amsgrad=True)
+    gpu_opt = fastadam.torch.AdamW4bit(on_gpu, **kw)
+    cpu_opt = fastadam.torch.AdamW4bit(on_cpu, **kw)
+    stream = torch.cuda.Stream()
+    for _ in range(4):
+        for a, b in zip(on_gpu, on_cpu):
+            g = torch.randn(b.shape, generator=gen).to(dtype)
+            a.grad, b.grad = g.cuda(), g
+        stream.wait_stream(torch.cuda.current_stream())  # the gradients' copies
+        with torch.cuda.stream(stream):
+            gpu_opt.step()
+        cpu_opt.step()
+    stream.synchronize()
+    assert all(v.device.type == "cuda" for s in gpu_opt.state.values() for v in s.values()
+               if isinstance(v, torch.Tensor))
+    for a, b in zip(on_gpu, on_cpu):
+        assert torch.equal(a.detach().cpu(), b.detach())
+        for name, value in cpu_opt.state[b].items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(gpu_opt.state[a][name].cpu(), value), name
+    resumed = fastadam.torch.AdamW4bit([torch.nn.Parameter(a.detach().cpu()) for a in on_gpu],
+                                       **kw)
+    resumed.load_state_dict(gpu_opt.state_dict())
+    first = resumed.param_groups[0]["params"][0]
+    assert resumed.state[first]["exp_avg_codes"].device.type == "cpu"
+    for p in resumed.param_groups[0]["params"]:
+        p.grad = torch.randn(p.shape, generator=gen).to(dtype)
+    resumed.step()
+
+
 def test_adam8bit_takes_a_bitsandbytes_cuda_checkpoint():
     """bitsandbytes' own 8-bit AdamW on the GPU, continued by fastadam's from its
     state_dict: the same params within the 8-bit tolerance."""

@@ -22,7 +22,7 @@ from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
 from ..cache import cached
 from ..shared import element
-from ..shared.codes import element_functions
+from ..shared.codes import element_functions, four_bit_counters
 from .runtime import (
     bits_from_f32,
     converters,
@@ -84,34 +84,6 @@ def _scale4(x, n):
     return value if value >= quant4.MIN_SCALE or value != value else quant4.MIN_SCALE
 
 
-def _counter(thresholds: np.ndarray):
-    """``code(value)``: how many of ``thresholds`` are at or below ``value``, as one
-    expression of compiled-in constants (a loop over an array of them stays a loop)."""
-    terms = " + ".join(f"np.uint8(value >= np.float32({float(t)!r}))" for t in thresholds)
-    scope = {"np": np}
-    exec(f"def code(value):\n    return np.uint8({terms})\n", scope)
-    return numba.njit(inline="always")(scope["code"])
-
-
-def _linear_counter(thresholds: np.ndarray):
-    """``_counter`` for thresholds at (c + 1.5) / 16 (the unsigned linear map's): the count
-    is floor(16 * value - 0.5), clamped to [0, 15], NaN 0; exact, since 16 * value and the
-    subtraction round nothing for values up to 1 (and the clamp covers the rest)."""
-    if not np.array_equal(thresholds, (np.arange(15, dtype=np.float32) + np.float32(1.5))
-                          / np.float32(16)):
-        return _counter(thresholds)
-
-    @numba.njit(inline="always")
-    def code(value):
-        if not value >= np.float32(0.09375):  # below the first threshold, or NaN
-            return np.uint8(0)
-        if value >= np.float32(1.0):
-            return np.uint8(15)
-        return np.uint8(np.int32(value * np.float32(16.0) - np.float32(0.5)))
-
-    return code
-
-
 def _encoder4(code):
     """``encode(x, n, scale, codes, scratch)`` for one block: each value divided by the
     scale (as torchao divides: a reciprocal would round apart) and counted against the
@@ -132,8 +104,8 @@ def _codec(fmt: str) -> tuple:
     """``(block, per_byte, decode, scale, encode_m, encode_v)`` of a state format, the
     encoders' tables or thresholds compiled in."""
     if fmt == "4bit":
-        return (quant4.BLOCK, 2, _decode4, _scale4, _encoder4(_counter(quant4.thresholds(True))),
-                _encoder4(_linear_counter(quant4.thresholds(False))))
+        code_m, code_v = four_bit_counters(numba.njit(inline="always"))
+        return quant4.BLOCK, 2, _decode4, _scale4, _encoder4(code_m), _encoder4(code_v)
     signed, unsigned = quant8.encoder(True), quant8.encoder(False)
     m_entries, m_zero = signed.entries, np.int32(signed.zero)
     v_entries, v_zero = unsigned.entries, np.int32(unsigned.zero)

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..._core import quant8
 from ..._core.hyper import coefficients
 from ..grouping import advance, batched, chunk_table, one_kind, ready_to_batch
 from ..views import as_kernel_array
 from .dense import adam_step_cuda_many
-from .eight_bit import adam_step_8bit_cuda_many
+from .eight_bit import adam_step_8bit_cuda_many, quantization_blocks
 from .memory import to_device
 from .runtime import CHUNK, Addresses, address
 
@@ -37,12 +36,12 @@ class DeviceBatch:
 
 
 class DeviceBatch8bit:
-    """8-bit arrays (by index) of one group that one launch steps together: a thread block
-    per quantization block of any of them."""
+    """Low-bit arrays (by index) of one group and state format that one launch steps
+    together: a warp per quantization block of any of them."""
 
     def __init__(self, indices: list[int], slots: list) -> None:
         self.indices = np.array(indices, dtype=np.int64)
-        self.slots = slots
+        self.slots, self.fmt = slots, slots[0].fmt
         rows = []
         for s in slots:
             codes, extras = s.state[:3], s.state[3:]
@@ -52,7 +51,7 @@ class DeviceBatch8bit:
             rows.append([address(a) for a in
                          (as_kernel_array(s.flat), *codes, *absmax, *extras)])
         self.tables = to_device(np.array(rows, dtype=np.uint64).T.copy())
-        counts = [quant8.blocks(s.flat.size) for s in slots]
+        counts = [quantization_blocks(s.flat.size, self.fmt) for s in slots]
         self.blocks = sum(counts)
         self.firsts = to_device(np.cumsum([0, *counts], dtype=np.int64))
         self.sizes = to_device(np.array([s.flat.size for s in slots], dtype=np.int64))

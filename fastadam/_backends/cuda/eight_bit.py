@@ -1,4 +1,5 @@
-"""The fused 8-bit Adam step on NVIDIA GPUs: one warp per quantization block.
+"""The fused low-bit Adam step on NVIDIA GPUs: one warp per quantization block (8-bit
+here, 4-bit in ``four_bit.py``, both launched by the kernels here).
 
 A block of 256 elements is one warp's: each lane holds 8 of its elements (``lane``,
 ``lane + 32``, ...) in registers. A lane first issues every load of its elements
@@ -18,15 +19,15 @@ from functools import cache
 import numpy as np
 from numba import cuda
 
-from ..._core import quant8
+from ..._core import quant4, quant8
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
 from ..shared import element, pointers
 from ..shared.codes import element_functions
+from . import four_bit
 from .dense import counted_coefficients, counted_scalars
 from .runtime import (
     MAX_BLOCKS,
-    SIMULATOR,
     bits_from_f32,
     cached,
     converters,
@@ -38,48 +39,11 @@ from .runtime import (
     pointer_from,
     rounding,
 )
+from .warps import THREADS, WARP, WARPS, warp_max_of
 
 BLOCK = quant8.BLOCK
-WARP = 32
 PER_LANE = BLOCK // WARP
-# The simulator runs a Python thread per CUDA thread, and has no warp shuffles: there a
-# thread block is one warp, and the absmax goes through shared memory.
-WARPS = 1 if SIMULATOR else 8
-THREADS = WARP * WARPS
 _magnitude_bits, _code = element_functions(device_function, bits_from_f32)
-_ALL_LANES = 0xFFFFFFFF
-
-
-def _warp_max(amsgrad: bool):
-    """``warp_max(m, v, v_max, tops)``: the three int32 values' maxima over the warp, on
-    every lane (``v_max`` only with ``amsgrad``). ``tops``: 3 shared int32 (simulator)."""
-    if SIMULATOR:
-        @device_function
-        def warp_max(m, v, v_max, tops):  # the thread block is this one warp
-            cuda.syncthreads()  # every lane has read the last block's tops
-            if cuda.threadIdx.x == 0:
-                tops[0], tops[1], tops[2] = 0, 0, 0
-            cuda.syncthreads()
-            cuda.atomic.max(tops, 0, m)
-            cuda.atomic.max(tops, 1, v)
-            cuda.atomic.max(tops, 2, v_max)
-            cuda.syncthreads()
-            return tops[0], tops[1], tops[2]
-
-        return warp_max
-
-    @device_function
-    def warp_max(m, v, v_max, tops):
-        shift = 16
-        while shift > 0:
-            m = max(m, cuda.shfl_xor_sync(_ALL_LANES, m, shift))
-            v = max(v, cuda.shfl_xor_sync(_ALL_LANES, v, shift))
-            if amsgrad:
-                v_max = max(v_max, cuda.shfl_xor_sync(_ALL_LANES, v_max, shift))
-            shift //= 2
-        return m, v, v_max
-
-    return warp_max
 
 
 def _inverse(absmax):
@@ -100,7 +64,7 @@ def _warp_step(flags: Flags):
                           rounding()[0], multiply(compute_dtype(flags.param)), stride=WARP)
     param_t, grad_t = pointers.pointee(flags.param), pointers.pointee(flags.grad)
     amsgrad, kahan, master = flags.amsgrad, flags.kahan, flags.master
-    warp_max = _warp_max(amsgrad)
+    warp_max = warp_max_of(amsgrad)
     m_zero = np.int32(quant8.encoder(True).zero)
     v_zero = np.int32(quant8.encoder(False).zero)
 
@@ -174,18 +138,27 @@ def _warp_step(flags: Flags):
     return step
 
 
+def _format(flags: Flags, fmt: str) -> tuple:
+    """``(warp_step, block, per_byte)`` of the state format ``fmt``."""
+    if fmt == "4bit":
+        return four_bit.warp_step(flags), quant4.BLOCK, 2
+    return _warp_step(flags), BLOCK, 1
+
+
 @cache
-def fused_kernel(flags: Flags, counted: bool = False):
+def fused_kernel(flags: Flags, counted: bool = False, fmt: str = "8bit"):
     """The kernel ``(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax,
-    v_max_absmax, comp, master, m_map, v_map, m_entries, v_entries, *coefficients)``,
-    launched with ``THREADS`` threads per block (see ``cpu/eight_bit.fused_kernel``).
+    v_max_absmax, comp, master, m_map, v_map, m_entries, v_entries, *coefficients)`` for
+    the state format ``fmt`` (a warp per quantization block: ``_warp_step``, or
+    ``four_bit.warp_step``), launched with ``THREADS`` threads per block (see
+    ``cpu/eight_bit.fused_kernel``).
 
     ``counted``: as ``dense.fused_kernel(flags, True)``, the step count lives on the
     device: ``(..., v_entries, count, found, inv_scale, c0, c1, c2, c3, c8, c9, lr,
     beta1, beta2, eps, eps_root, bias_correction)``, and nothing changes when
     ``found[0]`` is set.
     """
-    warp_step = _warp_step(flags)
+    warp_step, block, per_byte = _format(flags, fmt)
     noise_of = rounding()[1]
 
     @cuda.jit(device=True, inline="always")
@@ -196,11 +169,12 @@ def fused_kernel(flags: Flags, counted: bool = False):
         tops = cuda.shared.array(3, np.int32)
         n = param.size
         b = cuda.blockIdx.x * WARPS + cuda.threadIdx.x // WARP
-        while b < (n + BLOCK - 1) // BLOCK:
-            s = b * BLOCK
-            e = min(s + BLOCK, n)
-            warp_step(b, e - s, param[s:e], grad[s:e], comp[s:e], master[s:e], m_codes[s:e],
-                      v_codes[s:e], v_max_codes[s:e], m_absmax, v_absmax, v_max_absmax, m_map,
+        while b < (n + block - 1) // block:
+            s = b * block
+            e = min(s + block, n)
+            cs, ce = s // per_byte, (e + per_byte - 1) // per_byte  # the block's bytes
+            warp_step(b, e - s, param[s:e], grad[s:e], comp[s:e], master[s:e], m_codes[cs:ce],
+                      v_codes[cs:ce], v_max_codes[cs:ce], m_absmax, v_absmax, v_max_absmax, m_map,
                       v_map, m_entries, v_entries, tops, c0, c1, c2, c3, c4, c5, c6, c7, c8,
                       c9, c10, noise)
             b += cuda.gridDim.x * WARPS
@@ -214,7 +188,7 @@ def fused_kernel(flags: Flags, counted: bool = False):
                 comp, master, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3, c4, c5, c6,
                 c7, c8, c9, c10, key, step)
 
-        return cached(kernel, "cuda.eight_bit.fused_kernel", flags, counted)
+        return cached(kernel, "cuda.eight_bit.fused_kernel", flags, counted, fmt)
 
     coefficients = counted_coefficients(flags)
 
@@ -231,13 +205,13 @@ def fused_kernel(flags: Flags, counted: bool = False):
             master, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
             c10, key, count[0] + 1)
 
-    return cached(counted_kernel, "cuda.eight_bit.fused_kernel", flags, counted)
+    return cached(counted_kernel, "cuda.eight_bit.fused_kernel", flags, counted, fmt)
 
 
 @cache
-def multi_kernel(flags: Flags, counted: bool = False):
-    """One launch over a batch of arrays of one option set and dtypes: a warp per
-    quantization block of any of them.
+def multi_kernel(flags: Flags, counted: bool = False, fmt: str = "8bit"):
+    """One launch over a batch of arrays of one option set, dtypes and state format: a
+    warp per quantization block of any of them.
 
     ``kernel(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries,
     *coefficients)``: ``tables`` rows hold the device addresses of (param, m_codes,
@@ -246,7 +220,7 @@ def multi_kernel(flags: Flags, counted: bool = False):
     first quantization block of each array in the batch's numbering, then their total,
     ``sizes`` the arrays' element counts. ``counted``: as ``fused_kernel``'s.
     """
-    warp_step = _warp_step(flags)
+    warp_step, quant_block, per_byte = _format(flags, fmt)
     noise_of = rounding()[1]
     param_t, grad_t = pointers.pointee(flags.param), pointers.pointee(flags.grad)
     param_size, grad_size = np.dtype(param_t).itemsize, np.dtype(grad_t).itemsize
@@ -268,15 +242,15 @@ def multi_kernel(flags: Flags, counted: bool = False):
             a = low
             noise = noise_of(keys[a], step)
             b = block - firsts[a]
-            s = b * BLOCK
-            warp_step(b, min(BLOCK, sizes[a] - s),
+            s = b * quant_block
+            warp_step(b, min(quant_block, sizes[a] - s),
                       pointer_from(tables[0, a], s, param_size, param_t),
                       pointer_from(grads[a], s, grad_size, grad_t),
                       pointer_from(tables[7, a], s, param_size, param_t),
                       pointer_from(tables[8, a], s, 4, np.float32),
-                      pointer_from(tables[1, a], s, 1, np.uint8),
-                      pointer_from(tables[2, a], s, 1, np.uint8),
-                      pointer_from(tables[3, a], s, 1, np.uint8),
+                      pointer_from(tables[1, a], s // per_byte, 1, np.uint8),
+                      pointer_from(tables[2, a], s // per_byte, 1, np.uint8),
+                      pointer_from(tables[3, a], s // per_byte, 1, np.uint8),
                       pointer_at(tables[4, a], np.float32), pointer_at(tables[5, a], np.float32),
                       pointer_at(tables[6, a], np.float32), m_map, v_map, m_entries, v_entries,
                       tops, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, noise)
@@ -289,7 +263,7 @@ def multi_kernel(flags: Flags, counted: bool = False):
             run(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries, c0, c1, c2,
                 c3, c4, c5, c6, c7, c8, c9, c10, keys, step)
 
-        return cached(kernel, "cuda.eight_bit.multi_kernel", flags, counted)
+        return cached(kernel, "cuda.eight_bit.multi_kernel", flags, counted, fmt)
 
     coefficients = counted_coefficients(flags)
 
@@ -304,15 +278,24 @@ def multi_kernel(flags: Flags, counted: bool = False):
         run(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3,
             c4, c5, c6, c7, c8, c9, c10, keys, count[0] + 1)
 
-    return cached(counted_kernel, "cuda.eight_bit.multi_kernel", flags, counted)
+    return cached(counted_kernel, "cuda.eight_bit.multi_kernel", flags, counted, fmt)
 
 
 @cache
-def tables() -> tuple:
-    """The maps and encoder tables on the device, in the kernel's argument order."""
+def tables(fmt: str = "8bit") -> tuple:
+    """The maps and encoder tables on the device, in the kernel's argument order (4-bit
+    encodes by compares: its maps stand in for the tables)."""
+    if fmt == "4bit":
+        maps = (quant4.qmap(True), quant4.qmap(False))
+        return tuple(cuda.to_device(np.array(a)) for a in (*maps, *maps))
     return tuple(cuda.to_device(np.array(a)) for a in (
         quant8.dynamic_map(True), quant8.dynamic_map(False), quant8.encoder(True).entries,
         quant8.encoder(False).entries))
+
+
+def quantization_blocks(n: int, fmt: str) -> int:
+    """The quantization blocks (a warp each) of ``n`` elements in format ``fmt``."""
+    return quant4.blocks(n) if fmt == "4bit" else quant8.blocks(n)
 
 
 def _grid(blocks: int) -> int:
@@ -321,20 +304,23 @@ def _grid(blocks: int) -> int:
 
 
 def adam_step_8bit_cuda(arrays: tuple, flags: Flags, coefficients: tuple, stream,
-                        key: int = 0, step: int = 0) -> None:
+                        key: int = 0, step: int = 0, fmt: str = "8bit") -> None:
     """Launch the kernel once on checked kernel views ``(param, grad, m_codes, v_codes,
-    v_max_codes, m_absmax, v_absmax, v_max_absmax, comp, master)``."""
+    v_max_codes, m_absmax, v_absmax, v_max_absmax, comp, master)`` in format ``fmt``."""
     scalar = np.dtype(compute_dtype(flags.param)).type
-    fused_kernel(flags)[_grid(quant8.blocks(arrays[0].size)), THREADS, stream](
-        *arrays, *tables(), *(scalar(c) for c in coefficients), np.uint32(key), np.int64(step))
+    grid = _grid(quantization_blocks(arrays[0].size, fmt))
+    fused_kernel(flags, False, fmt)[grid, THREADS, stream](
+        *arrays, *tables(fmt), *(scalar(c) for c in coefficients), np.uint32(key),
+        np.int64(step))
 
 
 def adam_step_8bit_cuda_counted(arrays: tuple, flags: Flags, h, steps, stream,
-                                key: int = 0) -> None:
+                                key: int = 0, fmt: str = "8bit") -> None:
     """``adam_step_8bit_cuda`` with the step count, skip flag and gradients' multiplier of
     ``steps`` on the device."""
-    fused_kernel(flags, True)[_grid(quant8.blocks(arrays[0].size)), THREADS, stream](
-        *arrays, *tables(), steps.count, steps.found, steps.inv_scale,
+    grid = _grid(quantization_blocks(arrays[0].size, fmt))
+    fused_kernel(flags, True, fmt)[grid, THREADS, stream](
+        *arrays, *tables(fmt), steps.count, steps.found, steps.inv_scale,
         *counted_scalars(flags, h), np.uint32(key))
 
 
@@ -346,12 +332,13 @@ def adam_step_8bit_cuda_many(batch, grad_addresses: np.ndarray, flags: Flags,
     ``steps``, the counted kernel (``coefficients`` unused, as in ``dense``)."""
     launch = (_grid(batch.blocks), THREADS, stream)
     arrays = (batch.tables, batch.grads.send(grad_addresses, stream), batch.firsts,
-              batch.sizes, *tables())
+              batch.sizes, *tables(batch.fmt))
     if steps is None:
         scalar = np.dtype(compute_dtype(flags.param)).type
-        multi_kernel(flags)[launch](*arrays, *(scalar(c) for c in coefficients), batch.keys,
-                                    np.int64(step))
+        multi_kernel(flags, False, batch.fmt)[launch](
+            *arrays, *(scalar(c) for c in coefficients), batch.keys, np.int64(step))
     else:
-        multi_kernel(flags, True)[launch](*arrays, steps.count, steps.found, steps.inv_scale,
-                                          *counted_scalars(flags, h), batch.keys)
+        multi_kernel(flags, True, batch.fmt)[launch](
+            *arrays, steps.count, steps.found, steps.inv_scale, *counted_scalars(flags, h),
+            batch.keys)
     forget(grad_addresses)

@@ -1,10 +1,12 @@
-"""The per-element pieces of the 8-bit kernels (absmax bits, encoding through an
-``Encoder`` table), written once and compiled for the CPU and the GPU."""
+"""The per-element pieces of the low-bit kernels (8-bit: absmax bits, encoding through
+an ``Encoder`` table; 4-bit: encoding by compares), written once and compiled for the
+CPU and the GPU."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..._core import quant4
 from ..._core.quant8 import KEY_HIGH, KEY_LOW, KEY_SHIFT, KEYS
 
 
@@ -45,3 +47,38 @@ def element_functions(jit, bits_from_f32) -> tuple:
         return np.uint8(zero)
 
     return magnitude_bits, code
+
+
+def _counter(jit, thresholds: np.ndarray):
+    """``code(value)``: how many of ``thresholds`` are at or below ``value``, as one
+    expression of compiled-in constants (a loop over an array of them stays a loop)."""
+    terms = " + ".join(f"np.uint8(value >= np.float32({float(t)!r}))" for t in thresholds)
+    scope = {"np": np}
+    exec(f"def code(value):\n    return np.uint8({terms})\n", scope)
+    return jit(scope["code"])
+
+
+def _linear_counter(jit, thresholds: np.ndarray):
+    """``_counter`` for thresholds at (c + 1.5) / 16 (the unsigned linear map's): the count
+    is floor(16 * value - 0.5), clamped to [0, 15], NaN 0; exact, since 16 * value and the
+    subtraction round nothing for values up to 1 (and the clamp covers the rest)."""
+    if not np.array_equal(thresholds, (np.arange(15, dtype=np.float32) + np.float32(1.5))
+                          / np.float32(16)):
+        return _counter(jit, thresholds)
+
+    @jit
+    def code(value):
+        if not value >= np.float32(0.09375):  # below the first threshold, or NaN
+            return np.uint8(0)
+        if value >= np.float32(1.0):
+            return np.uint8(15)
+        return np.uint8(np.int32(value * np.float32(16.0) - np.float32(0.5)))
+
+    return code
+
+
+def four_bit_counters(jit) -> tuple:
+    """``(code_m, code_v)``: the 4-bit codes of a normalized moment value (m signed, v
+    unsigned; ``quant4.thresholds``), by compares only, compiled with ``jit``."""
+    return (_counter(jit, quant4.thresholds(True)),
+            _linear_counter(jit, quant4.thresholds(False)))
