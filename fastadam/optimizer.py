@@ -15,6 +15,7 @@ import numpy as np
 from ._backends.dispatch import resolve, rounding_key
 from ._core import array_checks, checks
 from ._core.gpu import is_device, wait_for_producer
+from ._core.options import ADAM
 from ._core.options import KEYS as HYPER_KEYS
 from ._state import checkpoint as _checkpoint
 from ._state import groups as _groups
@@ -91,6 +92,8 @@ class Adam:
     ``load_state_dict()`` use plain NumPy arrays and numbers, laid out as torch's.
     """
 
+    _rule = ADAM  # the element update (``options.RULES``)
+
     def __init__(
         self,
         params,
@@ -120,9 +123,20 @@ class Adam:
         # Every declared hyperparameter, by name, as passed (the first statement: the
         # arguments are all the locals there are).
         defaults = {k: v for k, v in locals().items() if k in HYPER_KEYS}
+        self._setup(params, defaults, backend, num_threads, state_dtype=state_dtype,
+                    kahan_summation=kahan_summation, master_weights=master_weights,
+                    skip_nonfinite=skip_nonfinite, stochastic_rounding=stochastic_rounding,
+                    seed=seed, max_grad_norm=max_grad_norm)
+
+    def _setup(self, params, defaults: dict, backend: str, num_threads: int | None, *,
+               state_dtype, kahan_summation, master_weights, skip_nonfinite,
+               stochastic_rounding, seed, max_grad_norm) -> None:
+        """Build groups, slots and plans from the hyperparameters ``defaults`` (of this
+        class's update rule, ``_rule``) and the settings."""
         self._single = isinstance(params, np.ndarray) or is_device(params)
-        specs = [{"params": [params]}] if self._single else _groups.specs(params)
-        hypers = [_groups.group_hyper(defaults, spec) for spec in specs]
+        specs = ([{"params": [params]}] if self._single
+                 else _groups.specs(params, self._rule))
+        hypers = [_groups.group_hyper(defaults, spec, self._rule) for spec in specs]
         self._backend = resolve(checks.backend(backend), specs[0]["params"][0])
         self._num_threads = checks.num_threads(num_threads)
         self._skip_nonfinite = checks.flag("skip_nonfinite", skip_nonfinite)

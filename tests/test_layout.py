@@ -17,7 +17,7 @@ MAX_LINES = 450
 # import time would cost every user a third of a second, and the modules that import an
 # optional dependency at their top (numba.cuda, torch).
 LAZY = ("numba", "llvmlite", "torch", "torchao", "mpi4py", "ml_dtypes", "matplotlib",
-        "bitsandbytes", "cupy")
+        "bitsandbytes", "cupy", "schedulefree")
 LAZY_MODULES = {
     "fastadam._backends.cpu",  # numba, on the first compiled step
     "fastadam._backends.cuda",  # numba.cuda

@@ -18,7 +18,12 @@ import numpy as np
 from .._core.dtypes import compute_dtype, kind
 from .._core.gpu import is_device
 from .._core.hyper import Flags, Hyper, coefficients, flags
-from .reference import adam_step_8bit_numpy, adam_step_numpy, sparse_adam_step_numpy
+from .reference import (
+    adam_step_8bit_numpy,
+    adam_step_numpy,
+    sparse_adam_step_numpy,
+    swap_numpy,
+)
 from .shared.convert import noise_of, rounding_key  # noqa: F401  (rounding_key: the door)
 from .views import as_kernel_array, data_address, kernel_views
 
@@ -112,6 +117,26 @@ def apply(backend: str, arrays: tuple, h: Hyper, flags: Flags, step: int, *,
                                   _noise(flags, key, step) or 0)
     else:
         cuda().dense.adam_step_cuda(kernel_views(arrays), flags, coef, stream, key, step)
+
+
+def swap(backend: str, arrays: tuple, flags: Flags, weight: float, *,
+         num_threads: int | None = None, stream=None) -> None:
+    """Schedule-free AdamW's move of the params between y and x: ``param = lerp(param, z,
+    weight)`` over validated 1-D ``(param, z, comp, master)`` (comp, master None where
+    off), rounded to nearest."""
+    param, z, comp, master = arrays
+    if param.size == 0:
+        return
+    if backend == "numpy":
+        swap_numpy(param, z, comp, master, weight)
+        return
+    views = kernel_views((param, param, z, z, None, comp, master))
+    views = (views[0], views[2], views[5], views[6])
+    if backend == "cuda":
+        cuda().dense.swap_cuda(views, flags, weight, stream)
+        return
+    cpu().threads.run_parallel(num_threads, param.size, cpu().dense.swap_kernel(flags),
+                               *views, np.dtype(compute_dtype(flags.param)).type(weight))
 
 
 def _noise(flags: Flags, key: int, step: int) -> int | None:
@@ -259,6 +284,14 @@ def as_float32(backend: str, a) -> object:
     if backend == "cuda":
         return cuda().memory.as_float32(a, kind(a.dtype))
     return a.astype(np.float32)
+
+
+def state_copy(backend: str, a, dtype) -> object:
+    """A copy of params ``a`` (1-D) as state of ``dtype``, where that backend keeps state
+    (schedule-free AdamW's z starts at the params)."""
+    if backend == "cuda":
+        return from_host(backend, np.ascontiguousarray(to_host(backend, a, a.dtype).astype(dtype)))
+    return a.astype(dtype)
 
 
 def to_host(backend: str, a, dtype) -> np.ndarray:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from .._core.dtypes import numpy_dtype
-from .._core.hyper import Hyper
+from .._core.hyper import Hyper, ademamix_schedule
 from .._core.lowbit import FORMATS
+from .._core.options import ADAM, ADEMAMIX, SCHEDULE_FREE
 from .shared.convert import mix32_array
 
 
@@ -56,18 +57,12 @@ def adam_step_numpy(param, grad, m, v, v_max, comp, master, h: Hyper, step: int,
     """One Adam/AdamW update in place, with NumPy array expressions; with ``noise`` (the
     params' random bits at this step), 16-bit params rounded stochastically; with
     ``lerp``, the moments move as ``m + (1 - beta1) * (g - m)``."""
-    compute = np.float64 if param.dtype == np.float64 else np.float32
-    g = grad.astype(compute, copy=False)
-    if grad_scale is not None:
-        g = g / grad_scale
+    if h.rule != ADAM:
+        _VARIANTS[h.rule](param, grad, m, v, v_max, comp, master, h, step, grad_scale, noise)
+        return
+    compute, g, p = _inputs(param, grad, comp, master, grad_scale)
     if h.maximize:
         g = -g
-    if master is not None:
-        p = master
-    elif comp is not None:
-        p = param.astype(compute) + comp.astype(compute)
-    else:
-        p = param.astype(compute, copy=False)  # param itself when already in compute precision
     if h.weight_decay != 0.0:
         if h.decouple_lr:
             p *= 1.0 - h.weight_decay * h.lr / h.max_lr
@@ -98,6 +93,28 @@ def adam_step_numpy(param, grad, m, v, v_max, comp, master, h: Hyper, step: int,
     if h.eps_root != 0.0:
         v_hat = v_hat + h.eps_root
     p -= h.lr * m_hat / (np.sqrt(v_hat) + h.eps)
+    _store(param, p, comp, noise, compute)
+
+
+def _inputs(param, grad, comp, master, grad_scale) -> tuple:
+    """(compute dtype, the gradient unscaled, the params in it: the master params, params
+    plus compensation, or the params themselves where already in compute precision)."""
+    compute = np.float64 if param.dtype == np.float64 else np.float32
+    g = grad.astype(compute, copy=False)
+    if grad_scale is not None:
+        g = g / grad_scale
+    if master is not None:
+        p = master
+    elif comp is not None:
+        p = param.astype(compute) + comp.astype(compute)
+    else:
+        p = param.astype(compute, copy=False)
+    return compute, g, p
+
+
+def _store(param, p, comp, noise, compute) -> None:
+    """The params from their new value ``p``: rounded stochastically, with the Kahan
+    compensation, or as they are."""
     if noise is not None:
         param[...] = stochastic_round(p, param.dtype.name,
                                       random_bits(noise, np.arange(param.size)))
@@ -106,6 +123,65 @@ def adam_step_numpy(param, grad, m, v, v_max, comp, master, h: Hyper, step: int,
         comp[...] = p - param.astype(compute)
     elif p is not param:
         param[...] = p
+
+
+def _lerp(start, end, weight):
+    """torch's lerp (exact at weight 1)."""
+    if abs(weight) < 0.5:
+        return start + weight * (end - start)
+    return end - (end - start) * (1.0 - weight)
+
+
+def schedule_free_numpy(param, grad, z, v, unused, comp, master, h: Hyper, step: int,
+                        grad_scale=None, noise=None) -> None:
+    """One schedule-free AdamW update (``schedulefree.AdamWScheduleFree``'s formulas) in
+    place: the params hold y, ``z`` the base sequence; ``h.scheduled_lr`` and ``h.ckp1``
+    are the step's (``hyper.schedule_free_weights``)."""
+    compute, g, y = _inputs(param, grad, comp, master, grad_scale)
+    v_new = h.beta2 * v.astype(compute, copy=False) + (1.0 - h.beta2) * g * g
+    v[...] = v_new
+    normalized = g / (np.sqrt(v_new / (1.0 - h.beta2**step)) + h.eps)
+    if h.weight_decay != 0.0:
+        normalized = normalized + h.weight_decay * y
+    z_old = z.astype(compute, copy=False)
+    lr = h.scheduled_lr
+    y_new = _lerp(y, z_old, compute(h.ckp1)) + lr * (h.beta1 * (1.0 - h.ckp1) - 1.0) * normalized
+    z[...] = z_old - lr * normalized
+    _store(param, y_new.astype(compute, copy=False), comp, noise, compute)
+    if master is not None:
+        master[...] = y_new
+
+
+def swap_numpy(param, z, comp, master, weight: float) -> None:
+    """Schedule-free AdamW's move of the params between y and x: ``lerp(param, z, weight)``
+    (the NumPy counterpart of the kernels' swap), rounded to nearest."""
+    compute, _, p = _inputs(param, param, comp, master, None)
+    new = _lerp(p.astype(compute), z.astype(compute), compute(weight))
+    if master is not None:
+        master[...] = new
+    _store(param, new, comp, None, compute)
+
+
+def ademamix_numpy(param, grad, m, v, slow, comp, master, h: Hyper, step: int,
+                   grad_scale=None, noise=None) -> None:
+    """One AdEMAMix update (bitsandbytes' formulas) in place: ``m`` the fast moment,
+    ``slow`` the slow one, weight decay decoupled; alpha and beta3 as scheduled
+    (``hyper.ademamix_schedule``)."""
+    compute, g, p = _inputs(param, grad, comp, master, grad_scale)
+    alpha, beta3 = ademamix_schedule(h, step)
+    m_new = h.beta1 * m.astype(compute, copy=False) + (1.0 - h.beta1) * g
+    slow_new = beta3 * slow.astype(compute, copy=False) + (1.0 - beta3) * g
+    v_new = h.beta2 * v.astype(compute, copy=False) + (1.0 - h.beta2) * g * g
+    m[...], slow[...], v[...] = m_new, slow_new, v_new
+    if h.weight_decay != 0.0:
+        p *= 1.0 - h.lr * h.weight_decay
+    bias_correction1, bias_correction2 = 1.0 - h.beta1**step, 1.0 - h.beta2**step
+    p -= h.lr * ((m_new / bias_correction1 + alpha * slow_new)
+                 / (np.sqrt(v_new) / np.sqrt(bias_correction2) + h.eps))
+    _store(param, p, comp, noise, compute)
+
+
+_VARIANTS = {SCHEDULE_FREE: schedule_free_numpy, ADEMAMIX: ademamix_numpy}
 
 
 def adam_step_8bit_numpy(param, grad, codes: list, absmax: list, comp, master, h: Hyper,

@@ -182,6 +182,15 @@ def step_arrays(backend: str, param, grad, m, v, v_max, comp, master, amsgrad: b
     return tuple(None if a is None else flat(a) for a in (param, grad, m, v, v_max, comp, master))
 
 
+def swap_arrays(backend: str, param, z) -> tuple:
+    """(param, z) of schedule-free AdamW's move between y and x, checked, as 1-D views."""
+    device = backend == "cuda"
+    param = (device_array if device else host_array)("param", param, writable=True)
+    z = like("z", z, param, writable=False, device=device)
+    disjoint({"param": param, "z": z})
+    return flat(param), flat(z)
+
+
 def _param_extras(param, comp, master, device: bool) -> tuple:
     """The Kahan compensation and master params of 16-bit params, checked (or None)."""
     sixteen = kind(param.dtype) in SIXTEEN_BIT

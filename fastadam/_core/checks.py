@@ -24,15 +24,16 @@ def positive(name: str, value) -> float:
     return value
 
 
-def real(name: str, value, *, below_one: bool = False) -> float:
-    """A finite real >= 0 (and < 1 when ``below_one``), as a Python float."""
+def real(name: str, value, *, below_one: bool = False, negative: bool = False) -> float:
+    """A finite real >= 0 (any sign with ``negative``; < 1 when ``below_one``), as a Python
+    float."""
     if type(value) is not float:  # the common case skips the slow ABC check
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
         value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
-    if value < 0.0:
+    if value < 0.0 and not negative:
         raise ValueError(f"{name} must be >= 0, got {value}")
     if below_one and value >= 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
@@ -80,6 +81,15 @@ def step(value) -> int:
     if value < 1:
         raise ValueError(f"step must be an int >= 1, got {value}")
     return value
+
+
+def count(name: str, value, least: int = 0) -> int:
+    """An int (not a bool) >= ``least``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < least:
+        raise ValueError(f"{name} must be an int >= {least}, got {value}")
+    return int(value)
 
 
 def backend(name) -> str:

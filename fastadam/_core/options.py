@@ -8,6 +8,9 @@ into the element update), the sharded optimizer's keywords and the benchmark's s
 Adding an option that changes the element update (as ``nesterov`` did) means: one
 ``Option`` here, its use in ``_backends/shared/element.py`` (read as ``flags.<name>``)
 and in the NumPy reference (``h.<name>``), and the keyword in the public signatures.
+
+Each option names the update rules it belongs to (``RULES``): Adam's, schedule-free
+AdamW's, AdEMAMix's. A rule's optimizers take, keep and save exactly its options.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from typing import NamedTuple
 
 from . import checks
 
+ADAM, SCHEDULE_FREE, ADEMAMIX = "adam", "schedulefree", "ademamix"
+RULES = (ADAM, SCHEDULE_FREE, ADEMAMIX)  # the element updates: Adam's and two variants
+_ALL = RULES
+
 
 class Option(NamedTuple):
     """One hyperparameter: ``check(name, value)`` returns the validated value.
@@ -24,7 +31,8 @@ class Option(NamedTuple):
     ``acts``: "kernel", compiled into the element update (a ``Flags`` field of the same
     name: each value compiles its own kernel, with no branch per element); "scalar", a
     number the per-step coefficients are computed from; "rule", a choice that shapes
-    those numbers or flags without being one itself.
+    those numbers or flags without being one itself. ``rules``: the update rules that
+    take it (``RULES``).
     """
 
     name: str
@@ -32,6 +40,7 @@ class Option(NamedTuple):
     check: Callable[[str, object], object]
     acts: str
     doc: str
+    rules: tuple = (ADAM,)
 
 
 def _betas(name: str, value) -> tuple[float, float]:
@@ -42,11 +51,28 @@ def _optional_positive(name: str, value) -> float | None:
     return None if value is None else checks.positive(name, value)
 
 
+def _below_one(name: str, value) -> float:
+    return checks.real(name, value, below_one=True)
+
+
+def _count(name: str, value) -> int:
+    return checks.count(name, value)
+
+
+def _optional_steps(name: str, value) -> int | None:
+    return None if value is None else checks.count(name, value, least=1)
+
+
+def _any_real(name: str, value) -> float:
+    return checks.real(name, value, negative=True)
+
+
 HYPERPARAMETERS = (
-    Option("lr", 1e-3, checks.real, "scalar", "the learning rate"),
-    Option("betas", (0.9, 0.999), _betas, "scalar", "the moments' decay rates"),
-    Option("eps", 1e-8, checks.real, "scalar", "added to the denominator"),
-    Option("weight_decay", 0.0, checks.real, "scalar", "L2 penalty, or decoupled decay"),
+    Option("lr", 1e-3, checks.real, "scalar", "the learning rate", _ALL),
+    Option("betas", (0.9, 0.999), _betas, "scalar", "the moments' decay rates", _ALL),
+    Option("eps", 1e-8, checks.real, "scalar", "added to the denominator", _ALL),
+    Option("weight_decay", 0.0, checks.real, "scalar", "L2 penalty, or decoupled decay",
+           _ALL),
     Option("decoupled_weight_decay", False, checks.flag, "rule",
            "decay the params directly (AdamW) instead of adding to the gradient"),
     Option("amsgrad", False, checks.flag, "kernel", "keep the maximum of v (AMSGrad)"),
@@ -57,21 +83,41 @@ HYPERPARAMETERS = (
     Option("decouple_lr", False, checks.flag, "rule",
            "weight decay independent of the lr (optimi): 1 - weight_decay * lr / max_lr"),
     Option("max_lr", None, _optional_positive, "scalar", "the peak lr for decouple_lr"),
+    Option("warmup_steps", 0, _count, "scalar", "steps of linear lr warmup", (SCHEDULE_FREE,)),
+    Option("r", 0.0, _any_real, "scalar", "the average's polynomial weighting power",
+           (SCHEDULE_FREE,)),
+    Option("weight_lr_power", 2.0, checks.real, "scalar",
+           "the average's weights are the peak lr to this power", (SCHEDULE_FREE,)),
+    Option("beta3", 0.9999, _below_one, "scalar", "the slow moment's decay rate",
+           (ADEMAMIX,)),
+    Option("alpha", 5.0, checks.real, "scalar", "the slow moment's weight", (ADEMAMIX,)),
+    Option("t_alpha", None, _optional_steps, "scalar", "steps of alpha's linear warmup",
+           (ADEMAMIX,)),
+    Option("t_beta3", None, _optional_steps, "scalar", "steps of beta3's warmup",
+           (ADEMAMIX,)),
 )
 
-KEYS = tuple(o.name for o in HYPERPARAMETERS)
-DEFAULTS = {o.name: o.default for o in HYPERPARAMETERS}
+
+def keys(rule: str = ADAM) -> tuple[str, ...]:
+    """The keywords of the options ``rule`` takes, in declaration order."""
+    return tuple(o.name for o in HYPERPARAMETERS if rule in o.rules)
+
+
+KEYS = keys(ADAM)
+DEFAULTS = {o.name: o.default for o in HYPERPARAMETERS if ADAM in o.rules}  # Adam's
 KERNEL_FLAGS = tuple(o.name for o in HYPERPARAMETERS if o.acts == "kernel")
 
 
-def checked(settings: dict) -> dict:
-    """``settings`` (a subset of ``KEYS``) over the defaults, each value checked, with
-    the checks that involve two options. Unknown keys raise TypeError."""
-    unknown = set(settings) - set(KEYS)
+def checked(settings: dict, rule: str = ADAM) -> dict:
+    """``settings`` (a subset of ``keys(rule)``) over the defaults, each value checked,
+    with the checks that involve two options; every other option at its default.
+    Unknown keys raise TypeError."""
+    known = keys(rule)
+    unknown = set(settings) - set(known)
     if unknown:
-        raise TypeError(f"unknown hyperparameters {sorted(unknown)}; known: {', '.join(KEYS)}")
-    values = {o.name: o.check(o.name, settings.get(o.name, o.default))
-              for o in HYPERPARAMETERS}
+        raise TypeError(f"unknown hyperparameters {sorted(unknown)}; known: {', '.join(known)}")
+    values = {o.name: o.check(o.name, settings.get(o.name, o.default)) if o.name in known
+              else o.default for o in HYPERPARAMETERS}
     if values["decouple_lr"] and values["max_lr"] is None:
         raise ValueError("decouple_lr=True needs max_lr, the peak learning rate")
     return values

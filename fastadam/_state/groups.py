@@ -9,11 +9,12 @@ import numpy as np
 from .._core import array_checks
 from .._core.gpu import is_device
 from .._core.hyper import Hyper, hyper
-from .._core.options import KEYS as HYPER_KEYS
+from .._core.options import ADAM, keys
 
 
-def specs(params) -> list[dict]:
-    """A list of arrays, or of torch-style group dicts, as a list of {"params": [...], ...}."""
+def specs(params, rule: str = ADAM) -> list[dict]:
+    """A list of arrays, or of torch-style group dicts (with the options of update
+    ``rule``), as a list of {"params": [...], ...}."""
     if isinstance(params, (str, bytes, dict)) or not isinstance(params, (list, tuple)):
         array_checks.refuse_torch_tensor("params", params)
         raise TypeError("params must be an array, a list of arrays, or a list of param "
@@ -26,7 +27,7 @@ def specs(params) -> list[dict]:
         raise TypeError("params mixes arrays and param groups (dicts)")
     out = []
     for i, group in enumerate(params):
-        unknown = set(group) - {"params", *HYPER_KEYS}
+        unknown = set(group) - {"params", *keys(rule)}
         if unknown:
             raise ValueError(f"params[{i}] has unknown keys {sorted(unknown)}")
         if "params" not in group:
@@ -39,17 +40,17 @@ def specs(params) -> list[dict]:
     return out
 
 
-def group_hyper(defaults: dict, spec: dict) -> Hyper:
+def group_hyper(defaults: dict, spec: dict, rule: str = ADAM) -> Hyper:
     """The validated hyperparameters of one group: its own settings over ``defaults``."""
     settings = {**defaults, **{k: v for k, v in spec.items() if k != "params"}}
-    if settings["decouple_lr"] is True and settings["max_lr"] is None:
+    if settings.get("decouple_lr") is True and settings["max_lr"] is None:
         settings["max_lr"] = settings["lr"]  # optimi: the initial lr is the peak
-    return hyper(**settings)
+    return hyper(rule, **settings)
 
 
 def as_dict(h: Hyper) -> dict:
-    """The hyperparameters as the keyword arguments that set them."""
-    return {k: (h.beta1, h.beta2) if k == "betas" else getattr(h, k) for k in HYPER_KEYS}
+    """The hyperparameters (of ``h``'s update rule) as the keyword arguments that set them."""
+    return {k: (h.beta1, h.beta2) if k == "betas" else getattr(h, k) for k in keys(h.rule)}
 
 
 def index(group, count: int) -> int:

@@ -44,6 +44,7 @@ from .._core.hyper import (
     coefficients,
     step_coefficients,
 )
+from .._core.options import ADAM
 from .slots import STATE_KEYS
 
 
@@ -324,6 +325,7 @@ class OneHostArray:
         self.views = kernel_views((slot.flat, slot.flat, *slot.state))
         self.coef = np.empty(11, compute_dtype(slot.flags.param))
         self.hyper = None  # the hyperparameters ``coef`` holds, but for the step's own
+        self.adam = slot.flags.rule == ADAM  # (a variant's every coefficient may change)
         self.kernels: dict = {}  # gradient dtype -> (call, 16-bit?): see dispatch.thin_call
 
     def step(self, grads, h) -> bool:
@@ -343,7 +345,7 @@ class OneHostArray:
         if sixteen:
             flat = flat.view(np.uint16)
         slot = self.slot
-        if h is self.hyper:  # only the step's coefficients change
+        if h is self.hyper and self.adam:  # only the step's coefficients change
             self.coef[STEP_DEPENDENT] = step_coefficients(h, slot.step + 1)
         else:
             self.coef[:] = coefficients(h, slot.step + 1)

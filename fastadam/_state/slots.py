@@ -22,6 +22,7 @@ from .._backends.dispatch import (
     flags_8bit,
     from_host,
     noise_of,
+    state_copy,
     step_flags,
     to_host,
     zeros,
@@ -29,8 +30,22 @@ from .._backends.dispatch import (
 from .._core import checks
 from .._core.dtypes import SIXTEEN_BIT, compute_dtype, dtype_kind, kind, numpy_dtype
 from .._core.lowbit import FORMATS, of_map_size
+from .._core.options import ADAM, ADEMAMIX, SCHEDULE_FREE
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "kahan_comp", "master_params")
+# Each update rule's names for the state arrays, in the kernels' order: schedule-free AdamW
+# keeps z where Adam keeps m (its reference's names), AdEMAMix its slow moment in v_max's
+# place.
+RULE_STATE_KEYS = {
+    ADAM: STATE_KEYS,
+    SCHEDULE_FREE: ("z", "exp_avg_sq", None, "kahan_comp", "master_params"),
+    ADEMAMIX: ("exp_avg", "exp_avg_sq", "exp_avg_slow", "kahan_comp", "master_params"),
+}
+
+
+def third_state(h) -> bool:
+    """Whether the rule and options of ``h`` keep a third state array (v_max's place)."""
+    return h.amsgrad or h.rule == ADEMAMIX
 CODE_KEYS = ("state1", "state2", "state3")  # m, v, v_max as codes (bitsandbytes' names)
 ABSMAX_KEYS = ("absmax1", "absmax2", "absmax3")
 MAP_KEYS = ("qmap1", "qmap2")  # the signed map (m), the unsigned one (v, v_max)
@@ -96,6 +111,9 @@ class Slot:
         n = slot.flat.size
         slot.absmax = slot.fmt = None
         if state_kind in FORMATS:
+            if h.rule != ADAM:
+                raise ValueError(f"state_dtype={state_kind!r} is for Adam and AdamW; this "
+                                 "optimizer keeps its state in 16, 32 or 64 bits")
             if n >= FORMATS[state_kind].min_size:
                 return slot._low_bit(state_kind, h, kahan, options.master, backend, stochastic)
             state_kind = compute_dtype(param_kind)  # small arrays: 32-bit moments
@@ -104,10 +122,12 @@ class Slot:
         elif state_kind == PARAM_DTYPE:
             state_kind = param_kind
         slot.state_dtype = numpy_dtype(state_kind)
+        first = (state_copy(backend, slot.flat, slot.state_dtype) if h.rule == SCHEDULE_FREE
+                 else zeros(backend, n, slot.state_dtype))  # z starts at the params
         slot.state = [
+            first,
             zeros(backend, n, slot.state_dtype),
-            zeros(backend, n, slot.state_dtype),
-            zeros(backend, n, slot.state_dtype) if h.amsgrad else None,
+            zeros(backend, n, slot.state_dtype) if third_state(h) else None,
             zeros(backend, n, view.dtype) if kahan else None,
             as_float32(backend, slot.flat) if options.master else None,
         ]
@@ -147,7 +167,8 @@ class Slot:
         """This slot's state_dict entry: host copies shaped like the params."""
         entry = {"step": self.step}
         low = self.absmax is not None
-        for i, (name, a, dtype) in enumerate(zip(STATE_KEYS, self.state, self.dtypes())):
+        names = RULE_STATE_KEYS[self.flags.rule]
+        for i, (name, a, dtype) in enumerate(zip(names, self.state, self.dtypes())):
             if a is not None and not (low and i < 3):
                 entry[name] = to_host(backend, a, dtype).reshape(self.array.shape)
         if low:  # codes, scales and maps in place of the moments
@@ -171,7 +192,8 @@ class Slot:
         step = entry.get("step")
         if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
             raise ValueError(f"{label}['step'] must be an int >= 0, got {step!r}")
-        wanted = (True, True, h.amsgrad, self.flags.kahan, self.flags.master)
+        wanted = (True, True, third_state(h), self.flags.kahan, self.flags.master)
+        names = RULE_STATE_KEYS[h.rule]
         low = self.absmax is not None
         own, other = (CODE_KEYS[0], STATE_KEYS[0]) if low else (STATE_KEYS[0], CODE_KEYS[0])
         saved_low = low != (other in entry and own not in entry)  # the other layout?
@@ -179,9 +201,9 @@ class Slot:
         moment_dtype = np.float32 if low else self.state_dtype
         moments = (self._codes(label, entry, wanted[:3], saved) if saved_low
                    else [self._floats(label, entry, name, moment_dtype) if want else None
-                         for name, want in zip(STATE_KEYS, wanted[:3])])
+                         for name, want in zip(names, wanted[:3])])
         extras = [self._floats(label, entry, name, dtype) if want else None
-                  for name, want, dtype in zip(STATE_KEYS[3:], wanted[3:], self.dtypes()[3:])]
+                  for name, want, dtype in zip(names[3:], wanted[3:], self.dtypes()[3:])]
         signs, n = (True, False, False), self.flat.size
         if saved_low and (not low or saved.name != self.fmt):  # decoded, as floats
             moments = [None if c is None else saved.dequantize(*c, signed, n)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from .._core import checks
 from .._core.hyper import hyper
-from . import groups as _groups
+from .._core.options import ADAM, keys
 
-_REQUIRED = {"lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"}
+_REQUIRED = {"lr", "betas", "eps", "weight_decay"}  # and Adam's: amsgrad, maximize
+_ADAM_REQUIRED = {"amsgrad", "maximize"}
 _OPTIONS = ("kahan_summation", "master_weights", "stochastic_rounding")
 
 
@@ -32,7 +33,8 @@ def checked(state_dict, groups: list, slots: list, param_groups: list, options: 
             isinstance(g, dict) for g in given):
         raise ValueError(f"state_dict['param_groups'] must hold {len(param_groups)} group(s) "
                          "(dicts)")
-    hypers = [_group(i, group, current, options)
+    rule = groups[0][0].rule
+    hypers = [_group(i, group, current, options, rule)
               for i, (group, current) in enumerate(zip(given, param_groups))]
     state = state_dict["state"]
     if not isinstance(state, dict) or sorted(state) != list(range(len(slots))) or not all(
@@ -56,16 +58,16 @@ def seed_of(state_dict: dict, current: int) -> int:
         raise TypeError(f"state_dict['param_groups'][0]: {e}") from e
 
 
-def _group(i: int, group: dict, current: dict, options: dict):
+def _group(i: int, group: dict, current: dict, options: dict, rule: str):
     label = f"state_dict['param_groups'][{i}]"
-    missing = _REQUIRED - set(group)
+    missing = (_REQUIRED | (_ADAM_REQUIRED if rule == ADAM else set())) - set(group)
     if missing:
         raise ValueError(f"{label} lacks {sorted(missing)}")
     if list(group.get("params", current["params"])) != current["params"]:
         raise ValueError(f"{label}['params'] is {group.get('params')}, but this "
                          f"optimizer's group holds {current['params']}")
     try:
-        h = hyper(**{k: group.get(k, current[k]) for k in _groups.HYPER_KEYS})
+        h = hyper(rule, **{k: group.get(k, current[k]) for k in keys(rule)})
     except (TypeError, ValueError) as e:
         raise type(e)(f"{label}: {e}") from e
     for option in _OPTIONS:

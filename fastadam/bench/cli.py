@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peers", action="store_true",
                    help="add torch.optim.Adam fused and foreach (with --configs 8bit: "
                         "torch's fp32 step, and bitsandbytes' and torchao's 8-bit AdamW "
-                        "where installed; 4bit: torchao's 4-bit AdamW)")
+                        "where installed; 4bit: torchao's 4-bit AdamW; schedulefree, "
+                        "ademamix: the schedulefree package's and bitsandbytes' optimizers)")
     p.add_argument(
         "--quick", action="store_true", help="1M and 16M float32 Adam only: under a minute"
     )

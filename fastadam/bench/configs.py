@@ -23,7 +23,12 @@ CONFIGS = {
     "8bit": {"state_dtype": "8bit"},
     "4bit": {"state_dtype": "4bit"},
     "stochastic": {"stochastic_rounding": True},
+    "schedulefree": {},  # the other update rules, with their defaults (``VARIANTS``)
+    "ademamix": {},
 }
+
+# Configurations that step another optimizer than Adam: schedule-free AdamW, AdEMAMix.
+VARIANTS = ("schedulefree", "ademamix")
 
 
 SIXTEEN_BIT_ONLY = ("kahan", "no_kahan", "master", "stochastic")

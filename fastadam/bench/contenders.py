@@ -11,6 +11,7 @@ from .._backends import dispatch
 from .._core.bfloat16 import as_bfloat16
 from .._core.dtypes import numpy_dtype
 from ..optimizer import Adam
+from ..variants import AdamWScheduleFree, AdEMAMix
 from .configs import adam_options
 from .harness import Contender, roofline_contenders, traffic_bytes
 from .peers import cuda_peers
@@ -23,6 +24,15 @@ def _share_state(source, targets) -> None:
         opt._slots[0].absmax = source._slots[0].absmax
 
 
+# The optimizer each configuration steps (Adam's, but for the other update rules).
+_OPTIMIZERS = {"schedulefree": AdamWScheduleFree, "ademamix": AdEMAMix}
+
+
+def optimizer_of(config: str):
+    """The fastadam optimizer class that ``config`` steps."""
+    return _OPTIMIZERS.get(config, Adam)
+
+
 def fastadam_contenders(n, dtype, config, rng, threads_list):
     """numpy, and the fused cpu kernel on every thread count, through ``Adam.step``.
 
@@ -32,10 +42,11 @@ def fastadam_contenders(n, dtype, config, rng, threads_list):
     np_dtype = numpy_dtype(dtype)
     param = rng.standard_normal(n).astype(np_dtype)
     grad = rng.standard_normal(n).astype(np_dtype)
-    main = Adam(param, backend="cpu", **kw)
+    make = optimizer_of(config)
+    main = make(param, backend="cpu", **kw)
     others = []
     for backend, threads in [("numpy", None)] + [("cpu", t) for t in threads_list]:
-        others.append(Adam(param, backend=backend, num_threads=threads, **kw))
+        others.append(make(param, backend=backend, num_threads=threads, **kw))
         _share_state(main, others[-1:])
     out = [Contender("numpy", 1, partial(others[0].step, grad))]
     out += [Contender("cpu", t, partial(o.step, grad)) for t, o in zip(threads_list, others[1:])]
@@ -69,7 +80,7 @@ def cuda_contenders(n, dtype, config, rng, peers):
             return cuda.to_device(host)
         return as_bfloat16(cuda.to_device(host.view(np.uint16)))
 
-    opt = Adam(on_device(rng.standard_normal(n).astype(np_dtype)), **kw)
+    opt = optimizer_of(config)(on_device(rng.standard_normal(n).astype(np_dtype)), **kw)
     grad = on_device(rng.standard_normal(n).astype(np_dtype))
 
     def synced(fn):

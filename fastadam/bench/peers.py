@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .configs import CONFIGS
+from .configs import CONFIGS, VARIANTS
 from .harness import Contender
 
 
@@ -27,6 +27,8 @@ def torch_contenders(param, grad, config, threads) -> list[Contender]:
     torchao's 8-bit AdamW (8 bits) or torchao's 4-bit AdamW (4 bits)."""
     import torch  # optional
 
+    if config in VARIANTS:
+        return _variant_peers(param, grad, threads, config)
     eight = config in ("8bit", "4bit")
     cls, kw = torch_optimizer("adam" if eight else config)
     if cls is None or param.dtype not in (np.float32, np.float64):
@@ -111,3 +113,29 @@ def cuda_peers(n: int, dtype: str, config: str) -> list[Contender]:
                           synced(maker([tensor()], weight_decay=0.0).step))
                 for name, maker in _eight_bit_makers(config)]
     return out
+
+
+def _variant_peers(param, grad, threads, config: str) -> list[Contender]:
+    """The references of the other update rules, where installed, on copies of param and
+    grad (schedulefree's step divides the gradient in place): schedulefree's
+    ``AdamWScheduleFree`` (foreach PyTorch), bitsandbytes' 32-bit ``AdEMAMix``."""
+    import torch  # optional
+
+    if param.dtype != np.float32:
+        return []
+    torch.set_num_threads(threads)
+    p = torch.nn.Parameter(torch.from_numpy(param.copy()))
+    p.grad = torch.from_numpy(grad.copy())
+    try:
+        if config == "schedulefree":
+            import schedulefree  # optional
+
+            opt = schedulefree.AdamWScheduleFree([p])
+            opt.train()
+            return [Contender("schedulefree", threads, opt.step)]
+        import bitsandbytes  # optional
+
+        return [Contender("bitsandbytes-ademamix", threads,
+                          bitsandbytes.optim.AdEMAMix([p]).step)]
+    except ImportError:
+        return []

@@ -382,7 +382,7 @@ class ShardedAdam:
             raise ValueError(f"state_dict['param_groups'] must hold {len(self._hypers)} "
                              "group(s)")
         hypers = [_groups.group_hyper({**_groups.as_dict(h)}, {
-            k: v for k, v in g.items() if k in _groups.HYPER_KEYS})
+            k: v for k, v in g.items() if k in declared.KEYS})
             for h, g in zip(self._hypers, groups)]
         layout = groups[0].get("shard") if groups else None
         state = state_dict["state"]

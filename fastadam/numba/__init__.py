@@ -61,7 +61,8 @@ def hyper(lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: floa
                       nesterov=nesterov, decouple_lr=decouple_lr, max_lr=max_lr)
     compiled.uint16_kinds(uint16_as)  # ValueError on a bad spec
     record = compiled.record_class("Hyper", compiled.kind_of(h, uint16_as))
-    return record(**{**h._asdict(), "max_lr": float("nan") if max_lr is None else h.max_lr})
+    values = {name: getattr(h, name) for name in record._fields}
+    return record(**{**values, "max_lr": float("nan") if max_lr is None else h.max_lr})
 
 
 def _record(name: str, value, family: str):

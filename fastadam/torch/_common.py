@@ -1,5 +1,5 @@
-"""What the low-bit drop-ins share with each other: the closure, and matching a
-state_dict's params to the optimizer's."""
+"""What the drop-ins beyond torch's own share: the closure, matching a state_dict's params
+to the optimizer's, and bitsandbytes' nesting of its state entries."""
 
 from __future__ import annotations
 
@@ -61,3 +61,17 @@ def refuse_low_bit(state_dict) -> None:
             raise ValueError(f"state_dict['state'][{key!r}] holds low-bit moments "
                              f"({low[0]!r}): load it into fastadam.torch.AdamW8bit or "
                              "AdamW4bit (Adam8bit, Adam4bit), which keep that format")
+
+
+WRAPPED = "__bnb_optimizer_quant_state__"  # bitsandbytes' nesting of its state entries
+
+
+def nested(out: dict, names: tuple) -> dict:
+    """A torch ``state_dict()`` with each entry's ``names`` nested under ``WRAPPED``, as
+    bitsandbytes nests them (the entries copied, the tensors shared)."""
+    out["state"] = {k: dict(v) for k, v in out["state"].items()}
+    for entry in out["state"].values():
+        moved = {k: entry.pop(k) for k in names if k in entry}
+        if moved:
+            entry[WRAPPED] = moved
+    return out

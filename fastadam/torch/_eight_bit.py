@@ -30,12 +30,11 @@ from .._backends.dispatch import (
 )
 from .._core import array_checks, checks, quant8
 from .._core.hyper import clip_factor, clipped_scale, hyper
-from ._common import closure_loss, matched_params, with_gradients
+from ._common import WRAPPED, closure_loss, matched_params, nested, with_gradients
 from ._tensors import as_array, current_stream
 
 __all__ = ["Adam8bit", "AdamW8bit"]
 
-WRAPPED = "__bnb_optimizer_quant_state__"  # bitsandbytes' nesting of the 8-bit entries
 _QUANT_KEYS = ("state1", "state2", "absmax1", "absmax2", "qmap1", "qmap2")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -145,13 +144,7 @@ class _Adam8bit(torch.optim.Optimizer):
 
     def state_dict(self) -> dict:
         """torch's state_dict, with the 8-bit entries nested as bitsandbytes nests them."""
-        out = super().state_dict()
-        out["state"] = {k: dict(v) for k, v in out["state"].items()}
-        for entry in out["state"].values():
-            quant = {k: entry.pop(k) for k in _QUANT_KEYS if k in entry}
-            if quant:
-                entry[WRAPPED] = quant
-        return out
+        return nested(super().state_dict(), _QUANT_KEYS)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a state_dict of this class or of bitsandbytes' Adam8bit/AdamW8bit: every

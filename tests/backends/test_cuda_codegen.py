@@ -372,3 +372,31 @@ def test_update_compiles_into_a_users_kernel(compile_ptx, param, state):
     ptx = compile_ptx(_user_kernel, sig)
     assert "sqrt.rn" in ptx and "st.global" in ptx
     assert "fma.rn.f32" not in ptx  # products round on their own, as on the CPU
+
+
+VARIANT_CASES = [(k, o) for k, o in CASES if not (o.get("amsgrad") or o.get("master"))
+                 and k[2] != "bfloat16"]
+
+
+@pytest.mark.parametrize("rule", ["schedulefree", "ademamix"])
+@pytest.mark.parametrize("kinds,options", VARIANT_CASES)
+def test_variant_kernels_compile(compile_ptx, kinds, options, rule):
+    """Schedule-free AdamW's and AdEMAMix's element updates in the one-array and list
+    kernels (and schedule-free's swap): IEEE square root and division, float32 only
+    for float32 and 16-bit params."""
+    param, grad, state = kinds
+    flags = make_flags(kinds, options)._replace(rule=rule)
+    compute = types.float64 if param == "float64" else types.float32
+    sig = (ARRAY[param][::1], ARRAY[grad][::1], ARRAY[state][::1], ARRAY[state][::1],
+           ARRAY[state][::1], ARRAY[param][::1], types.float32[::1]) + (compute,) * 11 + NOISE
+    many = (types.uint64[:, ::1], types.uint64[::1], types.int64[:, ::1]) + (compute,) * 11
+    ptxs = [compile_ptx(dense.fused_kernel(flags).py_func, sig),
+            compile_ptx(dense.multi_kernel(flags).py_func, many + NOISES)]
+    if rule == "schedulefree":
+        ptxs.append(compile_ptx(dense.swap_kernel(flags).py_func, (
+            ARRAY[param][::1], ARRAY[state][::1], ARRAY[param][::1], types.float32[::1],
+            compute)))
+    for ptx in ptxs:
+        if param != "float64" and "float64" not in kinds:
+            assert ".f64" not in ptx
+    assert "sqrt.rn" in ptxs[0] and "div.rn" in ptxs[0]

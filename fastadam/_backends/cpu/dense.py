@@ -66,6 +66,22 @@ def one_thread_kernel(flags: Flags):
 
 
 @cache
+def swap_kernel(flags: Flags):
+    """``swap(param, z, comp, master, weight) -> 0``: schedule-free AdamW's move of the
+    params between y and x (``element.make_swap``), one parallel pass."""
+    swap = element.make_swap(numba.njit(inline="always"), flags,
+                             converters(compute_dtype(flags.param)))
+
+    @numba.njit(parallel=True, nogil=True)
+    def kernel(param, z, comp, master, weight):
+        for i in prange(param.size):
+            swap(i, param, z, comp, master, weight)
+        return 0
+
+    return cached(kernel, "cpu.swap_kernel", flags)
+
+
+@cache
 def nonfinite_kernel(grad_kind: str):
     """``count(grad)``: how many elements are NaN or infinite (one parallel read)."""
     load = converters(compute_dtype(grad_kind))[grad_kind][0]

@@ -175,6 +175,30 @@ def adam_step_cuda(arrays: tuple, flags: Flags, coefficients: tuple[float, ...],
                                                  np.uint32(key), np.int64(step))
 
 
+@cache
+def swap_kernel(flags: Flags):
+    """``swap(param, z, comp, master, weight)``: the CPU's ``swap_kernel`` over a
+    grid-stride loop."""
+    swap = element.make_swap(device_function, flags, converters(compute_dtype(flags.param)),
+                             multiply(compute_dtype(flags.param)))
+
+    @cuda.jit
+    def kernel(param, z, comp, master, weight):
+        i = cuda.grid(1)
+        while i < param.size:
+            swap(i, param, z, comp, master, weight)
+            i += cuda.gridsize(1)
+
+    return cached(kernel, "cuda.swap_kernel", flags)
+
+
+def swap_cuda(arrays: tuple, flags: Flags, weight: float, stream) -> None:
+    """Launch ``swap_kernel`` once over ``(param, z, comp, master)`` kernel views."""
+    blocks, threads = launch_shape(arrays[0].size)
+    swap_kernel(flags)[blocks, threads, stream](
+        *arrays, np.dtype(compute_dtype(flags.param)).type(weight))
+
+
 @disk_cached("cuda.advance")
 @cuda.jit
 def _advance(count, found):

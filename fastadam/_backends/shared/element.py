@@ -13,6 +13,7 @@ import numpy as np
 
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
+from ..._core.options import ADAM, ADEMAMIX, SCHEDULE_FREE
 
 
 def _param_access(jit, flags: Flags, converters: dict, rounding: tuple):
@@ -77,6 +78,8 @@ def make_value(jit, flags: Flags, converters: dict, rounding: tuple, mul=None,
     with any error model); a plain one by default."""
     mul = _plain_multiply(jit) if mul is None else mul
     div = _plain_divide(jit) if div is None else div
+    if flags.rule != ADAM:
+        return _VARIANTS[flags.rule](jit, flags, converters, rounding, mul, stride, div)
     maximize, amsgrad, nesterov = flags.maximize, flags.amsgrad, flags.nesterov
     l2_decay, decoupled_decay, lerp = flags.l2_decay, flags.decoupled_decay, flags.lerp
     load_param, store_param = _param_access(jit, flags, converters, rounding)
@@ -115,6 +118,98 @@ def make_value(jit, flags: Flags, converters: dict, rounding: tuple, mul=None,
         store_param(i, p, param, comp, master_param, noise, offset + i * stride)
 
     return update
+
+
+def _lerp(jit, mul, flags: Flags):
+    """torch's ``lerp``: ``start + weight * (end - start)`` for |weight| < 0.5, else
+    ``end - (end - start) * (1 - weight)`` (so that a weight of 1 gives ``end`` exactly),
+    in the compute dtype of ``flags``."""
+    compute = np.dtype(compute_dtype(flags.param)).type
+    one, half = compute(1.0), compute(0.5)
+
+    @jit
+    def lerp(start, end, weight):
+        if abs(weight) < half:
+            return start + mul(weight, end - start)
+        return end - mul(end - start, one - weight)
+
+    return lerp
+
+
+def _schedule_free(jit, flags: Flags, converters: dict, rounding: tuple, mul, stride, div):
+    """Schedule-free AdamW's update (``schedulefree.AdamWScheduleFree``): the params hold y,
+    ``m`` holds z; weight decay is taken at y (``flags.l2_decay`` or ``decoupled_decay``
+    say it is on). The coefficients are ``hyper.RULE_COEFFICIENTS["schedulefree"]``."""
+    load_param, store_param = _param_access(jit, flags, converters, rounding)
+    load_s, store_s = converters[flags.state]
+    decay = flags.l2_decay or flags.decoupled_decay
+    lerp = _lerp(jit, mul, flags)
+
+    @jit
+    def update(i, g, param, z, v, v_max, comp, master_param, beta1, one_minus_beta1, beta2,
+               one_minus_beta2, lr, y_lr, bias_correction2, eps, weight_decay, ckp1,
+               inv_grad_scale, noise, offset):
+        g = mul(g, inv_grad_scale)
+        y = load_param(i, param, comp, master_param)
+        v_i = mul(beta2, load_s(v[i])) + mul(one_minus_beta2, mul(g, g))
+        v[i] = store_s(v_i)
+        normalized = div(g, math.sqrt(div(v_i, bias_correction2)) + eps)
+        if decay:
+            normalized = normalized + mul(weight_decay, y)
+        z_i = load_s(z[i])
+        y = lerp(y, z_i, ckp1) + mul(y_lr, normalized)
+        z[i] = store_s(z_i - mul(lr, normalized))
+        store_param(i, y, param, comp, master_param, noise, offset + i * stride)
+
+    return update
+
+
+def _ademamix(jit, flags: Flags, converters: dict, rounding: tuple, mul, stride, div):
+    """AdEMAMix's update (bitsandbytes'): ``m`` the fast moment, ``v_max`` the slow one;
+    weight decay decoupled. The coefficients are ``hyper.RULE_COEFFICIENTS["ademamix"]``."""
+    load_param, store_param = _param_access(jit, flags, converters, rounding)
+    load_s, store_s = converters[flags.state]
+    decoupled_decay = flags.decoupled_decay
+
+    @jit
+    def update(i, g, param, m, v, slow, comp, master_param, beta1, one_minus_beta1, beta2,
+               one_minus_beta2, m_coef, slow_coef, beta3, scaled_eps, one_minus_beta3,
+               decay_factor, inv_grad_scale, noise, offset):
+        g = mul(g, inv_grad_scale)
+        p = load_param(i, param, comp, master_param)
+        if decoupled_decay:
+            p = mul(p, decay_factor)
+        m_i = mul(beta1, load_s(m[i])) + mul(one_minus_beta1, g)
+        slow_i = mul(beta3, load_s(slow[i])) + mul(one_minus_beta3, g)
+        v_i = mul(beta2, load_s(v[i])) + mul(one_minus_beta2, mul(g, g))
+        m[i] = store_s(m_i)
+        slow[i] = store_s(slow_i)
+        v[i] = store_s(v_i)
+        p = p - div(mul(m_coef, m_i) + mul(slow_coef, slow_i), math.sqrt(v_i) + scaled_eps)
+        store_param(i, p, param, comp, master_param, noise, offset + i * stride)
+
+    return update
+
+
+_VARIANTS = {SCHEDULE_FREE: _schedule_free, ADEMAMIX: _ademamix}
+
+
+def make_swap(jit, flags: Flags, converters: dict, mul=None):
+    """``swap(i, param, z, comp, master, weight)``: schedule-free AdamW's move of the params
+    between y and x, ``param = lerp(param, z, weight)`` (torch's lerp), stored rounded to
+    nearest (Kahan compensation and master params kept as a step keeps them)."""
+    mul = _plain_multiply(jit) if mul is None else mul
+    load_param, store_param = _param_access(jit, flags._replace(stochastic=False),
+                                            converters, ({}, None))
+    load_s = converters[flags.state][0]
+    lerp = _lerp(jit, mul, flags)
+
+    @jit
+    def swap(i, param, z, comp, master_param, weight):
+        p = load_param(i, param, comp, master_param)
+        store_param(i, lerp(p, load_s(z[i]), weight), param, comp, master_param, 0, 0)
+
+    return swap
 
 
 def make(jit, flags: Flags, converters: dict, rounding: tuple, mul=None, stride: int = 1):

@@ -31,7 +31,7 @@ class Kind(NamedTuple):
     uint16_as: str | None = None
 
 
-FIELDS = {"Hyper": hyper.Hyper._fields, "Coefficients": hyper.COEFFICIENTS}
+FIELDS = {"Hyper": hyper.ADAM_FIELDS, "Coefficients": hyper.COEFFICIENTS}
 FLAGS = ("decoupled_weight_decay", "amsgrad", "maximize", "bias_correction", "nesterov",
          "decouple_lr")  # the Hyper fields that are bools; the others are floats
 
