@@ -98,9 +98,12 @@ HYPERPARAMETERS = (
 )
 
 
+_KEYS_OF = {rule: tuple(o.name for o in HYPERPARAMETERS if rule in o.rules) for rule in RULES}
+
+
 def keys(rule: str = ADAM) -> tuple[str, ...]:
     """The keywords of the options ``rule`` takes, in declaration order."""
-    return tuple(o.name for o in HYPERPARAMETERS if rule in o.rules)
+    return _KEYS_OF[rule]
 
 
 KEYS = keys(ADAM)

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from .. import Adam, AdamW, as_bfloat16
+from .. import Adam, AdamW, AdamWScheduleFree, AdEMAMix, as_bfloat16
 from .gpu_harness import Check, device_array, timed, torch_cuda
 from .scaling import cpu_scaling
 
@@ -96,11 +96,12 @@ def eight_bit_rows(check: Check) -> dict:
     rng = np.random.default_rng(1)
     for n in [1 << 12] if check.tiny else [1 << 26, 1 << 28]:
         p, g = (device_array(rng.standard_normal(n).astype(np.float32)) for _ in range(2))
-        p4 = device_array(p.copy_to_host())
+        n4 = 512 if check.tiny else n  # (the simulator: a few blocks)
+        p4, g4 = (device_array(rng.standard_normal(n4).astype(np.float32)) for _ in range(2))
         eight, four = Adam(p, state_dtype="8bit"), Adam(p4, state_dtype="4bit")
         contenders = {"fastadam-8bit": lambda o=eight, g=g: o.step(g),
-                      "fastadam-4bit": lambda o=four, g=g: o.step(g)}
-        moved = {"fastadam-8bit": 16 * n, "fastadam-4bit": 14 * n}
+                      "fastadam-4bit": lambda o=four, g=g4: o.step(g)}
+        moved = {"fastadam-8bit": 16 * n, "fastadam-4bit": 14 * n4}
         if torch is not None:
             tp = torch.nn.Parameter(torch.randn(n, device="cuda"))
             tp.grad = torch.randn_like(tp)
@@ -113,7 +114,7 @@ def eight_bit_rows(check: Check) -> dict:
         times = timed(contenders, 2 if check.tiny else 20)
         out[str(n)] = {k: {"ms": v, "GB/s": round(moved[k] / v / 1e6, 1)}
                        for k, v in times.items()}
-        del p, p4, g, eight, four, contenders
+        del p, p4, g, g4, eight, four, contenders
     return out
 
 
@@ -208,6 +209,27 @@ def clip_rows(check: Check) -> dict:
     return timed(contenders, 2 if check.tiny else 20)
 
 
+def variant_rows(check: Check) -> dict:
+    """Schedule-free AdamW (28 bytes per float32 element, and its eval/train pass: 12) and
+    AdEMAMix (36) against the fp32 Adam step (28) and a device copy, in GB/s."""
+    n = (1 << 8) if check.tiny else (1 << 26)
+    rng = np.random.default_rng(4)
+    made = {name: (make(device_array(rng.standard_normal(n).astype(np.float32))),
+                   device_array(rng.standard_normal(n).astype(np.float32)))
+            for name, make in (("adam", Adam), ("schedulefree", AdamWScheduleFree),
+                               ("ademamix", AdEMAMix))}
+    contenders = {name: lambda o=o, g=g: o.step(g) for name, (o, g) in made.items()}
+    sf = made["schedulefree"][0]
+    contenders["schedulefree eval+train"] = lambda: (sf.eval(), sf.train())
+    src = device_array(np.ones(9 * n, np.float32))
+    dst = device_array(np.ones(9 * n, np.float32))
+    contenders["device-copy"] = lambda: dst.copy_to_device(src)
+    moved = {"adam": 28 * n, "schedulefree": 28 * n, "ademamix": 36 * n,
+             "schedulefree eval+train": 24 * n, "device-copy": 72 * n}
+    times = timed(contenders, 2 if check.tiny else 20)
+    return {k: {"ms": v, "GB/s": round(moved[k] / v / 1e6, 1)} for k, v in times.items()}
+
+
 def past_32_bit_indexing(check: Check) -> dict:
     """One step on 2**31 + 3 elements (dense and 8-bit): the last ones against float64."""
     n = (1 << 12) + 3 if check.tiny else (1 << 31) + 3
@@ -272,6 +294,7 @@ def inline_rows(check: Check) -> dict:
 SECTIONS = {"flat buffers and 16-bit params": flat_rows,
             "8-bit and 4-bit states": eight_bit_rows,
             "steps back to back": back_to_back_rows,
+            "schedule-free AdamW and AdEMAMix": variant_rows,
             "GPT-2 small through fastadam.torch.AdamW": gpt2_rows,
             "a list of arrays, and one call": list_and_call_rows, "clipped step": clip_rows,
             "past 32-bit indexing": past_32_bit_indexing, "bad input on the device": bad_input,
