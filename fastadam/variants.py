@@ -17,11 +17,12 @@ __all__ = ["AdEMAMix", "AdamWScheduleFree"]
 
 
 def _no_device_decisions(opt: Adam) -> None:
-    """Refuse what these rules do not yet do on the GPU: decide skipping or clipping on the
-    device (its step count there computes Adam's coefficients)."""
-    if opt._backend == "cuda" and (opt._skip_nonfinite or opt._max_grad_norm is not None):
-        raise ValueError(f"{type(opt).__name__} on the GPU takes neither skip_nonfinite nor "
-                         "max_grad_norm yet (they run on the CPU); clip the gradients first")
+    """Refuse what these rules do not yet do on the GPU: skip non-finite steps (decided on
+    the device, whose step count computes Adam's coefficients). Clipping there reads the
+    norm back to the host (a wait), then steps."""
+    if opt._backend == "cuda" and opt._skip_nonfinite:
+        raise ValueError(f"{type(opt).__name__} on the GPU does not take skip_nonfinite yet "
+                         "(it runs on the CPU)")
 
 
 class AdamWScheduleFree(Adam):

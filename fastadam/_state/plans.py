@@ -76,8 +76,11 @@ class Plans:
         if (single and backend == "cpu" and not skip_nonfinite and slots[0].absmax is None
                 and max_grad_norm is None):
             self.one = OneHostArray(slots[0], num_threads)
-        # Skipping and clipping are decided on the device: no waiting.
-        if backend == "cuda" and (skip_nonfinite or max_grad_norm is not None):
+        # Skipping and clipping are decided on the device: no waiting (for Adam's rule,
+        # whose coefficients the device computes from its step count; the other rules
+        # read the norm back).
+        if backend == "cuda" and (skip_nonfinite or max_grad_norm is not None) and (
+                groups[0][0].rule == ADAM):
             self.steps = device_step_count(slots[0].step)  # all equal: load_state_dict checks
             self.passes = device_grad_passes([slot.flat.size for slot in slots])
         # Lists step in one parallel region (CPU) or one launch (GPU) per batch of alike arrays.

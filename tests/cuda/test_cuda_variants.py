@@ -49,8 +49,25 @@ def test_device_steps_are_the_cpu_steps(rng, monkeypatch, cls, kw, dtype, option
             np.testing.assert_array_equal(a["state"][i][k], v)
 
 
-def test_device_refuses_decisions_it_cannot_make_yet(rng):
+@pytest.mark.parametrize("cls,kw", CASES)
+def test_device_clipping_follows_the_cpu(rng, cls, kw):
+    """Clipping by the global norm on the GPU (the norm read back): the CPU's step, up to
+    the order of the norm's sum."""
+    shapes = [(300,), (13, 7)]
+    host = [rng.standard_normal(s).astype(F32) for s in shapes]
+    device = [cuda.to_device(a) for a in host]
+    cpu_opt, gpu_opt = cls(host, max_grad_norm=1.0, **kw), cls(device, max_grad_norm=1.0, **kw)
+    for _ in range(3):
+        grads = [(3 * rng.standard_normal(s)).astype(F32) for s in shapes]
+        cpu_opt.step(grads)
+        assert gpu_opt.step([cuda.to_device(g) for g in grads]) is True
+        assert float(gpu_opt.grad_norm) == pytest.approx(cpu_opt.grad_norm, rel=1e-12)
+    for d, h in zip(device, host):
+        np.testing.assert_allclose(d.copy_to_host(), h, rtol=1e-6, atol=1e-7)
+
+
+def test_device_refuses_what_it_cannot_decide_yet(rng):
     p = cuda.to_device(rng.standard_normal(50).astype(F32))
     for cls, _ in CASES:
-        with pytest.raises(ValueError, match="max_grad_norm"):
-            cls(p, max_grad_norm=1.0)
+        with pytest.raises(ValueError, match="skip_nonfinite"):
+            cls(p, skip_nonfinite=True)
