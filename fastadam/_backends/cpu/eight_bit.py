@@ -75,6 +75,19 @@ def _decode4(codes, table, scale, out, n):
 
 
 @numba.njit(inline="always")
+def _decode4_linear(codes, table, scale, out, n):
+    # ``_decode4`` for the unsigned linear map, whose values are (code + 1) / 16: the same
+    # products (scale / 16 is exact), with no table read.
+    unit = scale * np.float32(0.0625)
+    for k in range(n // 2):
+        byte = codes[k]
+        out[2 * k] = np.float32((byte >> 4) + 1) * unit
+        out[2 * k + 1] = np.float32((byte & 15) + 1) * unit
+    if n & 1:
+        out[n - 1] = np.float32((codes[n // 2] >> 4) + 1) * unit
+
+
+@numba.njit(inline="always")
 def _scale4(x, n):
     # torchao's: the largest magnitude (inf, NaN included), at least 1e-12.
     top = np.uint32(0)
@@ -101,11 +114,13 @@ def _encoder4(code):
 
 
 def _codec(fmt: str) -> tuple:
-    """``(block, per_byte, decode, scale, encode_m, encode_v)`` of a state format, the
-    encoders' tables or thresholds compiled in."""
+    """``(block, per_byte, decode_m, decode_v, scale, encode_m, encode_v)`` of a state
+    format, the encoders' tables or thresholds compiled in."""
     if fmt == "4bit":
         code_m, code_v = four_bit_counters(numba.njit(inline="always"))
-        return quant4.BLOCK, 2, _decode4, _scale4, _encoder4(code_m), _encoder4(code_v)
+        linear = np.array_equal(quant4.qmap(False), np.arange(1, 17, dtype=np.float32) / 16)
+        return (quant4.BLOCK, 2, _decode4, _decode4_linear if linear else _decode4, _scale4,
+                _encoder4(code_m), _encoder4(code_v))
     signed, unsigned = quant8.encoder(True), quant8.encoder(False)
     m_entries, m_zero = signed.entries, np.int32(signed.zero)
     v_entries, v_zero = unsigned.entries, np.int32(unsigned.zero)
@@ -118,7 +133,7 @@ def _codec(fmt: str) -> tuple:
     def encode_v8(x, n, scale, codes, scratch):
         _encode(x, n, scale, codes, v_entries, v_zero, False)
 
-    return quant8.BLOCK, 1, _decode, _absmax, encode_m8, encode_v8
+    return quant8.BLOCK, 1, _decode, _decode, _absmax, encode_m8, encode_v8
 
 
 @cache
@@ -139,7 +154,7 @@ def fused_kernel(flags: Flags, fmt: str = "8bit"):
                            converters(compute_dtype(flags.param)), rounding())
     compute = np.dtype(compute_dtype(flags.param)).type
     amsgrad = flags.amsgrad
-    block, per_byte, decode, scale_of, encode_m, encode_v = _codec(fmt)
+    block, per_byte, decode_m, decode_v, scale_of, encode_m, encode_v = _codec(fmt)
     blocks_per_task = ELEMENTS_PER_TASK // block
 
     @numba.njit(parallel=True, nogil=True)
@@ -166,10 +181,10 @@ def fused_kernel(flags: Flags, fmt: str = "8bit"):
                 e = min(s + block, n)
                 size = e - s
                 cs, ce = s // per_byte, (e + per_byte - 1) // per_byte  # the block's bytes
-                decode(m_codes[cs:ce], m_map, m_absmax[b], m, size)
-                decode(v_codes[cs:ce], v_map, v_absmax[b], v, size)
+                decode_m(m_codes[cs:ce], m_map, m_absmax[b], m, size)
+                decode_v(v_codes[cs:ce], v_map, v_absmax[b], v, size)
                 if amsgrad:
-                    decode(v_max_codes[cs:ce], v_map, v_max_absmax[b], v_max, size)
+                    decode_v(v_max_codes[cs:ce], v_map, v_max_absmax[b], v_max, size)
                 p, g = param[s:e], grad[s:e]
                 k, w = comp[s:e], master[s:e]
                 for j in range(size):
