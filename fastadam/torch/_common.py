@@ -1,11 +1,16 @@
-"""What the drop-ins beyond torch's own share: the closure, matching a state_dict's params
-to the optimizer's, and bitsandbytes' nesting of its state entries."""
+"""What the drop-ins beyond torch's own share: the closure, clipping by the global norm,
+matching a state_dict's params to the optimizer's, and bitsandbytes' nesting of its state
+entries."""
 
 from __future__ import annotations
 
+import math
 from itertools import chain
 
 import torch
+
+from .._backends.dispatch import sum_of_squares
+from .._core.hyper import clip_factor, clipped_scale
 
 
 def closure_loss(closure):
@@ -75,3 +80,13 @@ def nested(out: dict, names: tuple) -> dict:
         if moved:
             entry[WRAPPED] = moved
     return out
+
+
+def clip_scale(grads: list, max_grad_norm: float) -> tuple[float, float | None]:
+    """(the total norm, the loss scale that applies torch's clip coefficient) of checked
+    gradients given as ``(backend, 1-D array)``: one read of each, summed per backend."""
+    squares = 0.0
+    for backend in dict.fromkeys(b for b, _ in grads):
+        squares += sum_of_squares(backend, [g for b, g in grads if b == backend])
+    norm = math.sqrt(squares)
+    return norm, clipped_scale(None, clip_factor(norm, max_grad_norm))

@@ -14,7 +14,6 @@ param's device; CUDA tensors step on torch's current stream, one launch per tens
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import torch
@@ -26,11 +25,17 @@ from .._backends.dispatch import (
     resolve,
     rounding_key,
     step_flags,
-    sum_of_squares,
 )
 from .._core import array_checks, checks, quant8
-from .._core.hyper import clip_factor, clipped_scale, hyper
-from ._common import WRAPPED, closure_loss, matched_params, nested, with_gradients
+from .._core.hyper import hyper
+from ._common import (
+    WRAPPED,
+    clip_scale,
+    closure_loss,
+    matched_params,
+    nested,
+    with_gradients,
+)
 from ._tensors import as_array, current_stream
 
 __all__ = ["Adam8bit", "AdamW8bit"]
@@ -135,12 +140,9 @@ class _Adam8bit(torch.optim.Optimizer):
         the checked gradients' total norm (one read of each); None without."""
         if getattr(self, "_max_grad_norm", None) is None:
             return None
-        squares = 0.0
-        for backend in dict.fromkeys(entry[4] for entry in planned):
-            squares += sum_of_squares(backend, [entry[5][1] for entry in planned
-                                                if entry[4] == backend])
-        self.grad_norm = math.sqrt(squares)
-        return clipped_scale(None, clip_factor(self.grad_norm, self._max_grad_norm))
+        self.grad_norm, scale = clip_scale([(entry[4], entry[5][1]) for entry in planned],
+                                           self._max_grad_norm)
+        return scale
 
     def state_dict(self) -> dict:
         """torch's state_dict, with the 8-bit entries nested as bitsandbytes nests them."""

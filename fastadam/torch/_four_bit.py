@@ -15,16 +15,15 @@ State lives on its param's device; CUDA tensors step on torch's current stream.
 from __future__ import annotations
 
 import copy
-import math
 from itertools import chain
 
 import numpy as np
 import torch
 
-from .._backends.dispatch import apply_8bit, flags_8bit, resolve, rounding_key, sum_of_squares
+from .._backends.dispatch import apply_8bit, flags_8bit, resolve, rounding_key
 from .._core import array_checks, checks, quant4
-from .._core.hyper import clip_factor, clipped_scale, hyper
-from ._common import closure_loss, matched_params, with_gradients
+from .._core.hyper import hyper
+from ._common import clip_scale, closure_loss, matched_params, with_gradients
 from ._tensors import as_array, current_stream
 
 __all__ = ["Adam4bit", "AdamW4bit", "torchao_state_dict"]
@@ -102,12 +101,9 @@ class _Adam4bit(torch.optim.Optimizer):
     def _clip_scale(self, planned: list):
         if self._max_grad_norm is None:
             return None
-        squares = 0.0
-        for backend in dict.fromkeys(entry[6] for entry in planned):
-            squares += sum_of_squares(backend, [entry[3][1] for entry in planned
-                                                if entry[6] == backend])
-        self.grad_norm = math.sqrt(squares)
-        return clipped_scale(None, clip_factor(self.grad_norm, self._max_grad_norm))
+        self.grad_norm, scale = clip_scale([(entry[6], entry[3][1]) for entry in planned],
+                                           self._max_grad_norm)
+        return scale
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a state_dict of this class or of torchao's ``Adam4bit``/``AdamW4bit``:

@@ -11,8 +11,6 @@ norm inside the step, and ``stochastic_rounding`` rounds 16-bit params stochasti
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .._backends.dispatch import (
@@ -20,14 +18,13 @@ from .._backends.dispatch import (
     resolve,
     rounding_key,
     step_flags,
-    sum_of_squares,
     swap,
 )
 from .._core import array_checks, checks
-from .._core.hyper import clip_factor, clipped_scale, hyper
+from .._core.hyper import hyper
 from .._core.hyper import schedule_free_weights as weights_of
 from .._core.options import ADEMAMIX, SCHEDULE_FREE
-from ._common import WRAPPED, closure_loss, matched_params, nested, with_gradients
+from ._common import WRAPPED, clip_scale, closure_loss, matched_params, nested, with_gradients
 from ._tensors import as_array, current_stream
 
 __all__ = ["AdEMAMix", "AdamWScheduleFree"]
@@ -60,12 +57,8 @@ class _Fused(torch.optim.Optimizer):
         arrays, step, key)``."""
         scale = None
         if self._max_grad_norm is not None:
-            squares = 0.0
-            for backend in dict.fromkeys(entry[3] for entry in planned):
-                squares += sum_of_squares(backend, [entry[4][1] for entry in planned
-                                                    if entry[3] == backend])
-            self.grad_norm = math.sqrt(squares)
-            scale = clipped_scale(None, clip_factor(self.grad_norm, self._max_grad_norm))
+            self.grad_norm, scale = clip_scale([(entry[3], entry[4][1]) for entry in planned],
+                                               self._max_grad_norm)
         for p, state, h, backend, arrays, step, key in planned:
             rounded = self._stochastic and p.dtype in (torch.float16, torch.bfloat16)
             apply(backend, arrays, h, step_flags(h, arrays, rounded), step, grad_scale=scale,
