@@ -162,7 +162,9 @@ def unsigned_copy(a):
 
 def _in_units(arrays: list) -> list:
     """``arrays`` as unsigned views of one element count, the smallest array's: 4-bit codes
-    hold two elements per byte, so beside them a float32 array is read 8 bytes at a time."""
+    hold two elements per byte, so beside them a float32 array is read 8 bytes at a time.
+    Where a count does not divide (an odd count of elements beside 4-bit codes), the
+    memory-only loop stops at the smallest array's end (``roofline.memory_only_source``)."""
     units = min(a.size for a in arrays)
     out = []
     for a in arrays:
@@ -176,12 +178,7 @@ def roofline_contenders(opt, grad, threads_list, memory_only_kernel, backend="ro
     """The memory-only kernel with the step's traffic, on scratch arrays of the step's
     dtypes. On the CPU, each loop variant: the flat loop on every thread count, the serial
     one once (``variant`` set; ``limits`` makes the rows of them)."""
-    arrays = step_arrays(opt)
-    reads = [unsigned_copy(grad) for _ in range(2 if opt.options["skip_nonfinite"] else 1)]
-    writes = [unsigned_copy(a) for a in arrays]
-    if backend == "roofline":
-        units = _in_units(reads + writes)
-        reads, writes = units[:len(reads)], units[len(reads):]
+    reads, writes = roofline_arrays(opt, grad)
     if backend != "roofline":  # the GPU: one launch, no threads
         kernel = memory_only_kernel(len(reads), len(writes))
         return [Contender(backend, 1, lambda: kernel(*reads, *writes))]
@@ -190,6 +187,15 @@ def roofline_contenders(opt, grad, threads_list, memory_only_kernel, backend="ro
         kernel = partial(memory_only_kernel(len(reads), len(writes), variant), *reads, *writes)
         out += [Contender(backend, t, _with_threads(t, kernel), variant) for t in counts]
     return out
+
+
+def roofline_arrays(opt, grad) -> tuple[list, list]:
+    """(reads, writes): scratch copies of what a step of ``opt`` reads (the gradient, twice
+    with ``skip_nonfinite``) and writes, as unsigned views of one element count."""
+    reads = [unsigned_copy(grad) for _ in range(2 if opt.options["skip_nonfinite"] else 1)]
+    writes = [unsigned_copy(a) for a in step_arrays(opt)]
+    units = _in_units(reads + writes)
+    return units[:len(reads)], units[len(reads):]
 
 
 def limits(timings: Timings, contenders: list[Contender], threads_list) -> list[Contender]:

@@ -20,8 +20,8 @@ from .._backends.cpu.sparse import AHEAD
 # 2 threads: the inner loop stays scalar), and streaming stores (every array a step
 # writes it also reads, so its lines are in cache already).
 _LOOPS = {
-    "flat": "for i in prange(r0.size):",
-    "serial": "for i in range(r0.size):",
+    "flat": "for i in prange(n):",
+    "serial": "for i in range(n):",
 }
 VARIANTS = tuple(_LOOPS)
 
@@ -42,11 +42,15 @@ def memory_only_kernel(reads: int, writes: int, variant: str = "flat"):
 
 
 def memory_only_source(reads: int, writes: int) -> str:
-    """Python source of the memory-only loop (``LOOP`` marks the loop header)."""
+    """Python source of the memory-only loop (``LOOP`` marks the loop header) over the
+    elements all the arrays have: one with fewer (4-bit codes beside an odd count of
+    elements) bounds the loop, so nothing is read or written past any array's end."""
     r = [f"r{k}" for k in range(reads)]
     w = [f"w{k}" for k in range(writes)]
     body = "".join(f"        {a}[i] += x\n" for a in w)
-    return (f"def kernel({', '.join(r + w)}):\n    LOOP\n"
+    sizes = [a + ".size" for a in r + w]
+    n = sizes[0] if len(sizes) == 1 else f"min({', '.join(sizes)})"
+    return (f"def kernel({', '.join(r + w)}):\n    n = {n}\n    LOOP\n"
             f"        x = {' + '.join(a + '[i]' for a in r)}\n{body}")
 
 

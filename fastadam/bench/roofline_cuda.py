@@ -19,7 +19,7 @@ from .roofline import memory_only_source
 def memory_only_kernel(reads: int, writes: int):
     """The bandwidth limit on the GPU, in one launch: see ``roofline.memory_only_kernel``."""
     source = memory_only_source(reads, writes).replace(
-        "    LOOP\n", "    i = cuda.grid(1)\n    while i < r0.size:\n")
+        "    LOOP\n", "    i = cuda.grid(1)\n    while i < n:\n")
     source += "        i += cuda.gridsize(1)\n"
     scope = {"cuda": cuda}
     exec(source, scope)

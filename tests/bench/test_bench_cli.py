@@ -360,3 +360,31 @@ def test_inline_rows():
     for expected in ("in a @njit loop", "us per step", "fused in a prange loop",
                      "% of its memory limit", "all in Numba", "SparseAdam from Python", "RMSE"):
         assert expected in text
+
+
+@pytest.mark.parametrize("n", [999, 1000, 4099])
+@pytest.mark.parametrize("params", ["float32", "float16"])
+def test_the_limit_stays_inside_every_array(params, n):
+    """4-bit codes hold two elements a byte: beside an odd count of elements no view of
+    one element count exists, and the memory-only loop once ran on past the codes' end
+    (a heap corruption that crashed a later garbage collection). It stops at the
+    smallest array's end; bytes after each array stay as they were."""
+    import fastadam
+    from fastadam.bench import roofline
+
+    rng = np.random.default_rng(n)
+    opt = fastadam.Adam(rng.standard_normal(n).astype(params), state_dtype="4bit")
+    grad = rng.standard_normal(n).astype(params)
+    reads, writes = harness.roofline_arrays(opt, grad)
+    arrays = reads + writes
+    guard = max(a.nbytes for a in arrays)  # room for anything a loop could overrun
+    guarded = []
+    for a in arrays:  # each array again, followed by its guard bytes
+        room = np.zeros(a.nbytes + guard, np.uint8)
+        copy = room[:a.nbytes].view(a.dtype)
+        copy[:] = a
+        guarded.append((room, copy))
+    for variant in roofline.VARIANTS:
+        kernel = roofline.memory_only_kernel(len(reads), len(writes), variant)
+        kernel(*(copy for _, copy in guarded))
+        assert all(not room[-guard:].any() for room, _ in guarded)
