@@ -1,7 +1,9 @@
 """Float kinds: which dtypes fastadam steps, how they compute, and bfloat16's dtype.
 
 bfloat16 is ml_dtypes' (what JAX uses); it is recognized by name, so fastadam
-needs ml_dtypes only where such arrays exist.
+needs ml_dtypes only where such arrays exist. Arrays over torch's bfloat16 tensors
+are uint16 declared bfloat16 (``BFLOAT16_BITS``): importing ml_dtypes costs more
+than half a second, and a torch user's first step need not pay it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ import numpy as np
 KINDS = ("float16", "bfloat16", "float32", "float64")
 
 SIXTEEN_BIT = ("float16", "bfloat16")
+
+_DECLARED = "fastadam.kind"  # the metadata key of storage declared a float kind
+BFLOAT16_BITS = np.dtype(np.uint16, metadata={_DECLARED: "bfloat16"})
+"""uint16 storage that steps as bfloat16 (its bits), without ml_dtypes."""
+_STORAGE = np.dtype(np.uint16)
 
 
 def kind(dtype) -> str | None:
@@ -22,6 +29,8 @@ def kind(dtype) -> str | None:
     try:
         return _KIND_OF[dtype]
     except KeyError:
+        if dtype == _STORAGE:  # never kept: BFLOAT16_BITS equals (and hashes as) uint16
+            return (dtype.metadata or {}).get(_DECLARED)
         name = dtype.name
         found = name if name in KINDS and dtype.isnative else None
         _KIND_OF[dtype] = found

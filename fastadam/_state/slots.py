@@ -82,7 +82,9 @@ class Options:
 
     def name(self, slot: Slot) -> str:
         """How ``options`` reports the state dtype (of ``slot``, the first)."""
-        return self.state_kind if self.state_kind in FORMATS else slot.state_dtype.name
+        if self.state_kind in FORMATS:
+            return self.state_kind
+        return kind(slot.state_dtype) or slot.state_dtype.name
 
 
 class Slot:
@@ -117,11 +119,10 @@ class Slot:
             if n >= FORMATS[state_kind].min_size:
                 return slot._low_bit(state_kind, h, kahan, options.master, backend, stochastic)
             state_kind = compute_dtype(param_kind)  # small arrays: 32-bit moments
-        if state_kind is None:
-            state_kind = "float32" if sixteen else param_kind
-        elif state_kind == PARAM_DTYPE:
-            state_kind = param_kind
-        slot.state_dtype = numpy_dtype(state_kind)
+        if state_kind == PARAM_DTYPE:  # the params' own dtype object (bfloat16's bits stay)
+            slot.state_dtype = view.dtype
+        else:
+            slot.state_dtype = numpy_dtype(state_kind or ("float32" if sixteen else param_kind))
         first = (state_copy(backend, slot.flat, slot.state_dtype) if h.rule == SCHEDULE_FREE
                  else zeros(backend, n, slot.state_dtype))  # z starts at the params
         slot.state = [

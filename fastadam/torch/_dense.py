@@ -6,8 +6,8 @@ They subclass ``torch.optim.Adam`` and ``torch.optim.AdamW`` and replace only
 torch's own. The state is torch's (``step``, ``exp_avg``, ``exp_avg_sq``,
 ``max_exp_avg_sq`` tensors), so ``state_dict()`` loads into torch's optimizers
 and back. Tensors reach the kernels without copies: CPU tensors as NumPy views
-(bfloat16 through ml_dtypes, complex ones as pairs of reals, as torch steps
-them), CUDA tensors through ``__cuda_array_interface__`` (bfloat16 ones through their
+(bfloat16 as its bits, without ml_dtypes, complex ones as pairs of reals, as torch
+steps them), CUDA tensors through ``__cuda_array_interface__`` (bfloat16 ones through their
 int16 view). A list steps as one: CPU tensors in
 one parallel region per batch of one dtype, CUDA tensors in one launch per
 batch on torch's current stream.

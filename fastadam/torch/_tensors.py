@@ -1,5 +1,5 @@
 """Tensors as the kernels take them, without copies: CPU tensors as NumPy views
-(bfloat16 through ml_dtypes, complex ones as pairs of reals, as torch steps them),
+(bfloat16 as its bits, ``BFLOAT16_BITS``, complex ones as pairs of reals, as torch steps them),
 CUDA tensors through ``__cuda_array_interface__`` (bfloat16 ones through their int16
 view); and torch's current CUDA stream as numba's."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .._core.dtypes import bfloat16_dtype
+from .._core.dtypes import BFLOAT16_BITS
 from .._core.gpu import to_stream
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64,
@@ -29,7 +29,7 @@ def as_array(t: torch.Tensor):
     if t.is_cuda:
         return t  # __cuda_array_interface__ (bfloat16: its int16 view, in _core.gpu)
     if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(bfloat16_dtype())
+        return t.view(torch.int16).numpy().view(BFLOAT16_BITS)
     return t.numpy()
 
 

@@ -112,3 +112,20 @@ def test_nonfinite_anywhere_skips_the_whole_list(rng, where):
         np.testing.assert_array_equal(after["state"][i]["exp_avg"], before["state"][i]["exp_avg"])
     grads[array].reshape(-1)[index] = 0.5
     assert opt.step(grads) and opt.step_count == 2
+
+
+def test_bfloat16_is_learned_in_either_form_and_bare_uint16_never(rng, path):
+    """A table accepting bfloat16 takes ml_dtypes' arrays and uint16 declared bfloat16
+    (``BFLOAT16_BITS``, torch's tensors), each learned on sight, and still refuses plain
+    uint16, which equals (and hashes as) the declared one."""
+    from fastadam._core.dtypes import BFLOAT16_BITS, kind
+
+    bits = rng.integers(0, 1 << 15, 15, dtype=np.uint16).reshape(3, 5)
+    table = headers.Table([(3, 5)], [F32], ("float32", "bfloat16"))
+    assert table.read([bits]) is None and kind(bits.dtype) is None
+    addresses, codes = table.read([bits.view(BFLOAT16_BITS)])
+    assert kind(table.dtypes[codes[0]]) == "bfloat16" and addresses[0] == bits.ctypes.data
+    assert table.read([bits]) is None and kind(bits.dtype) is None
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    _, codes = table.read([bits.view(ml_dtypes.bfloat16)])
+    assert kind(table.dtypes[codes[0]]) == "bfloat16"

@@ -136,6 +136,32 @@ def test_import_fastadam_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_bfloat16_step_imports_no_ml_dtypes():
+    """bfloat16 tensors pass as their bits: ml_dtypes' import (over half a second) is no
+    part of a torch user's first step. A list (one batch) and a lone tensor with a
+    strided gradient (stepped by itself) both match torch's fused AdamW bit for bit."""
+    code = """if True:
+        import sys, torch, fastadam.torch
+        torch.manual_seed(0)
+        ps = [torch.randn(s).bfloat16() for s in ((33, 7), (5,), (1001,))]
+        twins = [p.clone() for p in ps]
+        ours = fastadam.torch.AdamW(ps, lr=1e-2)
+        theirs = torch.optim.AdamW(twins, lr=1e-2, fused=True)
+        for _ in range(3):
+            for p, t in zip(ps, twins):
+                p.grad = torch.randn(p.shape).bfloat16()
+                t.grad = p.grad.clone()
+            ours.step(); theirs.step()
+        lone = torch.randn(9, 4).bfloat16()
+        lone.grad = torch.randn(4, 9).bfloat16().t()
+        fastadam.torch.Adam([lone]).step()
+        assert "ml_dtypes" not in sys.modules, "ml_dtypes imported"
+        for p, t in zip(ps, twins):
+            assert torch.equal(p, t), (p - t).abs().max()
+    """
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def twin_params(seed, dtype=torch.float32, shapes=((7, 5), (5,), (3, 7), (1,), (64,))):
     torch.manual_seed(seed)
     values = [torch.randn(s, dtype=dtype) for s in shapes]

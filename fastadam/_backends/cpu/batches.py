@@ -48,7 +48,7 @@ class HostBatches:
         self.batches = batched(groups, HostBatch)  # per group: list of HostBatch
         slots_all = [slot for _, slots in groups for slot in slots]
         self.count = len(slots_all)
-        self.table = Table([s.array.shape for s in slots_all], _grad_dtypes())
+        self.table = Table([s.array.shape for s in slots_all], _grad_dtypes(), KINDS)
         self.sizes = np.array([s.flat.size for s in slots_all], dtype=np.int64)
         self.chunks = chunk_table(self.sizes)
         # The optimizer's memory (params and state, disjoint), sorted: no gradient may touch it.
@@ -113,10 +113,6 @@ class HostBatches:
 
 
 def _grad_dtypes() -> list[np.dtype]:
-    """The gradient dtypes the fast checks accept (bfloat16 where ml_dtypes is installed)."""
-    dtypes = [np.dtype(k) for k in KINDS if k != "bfloat16"]
-    try:
-        import ml_dtypes  # optional: bfloat16 gradients exist only where it is
-    except ImportError:
-        return dtypes
-    return dtypes + [np.dtype(ml_dtypes.bfloat16)]
+    """The gradient dtypes the fast checks start with; bfloat16's (ml_dtypes' or its
+    bits) are learned on first sight, so that building a plan imports nothing."""
+    return [np.dtype(k) for k in KINDS if k != "bfloat16"]

@@ -23,6 +23,7 @@ from functools import cache
 import numba
 import numpy as np
 
+from ..._core.dtypes import kind
 from ..cache import disk_cached
 from .runtime import at
 
@@ -79,11 +80,15 @@ def check_arrays(ids, ndarray_type, descrs, shapes, shape_starts, addresses, cod
 class Table:
     """Expected shapes of a list of arrays and the dtypes accepted, in ``check_arrays``'s form."""
 
-    def __init__(self, shapes: list[tuple], dtypes: list[np.dtype]) -> None:
+    def __init__(self, shapes: list[tuple], dtypes: list[np.dtype],
+                 kinds: tuple[str, ...] | None = None) -> None:
+        """``kinds``: the float kinds accepted (default: ``dtypes``'); a dtype of one of them
+        under an object not in ``dtypes`` (an equal one, bfloat16's) is learned on sight."""
         self.shape_starts = np.cumsum([0] + [len(s) for s in shapes], dtype=np.int64)
         self.shapes = np.array([d for s in shapes for d in s], dtype=np.int64)
         self.expected = [tuple(s) for s in shapes]
         self.dtypes = list(dtypes)  # referenced, so that their addresses stay theirs
+        self.kinds = frozenset(kinds if kinds is not None else map(kind, dtypes))
         self.descrs = np.array([id(d) for d in dtypes], dtype=np.int64)
         self.itemsizes = np.array([d.itemsize for d in dtypes], dtype=np.int64)  # per code
         self.ndarray_type = id(np.ndarray)
@@ -110,8 +115,9 @@ class Table:
 
     def _learn(self, array) -> bool:
         dtype = getattr(array, "dtype", None)
-        if type(array) is not np.ndarray or dtype not in self.dtypes or any(
-                dtype is d for d in self.dtypes) or len(self.dtypes) >= 32:
+        if (type(array) is not np.ndarray or not isinstance(dtype, np.dtype)
+                or kind(dtype) not in self.kinds or any(dtype is d for d in self.dtypes)
+                or len(self.dtypes) >= 32):
             return False
         self.dtypes.append(dtype)
         self.descrs = np.append(self.descrs, id(dtype))
@@ -121,12 +127,18 @@ class Table:
     def _read_attributes(self, arrays) -> tuple | None:
         # The same checks through Python attributes, where the layout is not NumPy's usual.
         if not all(type(a) is np.ndarray and a.flags.c_contiguous and a.flags.aligned
-                   and a.dtype in self.dtypes for a in arrays):
+                   and kind(a.dtype) in self.kinds for a in arrays):
             return None
         if [a.shape for a in arrays] != self.expected:
             return None
+        for a in arrays:
+            if not any(a.dtype is d for d in self.dtypes):
+                self._learn(a)
+        codes = [next((c for c, d in enumerate(self.dtypes) if a.dtype is d), -1) for a in arrays]
+        if -1 in codes:
+            return None
         addresses = np.array([a.ctypes.data for a in arrays], dtype=np.int64)
-        return addresses, np.array([self.dtypes.index(a.dtype) for a in arrays], dtype=np.int64)
+        return addresses, np.array(codes, dtype=np.int64)
 
 
 @cache
