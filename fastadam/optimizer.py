@@ -20,7 +20,7 @@ from ._core.options import KEYS as HYPER_KEYS
 from ._state import checkpoint as _checkpoint
 from ._state import groups as _groups
 from ._state import state_dict as _state_dict
-from ._state.plans import Plans
+from ._state.plans import plan_for
 from ._state.slots import STATE_KEYS, Options, Slot
 
 if TYPE_CHECKING:  # numba.cuda, imported only when a GPU step is asked for
@@ -166,10 +166,10 @@ class Adam:
 
     def _replan(self) -> None:
         norm = getattr(getattr(self, "_plans", None), "grad_norm", None)
-        self._plans = Plans(self._groups, self._slots, single=self._single,
-                            backend=self._backend, num_threads=self._num_threads,
-                            skip_nonfinite=self._skip_nonfinite, adopted=self._adopted,
-                            max_grad_norm=self._max_grad_norm)
+        self._plans = plan_for(self._groups, self._slots, single=self._single,
+                               backend=self._backend, num_threads=self._num_threads,
+                               skip_nonfinite=self._skip_nonfinite, adopted=self._adopted,
+                               max_grad_norm=self._max_grad_norm)
         self._plans.grad_norm = norm
 
     def _checked(self, name: str, array):

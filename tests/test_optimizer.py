@@ -115,8 +115,8 @@ def test_thin_call_is_taken_and_leaves_the_rest_to_the_named_checks(rng, monkeyp
     opt = fastadam.AdamW(params.copy(), lr=0.01)
     twin = fastadam.AdamW(params.copy(), lr=0.01, skip_nonfinite=True)  # the general path
     calls = []
-    original = plans.Plans._checked_grads
-    monkeypatch.setattr(plans.Plans, "_checked_grads",
+    original = plans.Plan._checked_grads
+    monkeypatch.setattr(plans.Plan, "_checked_grads",
                         lambda self, g: calls.append(1) or original(self, g))
     for _ in range(3):
         g = rng.standard_normal((33, 31)).astype(np.float32)

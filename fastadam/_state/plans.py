@@ -1,12 +1,15 @@
 """How an optimizer's arrays step: every check on the gradients, then the kernels.
 
-Four paths, chosen per step: a single host array through ``OneHostArray`` (the
-thinnest call), one kernel call per array (what nothing else covers), a batch
-of host arrays in one parallel region, a batch of GPU arrays in one launch
-(the backends' ``batches``). Every gradient is checked before anything is written (on the
-thin path, whether it overlaps the params or state is the kernel's first
-question), so a refused step changes nothing. A new kind of step (row-sparse,
-8-bit moments) is a new plan over the same slots.
+``plan_for(...)`` picks one plan per optimizer, from what it holds: ``ThinHost``, one host
+params array (the thinnest call); ``HostLists``, a list of host arrays, batches of alike
+ones in one parallel region each; ``DeviceLists``, GPU arrays, batches in one launch
+each; ``Counted``, GPU arrays whose step count, skip and clip decisions stay on the
+device; ``Plan`` itself, one kernel call per array, under all of them: each falls back
+on it for what its own path does not take (a loss scale on the thin call, a gradient
+list that fails the batches' fast checks). Every gradient is checked before anything is
+written (on the thin path, whether it overlaps the params or state is the kernel's first
+question), so a refused step changes nothing. A new kind of step (row-sparse, 8-bit
+moments) is a new plan over the same slots.
 """
 
 from __future__ import annotations
@@ -31,21 +34,14 @@ from .._backends.dispatch import (
     forget_addresses,
     host_batches,
     sum_of_squares,
-    thin_call,
     wait_for_inputs,
 )
-from .._backends.views import kernel_views
 from .._core import array_checks, checks
-from .._core.dtypes import compute_dtype, kind
-from .._core.hyper import (
-    STEP_DEPENDENT,
-    clip_factor,
-    clipped_scale,
-    coefficients,
-    step_coefficients,
-)
+from .._core.dtypes import kind
+from .._core.hyper import clip_factor, clipped_scale
 from .._core.options import ADAM
 from .slots import STATE_KEYS
+from .thin import OneHostArray
 
 
 class SeenGrads(NamedTuple):
@@ -59,8 +55,35 @@ class SeenGrads(NamedTuple):
     located: tuple | None = None  # (float kinds, device addresses), once asked for
 
 
-class Plans:
-    """The stepping plans of one optimizer's groups (``[(hyper, [Slot, ...]), ...]``)."""
+def plan_for(groups: list, slots: list, *, single: bool, backend: str,
+             num_threads: int | None, skip_nonfinite: bool, adopted: bool,
+             max_grad_norm: float | None = None) -> Plan:
+    """The plan for one optimizer's groups (``[(hyper, [Slot, ...]), ...]``) and slots."""
+    if backend == "cuda":
+        # Skipping and clipping are decided on the device, so that nothing waits (for
+        # Adam's rule, whose coefficients the device computes from its step count; the
+        # other rules read the norm back).
+        if (skip_nonfinite or max_grad_norm is not None) and groups[0][0].rule == ADAM:
+            plan = Counted
+        else:
+            plan = Plan if single else DeviceLists
+    elif backend != "cpu":  # the NumPy reference: the formulas, array by array
+        plan = Plan
+    elif single:
+        thin = not skip_nonfinite and slots[0].absmax is None and max_grad_norm is None
+        plan = ThinHost if thin else Plan
+    else:
+        plan = HostLists
+    return plan(groups, slots, single=single, backend=backend, num_threads=num_threads,
+                skip_nonfinite=skip_nonfinite, adopted=adopted, max_grad_norm=max_grad_norm)
+
+
+class Plan:
+    """One kernel call per array, every gradient checked first: the path every plan
+    falls back on, and the whole of one for what no other covers (a GPU array that
+    steps alone, a host array with ``skip_nonfinite``, clipping or low-bit state)."""
+
+    steps = None  # the step count, where it lives on the device (``Counted``)
 
     def __init__(self, groups: list, slots: list, *, single: bool, backend: str,
                  num_threads: int | None, skip_nonfinite: bool, adopted: bool,
@@ -71,43 +94,16 @@ class Plans:
         self.max_grad_norm, self.grad_norm = max_grad_norm, None
         self.guarded = _guarded(slots, single, adopted)
         self.seen: SeenGrads | None = None
-        self.host = self.gpu = self.one = self.steps = self.passes = None
-        self.norm_serial = 0  # clipped steps on the device: which one grad_norm holds
-        if (single and backend == "cpu" and not skip_nonfinite and slots[0].absmax is None
-                and max_grad_norm is None):
-            self.one = OneHostArray(slots[0], num_threads)
-        # Skipping and clipping are decided on the device: no waiting (for Adam's rule,
-        # whose coefficients the device computes from its step count; the other rules
-        # read the norm back).
-        if backend == "cuda" and (skip_nonfinite or max_grad_norm is not None) and (
-                groups[0][0].rule == ADAM):
-            self.steps = device_step_count(slots[0].step)  # all equal: load_state_dict checks
-            self.passes = device_grad_passes([slot.flat.size for slot in slots])
-        # Lists step in one parallel region (CPU) or one launch (GPU) per batch of alike arrays.
-        if not single and backend == "cpu":
-            self.host = host_batches(groups)
-        if not single and backend == "cuda":
-
-            self.gpu = device_batches(groups)
 
     def step(self, grads, grad_scale, stream, prescaled: bool = False) -> bool:
         """Check ``grads`` and everything else, then step; False when ``skip_nonfinite``
         found NaN or inf (nothing changed); None on the GPU with ``skip_nonfinite``, where
         that is decided on the device. ``prescaled``: ``grad_scale`` comes from a wrapper
         that checked it (and may carry a clip coefficient)."""
-        if self.one is not None and grad_scale is None and stream is None and self.one.step(
-                grads, self.groups[0][0]):
-            return True
-        fast = None if self.host is None else self.host.check(grads)
-        if fast is not None:
-            return self._step_host_batches(grads, *fast, grad_scale, stream, prescaled)
         flats = self._checked_grads(grads)
         scale = grad_scale if prescaled else checks.grad_scale(grad_scale)
         cuda_stream = checks.stream(stream, self.backend)
         wait_for_inputs(self.backend, self._made_on_streams(flats), cuda_stream)
-        if self.steps is not None:
-            self._step_counted(flats, scale, cuda_stream)
-            return None if self.skip_nonfinite else True
         if self.max_grad_norm is not None:
             scale = self._clipped(sum_of_squares(self.backend, flats,
                                                  num_threads=self.num_threads), scale)
@@ -116,68 +112,28 @@ class Plans:
         elif self.skip_nonfinite and not all_finite(self.backend, flats,
                                                     num_threads=self.num_threads):
             return False
-        found = None if self.gpu is None else self._device_grads(flats)
-        first = 0
-        for g, (h, slots) in enumerate(self.groups):
-            done = set() if found is None else self.gpu.step(g, h, *found, scale, cuda_stream)
-            self._step_rest(first, slots, done, flats, h, scale, cuda_stream)
-            first += len(slots)
+        self._step_groups(flats, scale, cuda_stream)
         return True
+
+    def _step_groups(self, flats: list, scale, stream) -> None:
+        first = 0
+        for h, slots in self.groups:
+            self._step_rest(first, slots, set(), flats, h, scale, stream)
+            first += len(slots)
 
     def step_addresses(self, kinds: list, addresses: np.ndarray, stream) -> bool:
         """A list of GPU gradients that the caller has checked (shapes, dtypes of ``kinds``,
         device, contiguity, no shared memory), given by their device ``addresses``: one
         launch per batch, no Python per array. False, nothing done, unless every batch can
         step as one (the caller then passes the arrays to ``step``)."""
-        if self.gpu is None or not self.gpu.ready(kinds):
-            return False
-        if self.steps is not None:
-            self._begin_on_device(tuple(kinds), addresses, None, stream)
-        for g, (h, _) in enumerate(self.groups):
-            self.gpu.step(g, h, kinds, addresses, None, stream, self.steps)
-        if self.steps is not None:
-            self.steps.end(stream)
-        forget_addresses(addresses)
-        return True
-
-    def _step_counted(self, flats: list, scale, stream) -> None:
-        """The GPU step with the decisions on the device: the gradients' norm (clipping)
-        or a check for NaN and inf (``skip_nonfinite``) goes into a flag and a multiplier
-        that the kernels read, and the step count lives there too, so nothing waits."""
-        kinds, addresses = self._device_grads(flats)
-        self._begin_on_device(tuple(kinds), addresses, scale, stream)
-        first = 0
-        for g, (h, slots) in enumerate(self.groups):
-            done = set() if self.gpu is None else self.gpu.step(g, h, kinds, addresses, scale,
-                                                                stream, self.steps)
-            self._step_rest(first, slots, done, flats, h, scale, stream, self.steps)
-            first += len(slots)
-        self.steps.end(stream)
-        forget_addresses(addresses)
-
-    def _begin_on_device(self, kinds: tuple, addresses: np.ndarray, scale, stream) -> None:
-        """The one read of the gradients before a counted step: the norm pass and the
-        clip coefficient, or the non-finite check, into the device's flag and multiplier.
-        With clipping, ``grad_norm`` becomes the device's norm, read only when asked."""
-        if self.max_grad_norm is None:
-            self.steps.begin(self.passes, kinds, addresses, scale, stream)
-            return
-        squares = self.passes.squares(kinds, addresses, stream)
-        self.steps.begin_clipped(squares, scale, self.max_grad_norm, self.skip_nonfinite,
-                                 stream)
-        self.norm_serial += 1
-        self.grad_norm = device_norm(self.steps.norm, self, self.norm_serial, stream)
+        return False
 
     def step_count(self) -> int:
-        """How many updates were applied (from the device, a wait, where it counts)."""
-        return self.slots[0].step if self.steps is None else self.steps.read()
+        """How many updates were applied."""
+        return self.slots[0].step
 
     def sync_steps(self) -> None:
-        """Bring the device's step count to the slots (a wait), before they are read."""
-        if self.steps is not None:
-            count = self.steps.read()
-            for slot in self.slots:
-                slot.step = count
+        """Bring the step count to the slots, before they are read (a no-op: it is there)."""
 
     def _checked_grads(self, grads) -> list:
         """The gradients as 1-D views, every one checked (shape, dtype, device, memory)."""
@@ -231,26 +187,6 @@ class Plans:
             return False
         return clipped_scale(scale, clip_factor(norm, self.max_grad_norm))
 
-    def _step_host_batches(self, grads, codes, addresses, grad_scale, stream,
-                           prescaled: bool) -> bool:
-        # Lists of host arrays that passed the fast checks: batches in one region each.
-        scale = grad_scale if prescaled else checks.grad_scale(grad_scale)
-        checks.stream(stream, self.backend)
-        if self.max_grad_norm is not None:
-            scale = self._clipped(self.host.sum_of_squares(codes, addresses, self.num_threads),
-                                  scale)
-            if scale is False:
-                return False
-        elif self.skip_nonfinite and not self.host.all_finite(codes, addresses,
-                                                              self.num_threads):
-            return False
-        first = 0
-        for g, (h, slots) in enumerate(self.groups):
-            done = self.host.step(g, h, codes, addresses, scale, self.num_threads)
-            self._step_rest(first, slots, done, grads, h, scale, None)
-            first += len(slots)
-        return True
-
     def _step_rest(self, first: int, slots, done: set, grads, h, scale, stream,
                    steps=None) -> None:
         """Step the arrays of a group (numbered from ``first``) that no batch stepped:
@@ -281,6 +217,150 @@ class Plans:
             slot.step += 1
 
 
+
+class ThinHost(Plan):
+    """One host params array without skipping, clipping or low-bit state: a gradient of a
+    dtype seen before steps through ``OneHostArray``, anything else through ``Plan``."""
+
+    def __init__(self, groups: list, slots: list, **options) -> None:
+        super().__init__(groups, slots, **options)
+        self.one = OneHostArray(slots[0], self.num_threads)
+
+    def step(self, grads, grad_scale, stream, prescaled: bool = False) -> bool:
+        if grad_scale is None and stream is None and self.one.step(grads, self.groups[0][0]):
+            return True
+        return super().step(grads, grad_scale, stream, prescaled)
+
+
+class HostLists(Plan):
+    """Host arrays as a list: gradients that pass the fast checks (``host.check``) step
+    in one parallel region per batch of alike arrays, the rest one by one."""
+
+    def __init__(self, groups: list, slots: list, **options) -> None:
+        super().__init__(groups, slots, **options)
+        self.host = host_batches(groups)
+
+    def step(self, grads, grad_scale, stream, prescaled: bool = False) -> bool:
+        fast = self.host.check(grads)
+        if fast is None:
+            return super().step(grads, grad_scale, stream, prescaled)
+        return self._step_host_batches(grads, *fast, grad_scale, stream, prescaled)
+
+    def _step_host_batches(self, grads, codes, addresses, grad_scale, stream,
+                           prescaled: bool) -> bool:
+        # Lists of host arrays that passed the fast checks: batches in one region each.
+        scale = grad_scale if prescaled else checks.grad_scale(grad_scale)
+        checks.stream(stream, self.backend)
+        if self.max_grad_norm is not None:
+            scale = self._clipped(self.host.sum_of_squares(codes, addresses, self.num_threads),
+                                  scale)
+            if scale is False:
+                return False
+        elif self.skip_nonfinite and not self.host.all_finite(codes, addresses,
+                                                              self.num_threads):
+            return False
+        first = 0
+        for g, (h, slots) in enumerate(self.groups):
+            done = self.host.step(g, h, codes, addresses, scale, self.num_threads)
+            self._step_rest(first, slots, done, grads, h, scale, None)
+            first += len(slots)
+        return True
+
+
+
+class DeviceLists(Plan):
+    """GPU arrays as a list: batches of alike arrays in one launch each."""
+
+    def __init__(self, groups: list, slots: list, **options) -> None:
+        super().__init__(groups, slots, **options)
+        self.gpu = device_batches(groups)
+
+    def _step_groups(self, flats: list, scale, stream) -> None:
+        kinds, addresses = self._device_grads(flats)
+        first = 0
+        for g, (h, slots) in enumerate(self.groups):
+            done = self.gpu.step(g, h, kinds, addresses, scale, stream)
+            self._step_rest(first, slots, done, flats, h, scale, stream)
+            first += len(slots)
+
+    def step_addresses(self, kinds: list, addresses: np.ndarray, stream) -> bool:
+        if not self.gpu.ready(kinds):
+            return False
+        for g, (h, _) in enumerate(self.groups):
+            self.gpu.step(g, h, kinds, addresses, None, stream)
+        forget_addresses(addresses)
+        return True
+
+
+class Counted(Plan):
+    """GPU arrays whose step count lives on the device, with the decisions that would
+    otherwise wait for it there too (skipping a non-finite step, the clip coefficient):
+    nothing waits, and ``step`` returns None under ``skip_nonfinite``."""
+
+    def __init__(self, groups: list, slots: list, **options) -> None:
+        super().__init__(groups, slots, **options)
+        self.steps = device_step_count(slots[0].step)  # all equal: load_state_dict checks
+        self.passes = device_grad_passes([slot.flat.size for slot in slots])
+        self.gpu = None if self.single else device_batches(groups)
+        self.norm_serial = 0  # clipped steps: which one grad_norm holds
+
+    def step(self, grads, grad_scale, stream, prescaled: bool = False) -> bool:
+        flats = self._checked_grads(grads)
+        scale = grad_scale if prescaled else checks.grad_scale(grad_scale)
+        cuda_stream = checks.stream(stream, self.backend)
+        wait_for_inputs(self.backend, self._made_on_streams(flats), cuda_stream)
+        self._step_counted(flats, scale, cuda_stream)
+        return None if self.skip_nonfinite else True
+
+    def step_addresses(self, kinds: list, addresses: np.ndarray, stream) -> bool:
+        if self.gpu is None or not self.gpu.ready(kinds):
+            return False
+        self._begin_on_device(tuple(kinds), addresses, None, stream)
+        for g, (h, _) in enumerate(self.groups):
+            self.gpu.step(g, h, kinds, addresses, None, stream, self.steps)
+        self.steps.end(stream)
+        forget_addresses(addresses)
+        return True
+
+    def _step_counted(self, flats: list, scale, stream) -> None:
+        """The GPU step with the decisions on the device: the gradients' norm (clipping)
+        or a check for NaN and inf (``skip_nonfinite``) goes into a flag and a multiplier
+        that the kernels read, and the step count lives there too, so nothing waits."""
+        kinds, addresses = self._device_grads(flats)
+        self._begin_on_device(tuple(kinds), addresses, scale, stream)
+        first = 0
+        for g, (h, slots) in enumerate(self.groups):
+            done = set() if self.gpu is None else self.gpu.step(g, h, kinds, addresses, scale,
+                                                                stream, self.steps)
+            self._step_rest(first, slots, done, flats, h, scale, stream, self.steps)
+            first += len(slots)
+        self.steps.end(stream)
+        forget_addresses(addresses)
+
+    def _begin_on_device(self, kinds: tuple, addresses: np.ndarray, scale, stream) -> None:
+        """The one read of the gradients before a counted step: the norm pass and the
+        clip coefficient, or the non-finite check, into the device's flag and multiplier.
+        With clipping, ``grad_norm`` becomes the device's norm, read only when asked."""
+        if self.max_grad_norm is None:
+            self.steps.begin(self.passes, kinds, addresses, scale, stream)
+            return
+        squares = self.passes.squares(kinds, addresses, stream)
+        self.steps.begin_clipped(squares, scale, self.max_grad_norm, self.skip_nonfinite,
+                                 stream)
+        self.norm_serial += 1
+        self.grad_norm = device_norm(self.steps.norm, self, self.norm_serial, stream)
+
+    def step_count(self) -> int:
+        """How many updates were applied (from the device: a wait)."""
+        return self.steps.read()
+
+    def sync_steps(self) -> None:
+        """Bring the device's step count to the slots (a wait), before they are read."""
+        count = self.steps.read()
+        for slot in self.slots:
+            slot.step = count
+
+
 def _same_arrays(grads, seen, single: bool) -> bool:
     if single:
         return grads is seen
@@ -308,66 +388,3 @@ def _guarded(slots: list, single: bool, adopted: bool) -> dict:
             if a is not None:
                 guarded[("params" if single else f"params[{i}]") + name] = a
     return guarded
-
-
-_NO_NOISE = np.uint32(0)  # the noise argument where rounding is to nearest
-
-
-class OneHostArray:
-    """The thinnest call: one host params array, gradients of a dtype seen before.
-
-    Checks a gradient by attributes compared with what construction cached; the
-    kernel itself refuses, before writing, a gradient that shares memory with the
-    params or state. Anything unusual is left to the general path, which names it.
-    """
-
-    def __init__(self, slot, num_threads: int | None) -> None:
-        self.slot = slot
-        self.num_threads, self.size = num_threads, slot.flat.size
-        self.shape, self.one_d = slot.array.shape, slot.array.ndim == 1
-        self.views = kernel_views((slot.flat, slot.flat, *slot.state))
-        self.coef = np.empty(11, compute_dtype(slot.flags.param))
-        self.hyper = None  # the hyperparameters ``coef`` holds, but for the step's own
-        self.adam = slot.flags.rule == ADAM  # (a variant's every coefficient may change)
-        self.kernels: dict = {}  # gradient dtype -> (call, 16-bit?): see dispatch.thin_call
-
-    def step(self, grads, h) -> bool:
-        """One update if ``grads`` takes this path (True), else False, nothing done."""
-        if type(grads) is not np.ndarray or grads.shape != self.shape:
-            return False
-        found = self.kernels.get(grads.dtype)
-        if found is None:
-            found = self._kernel(grads.dtype)
-            if found is None:
-                return False
-        flags = grads.flags
-        if not (flags.c_contiguous and flags.aligned):
-            return False
-        kernel, sixteen = found
-        flat = grads if self.one_d else grads.reshape(-1)
-        if sixteen:
-            flat = flat.view(np.uint16)
-        slot = self.slot
-        if h is self.hyper and self.adam:  # only the step's coefficients change
-            self.coef[STEP_DEPENDENT] = step_coefficients(h, slot.step + 1)
-        else:
-            self.coef[:] = coefficients(h, slot.step + 1)
-            self.hyper = h
-        param, _, m, v, v_max, comp, master = self.views
-        noise = np.uint32(slot.noise(slot.step + 1)) if slot.flags.stochastic else _NO_NOISE
-        refused = kernel(param, flat, m, v, v_max, comp, master, self.coef, noise)
-        if refused:
-            raise ValueError("grads and params (or their state) overlap in memory; "
-                             "pass separate arrays")
-        slot.step += 1
-        return True
-
-    def _kernel(self, dtype) -> tuple | None:
-        grad_kind = kind(dtype)
-        if grad_kind is None:
-            return None
-        kernel = thin_call(self.slot.flags._replace(grad=grad_kind), self.size,
-                           self.num_threads)
-        found = (kernel, dtype.itemsize == 2)
-        self.kernels[dtype] = found
-        return found

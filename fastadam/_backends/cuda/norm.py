@@ -190,7 +190,7 @@ def clip_kernel(squares, grad_scale, max_norm, skip, norm, inv_scale, found):
     """One thread, after the norm pass: ``norm[0]`` = the total norm of the unscaled
     gradients; ``found[0]`` set if it is not finite and ``skip``; ``inv_scale[0]`` = what
     the counted kernels multiply the gradients by (1 / the loss scale that also clips).
-    The host's arithmetic (``Plans._clipped``), in float64 with IEEE division and sqrt."""
+    The host's arithmetic (``plans.Plan._clipped``), in float64 with IEEE division and sqrt."""
     if cuda.grid(1) == 0:
         total = math.sqrt(squares[0]) / grad_scale
         norm[0] = total
