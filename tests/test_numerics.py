@@ -109,6 +109,7 @@ def test_num_threads_restored_on_error(rng, monkeypatch):
         return kernel
 
     monkeypatch.setattr(dense, "fused_kernel", failing)
+    monkeypatch.setattr(dense, "serial_vectorizes", lambda flags: False)  # a parallel kernel
     before = numba.get_num_threads()
     param, grad, m, v, _ = make_state(rng, 100, np.float32, amsgrad=False)
     with pytest.raises(RuntimeError, match="boom"):

@@ -360,10 +360,12 @@ def adam_step_cuda_counted(arrays: tuple, flags: Flags, h: Hyper, steps, stream,
 def thin_call(flags: Flags, size: int, num_threads: int | None):
     """``call(param, grad, m, v, v_max, comp, master, coef, noise)``: the fused CPU step
     of ``size`` elements as the thinnest path makes it, looked up once per gradient dtype:
-    on one thread by a compiled wrapper where one thread runs anyway (small arrays, or
-    ``num_threads=1``), else through the thread choice of ``cpu/threads.run_parallel``."""
-    backend = cpu()
-    if num_threads == 1 or (num_threads is None and size < backend.threads.SERIAL_BELOW):
-        return backend.dense.one_thread_kernel(flags)
-    return partial(backend.threads.run_parallel, num_threads, size,
-                   backend.dense.fused_kernel(flags))
+    its serial loop (or, where that would not vectorize, the parallel kernel on one thread)
+    where one thread runs anyway (small arrays, or ``num_threads=1``), else through the
+    thread choice of ``cpu/threads.run_parallel``."""
+    dense = cpu().dense
+    serial = dense.serial_kernel(flags) if dense.serial_vectorizes(flags) else None
+    if num_threads == 1 or (num_threads is None and size < cpu().threads.SERIAL_BELOW):
+        return serial or dense.one_thread_kernel(flags)
+    return partial(cpu().threads.run_parallel, num_threads, size, dense.fused_kernel(flags),
+                   serial=serial)

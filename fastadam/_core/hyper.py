@@ -78,9 +78,10 @@ def flags(h: Hyper, param: str, grad: str, state: str, kahan: bool, master: bool
                  stochastic=stochastic, lerp=lerp, rule=h.rule)
 
 
-# The variants' names for the eleven places of the coefficient vector (Adam's are
-# ``COEFFICIENTS``): what their element updates and ``coefficients`` put there.
+# Each rule's names for the eleven places of the coefficient vector: what its element
+# update unpacks them as (a test holds the two to one order) and ``coefficients`` puts there.
 RULE_COEFFICIENTS = {
+    options.ADAM: COEFFICIENTS,
     options.SCHEDULE_FREE: ("beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "lr",
                             "y_lr", "bias_correction2", "eps", "weight_decay", "ckp1",
                             "inv_grad_scale"),
@@ -240,14 +241,25 @@ def hyper(rule: str = options.ADAM, **settings) -> Hyper:
     return Hyper(beta1=beta1, beta2=beta2, rule=rule, **values)
 
 
+# The hyperparameters the step-dependent coefficients come from (``step_terms``' own,
+# after the step count): what a GPU step that counts on the device is sent.
+STEP_TERMS = ("lr", "beta1", "beta2", "eps", "eps_root", "bias_correction")
+
+
+def step_term_values(h: Hyper) -> tuple[float, ...]:
+    """``h``'s ``STEP_TERMS`` as float64 numbers."""
+    return tuple(float(getattr(h, name)) for name in STEP_TERMS)
+
+
 def step_terms_for(jit, kernel_flags: Flags):
-    """``terms(step, lr, beta1, beta2, eps, eps_root, bias_correction)``: ``step_terms``
-    compiled with ``jit`` for the kernel options of ``kernel_flags``, as constants."""
+    """``terms(step, values)``: ``step_terms`` of ``values`` (``step_term_values``)
+    compiled with ``jit``, the kernel options of ``kernel_flags`` as constants."""
     nesterov = kernel_flags.nesterov
     compiled = jit(step_terms)
 
     @jit
-    def terms(step, lr, beta1, beta2, eps, eps_root, bias_correction):
+    def terms(step, values):
+        lr, beta1, beta2, eps, eps_root, bias_correction = values  # STEP_TERMS
         return compiled(step, lr, beta1, beta2, eps, eps_root, bias_correction, nesterov)
 
     return terms

@@ -9,23 +9,24 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .._backends.cuda.dense import counted_coefficients
+from .._backends.cuda.dense import counted_coefficients, counted_scalars
 from .._core.hyper import STEP_DEPENDENT, coefficients, flags, hyper
 
 NAMES = ("m_coef", "g_coef", "scaled_eps_root", "scaled_eps")
 
 
-def _kernel(device_terms):
-    """``kernel(counts, inv_scale, *hyperparameters, out)``: ``out[i]`` the step-dependent
+def _kernel(device_coefficients):
+    """``kernel(counts, inv_scale, host, terms, out)``: ``out[i]`` the step-dependent
     coefficients the counted kernels compute from ``counts[i]``."""
+    first = STEP_DEPENDENT.start
+
     @cuda.jit
-    def kernel(counts, inv_scale, lr, beta1, beta2, eps, eps_root, bias_correction, out):
+    def kernel(counts, inv_scale, host, terms, out):
         i = cuda.grid(1)
         if i < counts.size:
-            terms = device_terms(counts[i:i + 1], inv_scale, lr, beta1, beta2, eps, eps_root,
-                                 bias_correction)
-            for k in range(4):
-                out[i, k] = terms[k]
+            coef = device_coefficients(counts[i:i + 1], inv_scale, host, terms)
+            out[i, 0], out[i, 1] = coef[first], coef[first + 1]
+            out[i, 2], out[i, 3] = coef[first + 2], coef[first + 3]
 
     return kernel
 
@@ -43,13 +44,13 @@ def coefficient_ulps(check) -> dict:
     out = {}
     for name, settings in cases.items():
         h = hyper(**settings)
-        kernel = _kernel(counted_coefficients(flags(h, "float32", "float32", "float32",
-                                                    False, False)))
+        f = flags(h, "float32", "float32", "float32", False, False)
+        kernel = _kernel(counted_coefficients(f))
         got = np.zeros((counts.size, 4), np.float32)
         on_device = cuda.to_device(got)
         kernel[(counts.size + 127) // 128, 128](
-            cuda.to_device(counts), cuda.to_device(np.ones(1, np.float32)), h.lr, h.beta1,
-            h.beta2, h.eps, h.eps_root, 1.0 if h.bias_correction else 0.0, on_device)
+            cuda.to_device(counts), cuda.to_device(np.ones(1, np.float32)),
+            *counted_scalars(f, h), on_device)
         got = on_device.copy_to_host()
         # The device's count is the number of updates before this one: update count + 1.
         want = np.array([coefficients(h, int(c) + 1)[STEP_DEPENDENT] for c in counts],

@@ -35,8 +35,8 @@ ps = [rng.standard_normal(n).astype(np.float32) for n in (7, 300)]
 many = fastadam.AdamW(ps, lr=0.1)
 many.step([rng.standard_normal(a.size).astype(np.float32) for a in ps])
 flags = opt._slots[0].flags._replace(grad="float32")
-# A small array steps through the one-thread wrapper (the fused kernel compiled into it).
-kernels = {"fused": dense.one_thread_kernel(flags).func, "multi": dense.multi_kernel(flags),
+# A small array steps through the serial kernel.
+kernels = {"fused": dense.serial_kernel(flags), "multi": dense.multi_kernel(flags),
            "headers": headers.check_arrays, "overlap": owned._overlap}
 print(json.dumps({"params": [float(x) for x in opt.params[:5]] + [float(ps[1][0])],
                   "file": fastadam.__file__,

@@ -73,7 +73,7 @@ def test_fused_kernel_compiles(compile_ptx, kinds, options):
     flags = make_flags(kinds, options)
     compute = types.float64 if param == "float64" else types.float32
     sig = (ARRAY[param][::1], ARRAY[grad][::1], ARRAY[state][::1], ARRAY[state][::1],
-           ARRAY[state][::1], ARRAY[param][::1], types.float32[::1]) + (compute,) * 11 + NOISE
+           ARRAY[state][::1], ARRAY[param][::1], types.float32[::1]) + coefficients(compute) + NOISE
     ptx = compile_ptx(dense.fused_kernel(flags).py_func, sig)
     assert "sqrt.rn" in ptx
     if param != "float64" and "float64" not in kinds:
@@ -84,11 +84,21 @@ def test_fused_kernel_compiles(compile_ptx, kinds, options):
 def test_one_launch_list_kernel_compiles(compile_ptx, kinds, options):
     flags = make_flags(kinds, options)
     compute = types.float64 if kinds[0] == "float64" else types.float32
-    sig = (types.uint64[:, ::1], types.uint64[::1], types.int64[:, ::1]) + (compute,) * 11
+    sig = (types.uint64[:, ::1], types.uint64[::1], types.int64[:, ::1]) + coefficients(compute)
     ptx = compile_ptx(dense.multi_kernel(flags).py_func, sig + NOISES)
     assert "sqrt.rn" in ptx and "st.global" in ptx  # stores through the table's addresses
     if kinds[0] != "float64" and "float64" not in kinds:
         assert ".f64" not in ptx
+
+
+def coefficients(compute) -> tuple:
+    """The kernels' coefficient argument: one tuple (``hyper.COEFFICIENTS``)."""
+    return (types.UniTuple(compute, 11),)
+
+
+def counted_scalars(compute) -> tuple:
+    """The counted kernels' ``host, terms`` (``dense.counted_scalars``)."""
+    return (types.UniTuple(compute, 6), types.UniTuple(types.float64, 6))
 
 
 COUNTED = (types.int64[::1], types.int32[::1])  # the step count and the skip flag
@@ -104,7 +114,7 @@ def test_counted_kernels_compile(compile_ptx, kinds, options):
     flags = make_flags(kinds, options)
     param, grad, state = kinds
     compute = types.float64 if param == "float64" else types.float32
-    scalars = (compute,) * 6 + (types.float64,) * 6
+    scalars = counted_scalars(compute)
     arrays = (ARRAY[param][::1], ARRAY[grad][::1], ARRAY[state][::1], ARRAY[state][::1],
               ARRAY[state][::1], ARRAY[param][::1], types.float32[::1])
     ptx = compile_ptx(dense.fused_kernel(flags, True).py_func,
@@ -171,8 +181,8 @@ def test_low_bit_kernel_compiles(compile_ptx, kinds, options, counted, fmt):
     codes, absmax = types.uint8[::1], types.float32[::1]
     sig = ((ARRAY[param][::1], ARRAY[grad][::1]) + (codes,) * 3 + (absmax,) * 3
            + (ARRAY[param][::1], types.float32[::1], absmax, absmax, entries, entries))
-    sig += (SCALED + (compute,) * 6 + (types.float64,) * 6 + NOISE[:1] if counted
-            else (compute,) * 11 + NOISE)
+    sig += (SCALED + counted_scalars(compute) + NOISE[:1] if counted
+            else coefficients(compute) + NOISE)
     ptx = compile_ptx(eight_bit.fused_kernel(flags, counted, fmt).py_func, sig)
     assert "sqrt.rn" in ptx and "shfl.sync.bfly" in ptx
     assert "bar.sync" not in ptx and "atom" not in ptx  # a warp per block: no barrier
@@ -193,8 +203,8 @@ def test_low_bit_list_kernel_compiles(compile_ptx, kinds, options, counted, fmt)
     compute = types.float64 if kinds[0] == "float64" else types.float32
     sig = (types.uint64[:, ::1], types.uint64[::1], types.int64[::1], types.int64[::1],
            types.float32[::1], types.float32[::1], entries, entries)
-    sig += (SCALED + (compute,) * 6 + (types.float64,) * 6 + NOISES[:1] if counted
-            else (compute,) * 11 + NOISES)
+    sig += (SCALED + counted_scalars(compute) + NOISES[:1] if counted
+            else coefficients(compute) + NOISES)
     ptx = compile_ptx(eight_bit.multi_kernel(flags, counted, fmt).py_func, sig)
     assert "sqrt.rn" in ptx and "shfl.sync.bfly" in ptx and "bar.sync" not in ptx
     assert "st.global.u8" in ptx and "ld.global" in ptx
@@ -258,11 +268,11 @@ def test_the_update_never_fuses_a_multiply_into_an_add(compile_ptx, kinds, optio
     flags = make_flags(kinds, options)
     param, grad, state = kinds
     sig = (ARRAY[param][::1], ARRAY[grad][::1], ARRAY[state][::1], ARRAY[state][::1],
-           ARRAY[state][::1], ARRAY[param][::1], types.float32[::1]) + (types.float32,) * 11
+           ARRAY[state][::1], ARRAY[param][::1], types.float32[::1]) + coefficients(types.float32)
     for ptx in (compile_ptx(dense.fused_kernel(flags).py_func, sig + NOISE),
                 compile_ptx(dense.multi_kernel(flags).py_func,
                             (types.uint64[:, ::1], types.uint64[::1], types.int64[:, ::1])
-                            + (types.float32,) * 11 + NOISES)):
+                            + coefficients(types.float32) + NOISES)):
         assert "fma.rn.f32" not in ptx and "mul.rn.f32" in ptx
     if kinds[2] == "float32" and not options.get("amsgrad"):
         table = lambda kind: ARRAY[kind][:, ::1]  # noqa: E731
@@ -388,8 +398,8 @@ def test_variant_kernels_compile(compile_ptx, kinds, options, rule):
     flags = make_flags(kinds, options)._replace(rule=rule)
     compute = types.float64 if param == "float64" else types.float32
     sig = (ARRAY[param][::1], ARRAY[grad][::1], ARRAY[state][::1], ARRAY[state][::1],
-           ARRAY[state][::1], ARRAY[param][::1], types.float32[::1]) + (compute,) * 11 + NOISE
-    many = (types.uint64[:, ::1], types.uint64[::1], types.int64[:, ::1]) + (compute,) * 11
+           ARRAY[state][::1], ARRAY[param][::1], types.float32[::1]) + coefficients(compute) + NOISE
+    many = (types.uint64[:, ::1], types.uint64[::1], types.int64[:, ::1]) + coefficients(compute)
     ptxs = [compile_ptx(dense.fused_kernel(flags).py_func, sig),
             compile_ptx(dense.multi_kernel(flags).py_func, many + NOISES)]
     if rule == "schedulefree":

@@ -47,7 +47,8 @@ class Compiled:  # what the packing reads of a compiled numba-cuda kernel
 def numba_arguments(argument_types, args):
     out = []
     for ty, value in zip(argument_types, args):
-        _Kernel._prepare_args(type("K", (), {"extensions": []})(), ty, value, 0, [], out)
+        kernel = type("K", (), {"extensions": [], "_prepare_args": _Kernel._prepare_args})()
+        kernel._prepare_args(ty, value, 0, [], out)
     return out
 
 
@@ -61,11 +62,15 @@ def test_the_packing_is_numbas_and_launches_once(monkeypatch):
                         config, kernel, *args: launched.append((stream, config, kernel, args))))
     argument_types = (types.float32[::1], types.uint16[::1], types.uint64[:, ::1],
                       types.int64[:, ::1], types.float64[::1], types.float32, types.float64,
-                      types.uint32, types.int64, types.int32, types.boolean)
+                      types.uint32, types.int64, types.int32, types.boolean,
+                      types.UniTuple(types.float32, 11), types.UniTuple(types.float64, 6),
+                      types.Tuple((types.float32, types.Tuple((types.float64, types.int64)))))
     args = (device((1027,), np.float32, 0x7000_0000), device((5,), np.uint16, 0x7000_4000),
             device((6, 3), np.uint64, 0x7000_8000), device((4, 3), np.int64, 0x7001_0000),
             device((1,), np.float64, 0x7002_0000), np.float32(0.125), 1e-8, np.uint32(7),
-            np.int64(12), np.int32(-3), True)
+            np.int64(12), np.int32(-3), True,
+            tuple(np.float32(0.9 ** k) for k in range(11)), (1e-3, 0.9, 0.999, 1e-8, 0.0, 1.0),
+            (np.float32(2.5), (0.25, np.int64(3))))
     compiled = Compiled(argument_types)
     runtime._pack_arguments_quickly(compiled)
     compiled.launch(args, (4, 1, 1), (256, 1, 1), "the stream", 0)

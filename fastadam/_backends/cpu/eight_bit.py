@@ -25,6 +25,7 @@ from ..shared import element
 from ..shared.codes import element_functions, four_bit_counters
 from .runtime import (
     bits_from_f32,
+    coefficient_tuple,
     converters,
     f32_from_bits,
     rounding,
@@ -166,8 +167,7 @@ def fused_kernel(flags: Flags, fmt: str = "8bit"):
                 or shares_memory(grad, v_absmax) or shares_memory(grad, v_max_absmax)
                 or shares_memory(grad, comp) or shares_memory(grad, master)):
             return OVERLAP
-        c0, c1, c2, c3, c4, c5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
-        c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]
+        c = coefficient_tuple(coef)
         n = param.size
         n_blocks = (n + block - 1) // block
         tasks = (n_blocks + blocks_per_task - 1) // blocks_per_task
@@ -188,8 +188,7 @@ def fused_kernel(flags: Flags, fmt: str = "8bit"):
                 p, g = param[s:e], grad[s:e]
                 k, w = comp[s:e], master[s:e]
                 for j in range(size):
-                    update(j, p, g, m, v, v_max, k, w, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
-                           c10, noise, s)
+                    update(j, p, g, m, v, v_max, k, w, c, noise, s)
                 top = scale_of(m, size)
                 m_absmax[b] = top
                 encode_m(m, size, top, m_codes[cs:ce], scratch)

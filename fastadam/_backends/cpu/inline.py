@@ -32,7 +32,15 @@ from ..shared.signatures import (
     step_flags,
 )
 from .record_types import constructor
-from .runtime import converters, divide, njit_noalias, prefetch_row, rounding, shares_memory
+from .runtime import (
+    coefficient_tuple,
+    converters,
+    divide,
+    njit_noalias,
+    prefetch_row,
+    rounding,
+    shares_memory,
+)
 from .sparse import AHEAD
 
 # Not inlined by Numba: inlined, an argument it returns was written as a copy (numba 0.68).
@@ -169,11 +177,9 @@ def serial_kernel(flags: hyperparameters.Flags):
 
     @njit_noalias  # checked apart before: the loop vectorizes as prange's does
     def kernel(param, grad, m, v, v_max, comp, master, coef):
-        c0, c1, c2, c3, c4, c5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
-        c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]
+        c = coefficient_tuple(coef)
         for i in range(param.size):
-            update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7,
-                   c8, c9, c10, np.uint32(0), 0)
+            update(i, param, grad, m, v, v_max, comp, master, c, np.uint32(0), 0)
 
     return kernel
 
@@ -262,8 +268,7 @@ def rows_kernel(flags: hyperparameters.Flags):
     def kernel(table, m, v, rows, grads, coef):
         dim = grads.shape[1]
         flat, m_flat, v_flat = table.reshape(-1), m.reshape(-1), v.reshape(-1)
-        c0, c1, c2, c3, c4, c5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
-        c6, c7, c8, c9, c10 = coef[6], coef[7], coef[8], coef[9], coef[10]
+        c = coefficient_tuple(coef)
         for t in range(rows.size):
             if t + AHEAD < rows.size:  # random rows: their lines in flight, as the sparse step
                 prefetch_row(table, rows[t + AHEAD])
@@ -273,8 +278,8 @@ def rows_kernel(flags: hyperparameters.Flags):
             row, m_row, v_row = flat[start:start + dim], m_flat[start:start + dim], \
                 v_flat[start:start + dim]
             for j in range(dim):
-                update(j, compute(grads[t, j]), row, m_row, v_row, v_row, row, row, c0, c1,
-                       c2, c3, c4, c5, c6, c7, c8, c9, c10, np.uint32(0), 0)
+                update(j, compute(grads[t, j]), row, m_row, v_row, v_row, row, row, c,
+                       np.uint32(0), 0)
 
     return kernel
 

@@ -86,16 +86,20 @@ class Choice:
 _choices: dict = {}
 
 
-def run_parallel(num_threads: int | None, work: int, fn, *args):
+def run_parallel(num_threads: int | None, work: int, fn, *args, serial=None):
     """``fn(*args)``, a parallel kernel over ``work`` elements, on ``num_threads`` Numba
-    threads; None: one below ``SERIAL_BELOW`` elements, else the measured choice."""
+    threads; None: one below ``SERIAL_BELOW`` elements, else the measured choice.
+    ``serial``: the same kernel's loop on the calling thread, which then runs wherever one
+    thread does (no parallel region to enter)."""
     if num_threads is not None:
+        if num_threads == 1 and serial is not None:
+            return serial(*args)
         return with_threads(num_threads, fn, *args)
     if work < SERIAL_BELOW:
-        return with_threads(1, fn, *args)
+        return with_threads(1, fn, *args) if serial is None else serial(*args)
     many = thread_count()
     if many <= 1:
-        return fn(*args)
+        return fn(*args) if serial is None else serial(*args)
     key = (fn, work.bit_length())
     choice = _choices.get(key)
     if choice is None:
@@ -103,7 +107,10 @@ def run_parallel(num_threads: int | None, work: int, fn, *args):
         return with_threads(1, fn, *args)  # compiles, perhaps: not timed
     threads = choice.pick(many)
     start = _clock()
-    out = with_threads(threads, fn, *args)
+    if threads == 1 and serial is not None:
+        out = serial(*args)
+    else:
+        out = with_threads(threads, fn, *args)
     choice.record(threads, _clock() - start, many)
     return out
 

@@ -38,72 +38,67 @@ from .runtime import (
 
 
 def counted_coefficients(flags: Flags):
-    """``coefficients(count, inv_scale, lr, beta1, beta2, eps, eps_root, bias_correction)``:
-    coefficients 4-7 (the step-dependent ones, for update ``count[0] + 1``) and 10 (the
-    gradients' multiplier ``inv_scale[0]``), rounded to the compute dtype (float64
-    hyperparameters, as on the host)."""
+    """``coefficients(count, inv_scale, host, terms)``: the step's coefficient tuple
+    (``hyper.COEFFICIENTS``), from ``host``, those the host sends (``hyper.HOST_COUNTED``,
+    in the compute dtype), the step-dependent ones computed for update ``count[0] + 1``
+    from ``terms`` (the float64 ``hyper.STEP_TERMS``) as on the host, and
+    the gradients' multiplier ``inv_scale[0]``."""
     compute = np.dtype(compute_dtype(flags.param)).type
     step_terms = hyper.step_terms_for(device_function, flags)  # the host's, on the GPU
 
     @device_function
-    def coefficients(count, inv_scale, lr, beta1, beta2, eps, eps_root, bias_correction):
-        m_coef, g_coef, scaled_eps_root, scaled_eps = step_terms(
-            np.float64(count[0] + 1), lr, beta1, beta2, eps, eps_root, bias_correction)
-        return (compute(m_coef), compute(g_coef), compute(scaled_eps_root), compute(scaled_eps),
-                compute(inv_scale[0]))
+    def coefficients(count, inv_scale, host, terms):
+        beta1, one_minus_beta1, beta2, one_minus_beta2, weight_decay, decay_factor = host
+        m_coef, g_coef, scaled_eps_root, scaled_eps = step_terms(np.float64(count[0] + 1),
+                                                                 terms)
+        return (beta1, one_minus_beta1, beta2, one_minus_beta2, compute(m_coef),
+                compute(g_coef), compute(scaled_eps_root), compute(scaled_eps), weight_decay,
+                decay_factor, compute(inv_scale[0]))
 
     return coefficients
 
 
 @cache
 def fused_kernel(flags: Flags, counted: bool = False):
-    """The kernel ``(param, grad, m, v, v_max, comp, master, *coefficients)``: the element
+    """The kernel ``(param, grad, m, v, v_max, comp, master, coef, key, step)``: the element
     update of ``shared/element.py`` over a grid-stride loop (see the CPU's ``fused_kernel``).
 
     The last arguments are the params' rounding ``key`` and the ``step``: their random
     bits there, for stochastic rounding. ``counted``: the step count lives on the device
-    instead, and the kernel is ``(param, ..., master, count, found, inv_scale, c0, c1,
-    c2, c3, c8, c9, lr, beta1, beta2, eps, eps_root, bias_correction, key)``: it does
-    nothing when ``found[0]`` is set (a gradient held NaN or inf, or the clipped norm is
-    not finite), and computes coefficients 4-7 from ``count[0]`` and 10 from
-    ``inv_scale[0]`` itself.
+    instead, and the kernel is ``(param, ..., master, count, found, inv_scale, host, terms,
+    key)`` (``counted_scalars``): it does nothing when ``found[0]`` is set (a gradient held
+    NaN or inf, or the clipped norm is not finite), and completes the coefficients from
+    ``count[0]`` and ``inv_scale[0]`` itself (``counted_coefficients``).
     """
     element_rounding, noise_of = rounding()
     update = element.make(device_function, flags, converters(compute_dtype(flags.param)),
                           element_rounding, multiply(compute_dtype(flags.param)))
 
     @inlined_function
-    def run(param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
-            c10, key, step):
+    def run(param, grad, m, v, v_max, comp, master, coef, key, step):
         noise = noise_of(key, step)
         i = cuda.grid(1)
         stride = cuda.gridsize(1)
         while i < param.size:
-            update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7,
-                   c8, c9, c10, noise, 0)
+            update(i, param, grad, m, v, v_max, comp, master, coef, noise, 0)
             i += stride
 
     if not counted:
         @cuda.jit
-        def kernel(param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7,
-                   c8, c9, c10, key, step):
-            run(param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7, c8,
-                c9, c10, key, step)
+        def kernel(param, grad, m, v, v_max, comp, master, coef, key, step):
+            run(param, grad, m, v, v_max, comp, master, coef, key, step)
 
         return cached(kernel, "cuda.fused_kernel", flags, counted)
 
     coefficients = counted_coefficients(flags)
 
     @cuda.jit
-    def counted_kernel(param, grad, m, v, v_max, comp, master, count, found, inv_scale,
-                       c0, c1, c2, c3, c8, c9, lr, beta1, beta2, eps, eps_root, bias_correction,
-                       key):
+    def counted_kernel(param, grad, m, v, v_max, comp, master, count, found, inv_scale, host,
+                       terms, key):
         if found[0] != 0:
             return
-        c4, c5, c6, c7, c10 = coefficients(count, inv_scale, lr, beta1, beta2, eps, eps_root,
-                                           bias_correction)
-        run(param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
-            c10, key, count[0] + 1)
+        coef = coefficients(count, inv_scale, host, terms)
+        run(param, grad, m, v, v_max, comp, master, coef, key, count[0] + 1)
 
     return cached(counted_kernel, "cuda.fused_kernel", flags, counted)
 
@@ -112,12 +107,12 @@ def fused_kernel(flags: Flags, counted: bool = False):
 def multi_kernel(flags: Flags, counted: bool = False):
     """One launch over many arrays of one option set and dtypes.
 
-    ``kernel(tables, grads, chunks, *coefficients, keys, step)``: ``tables`` rows hold the
+    ``kernel(tables, grads, chunks, coef, keys, step)``: ``tables`` rows hold the
     device addresses of (param, m, v, v_max, comp, master) per array (unused ones
     any valid address), ``grads`` the gradients' addresses, ``chunks`` rows
     (array index, start, stop), ``keys`` the arrays' rounding keys; each block steps
     whole chunks. ``counted``: as in ``fused_kernel``, ``(tables, grads, chunks, count,
-    found, inv_scale, c0, ..., bias_correction, keys)``.
+    found, inv_scale, host, terms, keys)``.
     """
     element_rounding, noise_of = rounding()
     update = element.make(device_function, flags, converters(compute_dtype(flags.param)),
@@ -126,7 +121,7 @@ def multi_kernel(flags: Flags, counted: bool = False):
     master_t = np.float32
 
     @inlined_function
-    def run(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, keys, step):
+    def run(tables, grads, chunks, coef, keys, step):
         row = cuda.blockIdx.x
         while row < chunks.shape[0]:
             t = chunks[row, 0]
@@ -137,30 +132,25 @@ def multi_kernel(flags: Flags, counted: bool = False):
             comp, master = pointer_at(tables[4, t], param_t), pointer_at(tables[5, t], master_t)
             i = chunks[row, 1] + cuda.threadIdx.x
             while i < chunks[row, 2]:
-                update(i, param, grad, m, v, v_max, comp, master, c0, c1, c2, c3, c4, c5, c6,
-                       c7, c8, c9, c10, noise, 0)
+                update(i, param, grad, m, v, v_max, comp, master, coef, noise, 0)
                 i += cuda.blockDim.x
             row += cuda.gridDim.x
 
     if not counted:
         @cuda.jit
-        def kernel(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, keys,
-                   step):
-            run(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, keys, step)
+        def kernel(tables, grads, chunks, coef, keys, step):
+            run(tables, grads, chunks, coef, keys, step)
 
         return cached(kernel, "cuda.multi_kernel", flags, counted)
 
     coefficients = counted_coefficients(flags)
 
     @cuda.jit
-    def counted_kernel(tables, grads, chunks, count, found, inv_scale, c0, c1, c2, c3, c8, c9,
-                       lr, beta1, beta2, eps, eps_root, bias_correction, keys):
+    def counted_kernel(tables, grads, chunks, count, found, inv_scale, host, terms, keys):
         if found[0] != 0:
             return
-        c4, c5, c6, c7, c10 = coefficients(count, inv_scale, lr, beta1, beta2, eps, eps_root,
-                                           bias_correction)
-        run(tables, grads, chunks, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, keys,
-            count[0] + 1)
+        coef = coefficients(count, inv_scale, host, terms)
+        run(tables, grads, chunks, coef, keys, count[0] + 1)
 
     return cached(counted_kernel, "cuda.multi_kernel", flags, counted)
 
@@ -171,8 +161,8 @@ def adam_step_cuda(arrays: tuple, flags: Flags, coefficients: tuple[float, ...],
     (``key`` and ``step``: the params' random bits, for stochastic rounding)."""
     scalar = np.dtype(compute_dtype(flags.param)).type  # round the float64 scalars once
     blocks, threads = launch_shape(arrays[0].size)
-    fused_kernel(flags)[blocks, threads, stream](*arrays, *(scalar(c) for c in coefficients),
-                                                 np.uint32(key), np.int64(step))
+    coef = tuple(scalar(c) for c in coefficients)
+    fused_kernel(flags)[blocks, threads, stream](*arrays, coef, np.uint32(key), np.int64(step))
 
 
 @cache
@@ -268,14 +258,14 @@ class StepCount:
         cuda.default_stream().synchronize()
 
 
-def counted_scalars(flags: Flags, h) -> tuple:
-    """The counted kernels' arguments after ``count, found, inv_scale``: the
-    step-independent coefficients in the compute dtype, then the float64
-    hyperparameters of the rest."""
+def counted_scalars(flags: Flags, h) -> tuple[tuple, tuple]:
+    """The counted kernels' ``host, terms`` (``counted_coefficients``): the
+    step-independent coefficients (``hyper.HOST_COUNTED``) in the compute dtype, and the
+    float64 hyperparameters of the rest (``hyper.STEP_TERMS``)."""
     scalar = np.dtype(compute_dtype(flags.param)).type
     c = hyper.coefficients(h, 1)
-    return (*(scalar(getattr(c, name)) for name in hyper.HOST_COUNTED), h.lr, h.beta1,
-            h.beta2, h.eps, h.eps_root, 1.0 if h.bias_correction else 0.0)
+    return (tuple(scalar(getattr(c, name)) for name in hyper.HOST_COUNTED),
+            hyper.step_term_values(h))
 
 
 def adam_step_cuda_counted(arrays: tuple, flags: Flags, h, steps: StepCount,
@@ -301,8 +291,8 @@ def adam_step_cuda_many(tables, chunks, grads: Addresses, grad_addresses: np.nda
     table = grads.send(grad_addresses, stream)
     if steps is None:
         scalar = np.dtype(compute_dtype(flags.param)).type
-        multi_kernel(flags)[launch](tables, table, chunks, *(scalar(c) for c in coefficients),
-                                    keys, np.int64(step))
+        coef = tuple(scalar(c) for c in coefficients)
+        multi_kernel(flags)[launch](tables, table, chunks, coef, keys, np.int64(step))
     else:
         multi_kernel(flags, True)[launch](tables, table, chunks, steps.count, steps.found,
                                           steps.inv_scale, *counted_scalars(flags, h), keys)

@@ -70,8 +70,7 @@ def _warp_step(flags: Flags):
 
     @device_function
     def step(b, size, p, g, k, w, m_codes, v_codes, v_max_codes, m_absmax, v_absmax,
-             v_max_absmax, m_map, v_map, m_entries, v_entries, tops, c0, c1, c2, c3, c4, c5,
-             c6, c7, c8, c9, c10, noise):
+             v_max_absmax, m_map, v_map, m_entries, v_entries, tops, coef, noise):
         # Unsigned indices: no negative-index wrap around each access.
         lane, elements = np.uint64(cuda.threadIdx.x % WARP), np.uint64(size)
         p_own = cuda.local.array(PER_LANE, param_t)
@@ -107,8 +106,8 @@ def _warp_step(flags: Flags):
                 v[r] = compute(v_map[v_codes_own[r]] * v_scale)
                 if amsgrad:
                     v_max[r] = compute(v_map[v_max_codes_own[r]] * v_max_scale)
-                update(r, p_own, g_own, m, v, v_max, k_own, w_own, c0, c1, c2, c3, c4, c5, c6,
-                       c7, c8, c9, c10, noise, b * BLOCK + np.int64(lane))
+                update(r, p_own, g_own, m, v, v_max, k_own, w_own, coef, noise,
+                       b * BLOCK + np.int64(lane))
                 top_m = max(top_m, np.int32(_magnitude_bits(m[r])))
                 top_v = max(top_v, np.int32(_magnitude_bits(v[r])))
                 if amsgrad:
@@ -148,23 +147,21 @@ def _format(flags: Flags, fmt: str) -> tuple:
 @cache
 def fused_kernel(flags: Flags, counted: bool = False, fmt: str = "8bit"):
     """The kernel ``(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax,
-    v_max_absmax, comp, master, m_map, v_map, m_entries, v_entries, *coefficients)`` for
+    v_max_absmax, comp, master, m_map, v_map, m_entries, v_entries, coef, key, step)`` for
     the state format ``fmt`` (a warp per quantization block: ``_warp_step``, or
     ``four_bit.warp_step``), launched with ``THREADS`` threads per block (see
     ``cpu/eight_bit.fused_kernel``).
 
     ``counted``: as ``dense.fused_kernel(flags, True)``, the step count lives on the
-    device: ``(..., v_entries, count, found, inv_scale, c0, c1, c2, c3, c8, c9, lr,
-    beta1, beta2, eps, eps_root, bias_correction)``, and nothing changes when
-    ``found[0]`` is set.
+    device: ``(..., v_entries, count, found, inv_scale, host, terms, key)``, and nothing
+    changes when ``found[0]`` is set.
     """
     warp_step, block, per_byte = _format(flags, fmt)
     noise_of = rounding()[1]
 
     @cuda.jit(device=True, inline="always")
     def run(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax, v_max_absmax,
-            comp, master, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3, c4, c5, c6, c7,
-            c8, c9, c10, key, step):
+            comp, master, m_map, v_map, m_entries, v_entries, coef, key, step):
         noise = noise_of(key, step)
         tops = cuda.shared.array(3, np.int32)
         n = param.size
@@ -175,18 +172,16 @@ def fused_kernel(flags: Flags, counted: bool = False, fmt: str = "8bit"):
             cs, ce = s // per_byte, (e + per_byte - 1) // per_byte  # the block's bytes
             warp_step(b, e - s, param[s:e], grad[s:e], comp[s:e], master[s:e], m_codes[cs:ce],
                       v_codes[cs:ce], v_max_codes[cs:ce], m_absmax, v_absmax, v_max_absmax, m_map,
-                      v_map, m_entries, v_entries, tops, c0, c1, c2, c3, c4, c5, c6, c7, c8,
-                      c9, c10, noise)
+                      v_map, m_entries, v_entries, tops, coef, noise)
             b += cuda.gridDim.x * WARPS
 
     if not counted:
         @cuda.jit
         def kernel(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax,
-                   v_max_absmax, comp, master, m_map, v_map, m_entries, v_entries, c0, c1, c2,
-                   c3, c4, c5, c6, c7, c8, c9, c10, key, step):
+                   v_max_absmax, comp, master, m_map, v_map, m_entries, v_entries, coef, key,
+                   step):
             run(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax, v_max_absmax,
-                comp, master, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3, c4, c5, c6,
-                c7, c8, c9, c10, key, step)
+                comp, master, m_map, v_map, m_entries, v_entries, coef, key, step)
 
         return cached(kernel, "cuda.eight_bit.fused_kernel", flags, counted, fmt)
 
@@ -195,15 +190,12 @@ def fused_kernel(flags: Flags, counted: bool = False, fmt: str = "8bit"):
     @cuda.jit
     def counted_kernel(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax,
                        v_max_absmax, comp, master, m_map, v_map, m_entries, v_entries, count,
-                       found, inv_scale, c0, c1, c2, c3, c8, c9, lr, beta1, beta2, eps,
-                       eps_root, bias_correction, key):
+                       found, inv_scale, host, terms, key):
         if found[0] != 0:
             return
-        c4, c5, c6, c7, c10 = coefficients(count, inv_scale, lr, beta1, beta2, eps, eps_root,
-                                           bias_correction)
+        coef = coefficients(count, inv_scale, host, terms)
         run(param, grad, m_codes, v_codes, v_max_codes, m_absmax, v_absmax, v_max_absmax, comp,
-            master, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9,
-            c10, key, count[0] + 1)
+            master, m_map, v_map, m_entries, v_entries, coef, key, count[0] + 1)
 
     return cached(counted_kernel, "cuda.eight_bit.fused_kernel", flags, counted, fmt)
 
@@ -214,7 +206,7 @@ def multi_kernel(flags: Flags, counted: bool = False, fmt: str = "8bit"):
     warp per quantization block of any of them.
 
     ``kernel(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries,
-    *coefficients)``: ``tables`` rows hold the device addresses of (param, m_codes,
+    coef, keys, step)``: ``tables`` rows hold the device addresses of (param, m_codes,
     v_codes, v_max_codes, m_absmax, v_absmax, v_max_absmax, comp, master) per array
     (unused ones any valid address), ``grads`` the gradients' addresses, ``firsts`` the
     first quantization block of each array in the batch's numbering, then their total,
@@ -226,8 +218,8 @@ def multi_kernel(flags: Flags, counted: bool = False, fmt: str = "8bit"):
     param_size, grad_size = np.dtype(param_t).itemsize, np.dtype(grad_t).itemsize
 
     @cuda.jit(device=True, inline="always")
-    def run(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3,
-            c4, c5, c6, c7, c8, c9, c10, keys, step):
+    def run(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries, coef, keys,
+            step):
         tops = cuda.shared.array(3, np.int32)
         last = firsts.size - 1
         block = cuda.blockIdx.x * WARPS + cuda.threadIdx.x // WARP
@@ -253,15 +245,15 @@ def multi_kernel(flags: Flags, counted: bool = False, fmt: str = "8bit"):
                       pointer_from(tables[3, a], s // per_byte, 1, np.uint8),
                       pointer_at(tables[4, a], np.float32), pointer_at(tables[5, a], np.float32),
                       pointer_at(tables[6, a], np.float32), m_map, v_map, m_entries, v_entries,
-                      tops, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, noise)
+                      tops, coef, noise)
             block += cuda.gridDim.x * WARPS
 
     if not counted:
         @cuda.jit
-        def kernel(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries, c0, c1,
-                   c2, c3, c4, c5, c6, c7, c8, c9, c10, keys, step):
-            run(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries, c0, c1, c2,
-                c3, c4, c5, c6, c7, c8, c9, c10, keys, step)
+        def kernel(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries, coef, keys,
+                   step):
+            run(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries, coef, keys,
+                step)
 
         return cached(kernel, "cuda.eight_bit.multi_kernel", flags, counted, fmt)
 
@@ -269,14 +261,12 @@ def multi_kernel(flags: Flags, counted: bool = False, fmt: str = "8bit"):
 
     @cuda.jit
     def counted_kernel(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries,
-                       count, found, inv_scale, c0, c1, c2, c3, c8, c9, lr, beta1, beta2,
-                       eps, eps_root, bias_correction, keys):
+                       count, found, inv_scale, host, terms, keys):
         if found[0] != 0:
             return
-        c4, c5, c6, c7, c10 = coefficients(count, inv_scale, lr, beta1, beta2, eps, eps_root,
-                                           bias_correction)
-        run(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries, c0, c1, c2, c3,
-            c4, c5, c6, c7, c8, c9, c10, keys, count[0] + 1)
+        coef = coefficients(count, inv_scale, host, terms)
+        run(tables, grads, firsts, sizes, m_map, v_map, m_entries, v_entries, coef, keys,
+            count[0] + 1)
 
     return cached(counted_kernel, "cuda.eight_bit.multi_kernel", flags, counted, fmt)
 
@@ -310,7 +300,7 @@ def adam_step_8bit_cuda(arrays: tuple, flags: Flags, coefficients: tuple, stream
     scalar = np.dtype(compute_dtype(flags.param)).type
     grid = _grid(quantization_blocks(arrays[0].size, fmt))
     fused_kernel(flags, False, fmt)[grid, THREADS, stream](
-        *arrays, *tables(fmt), *(scalar(c) for c in coefficients), np.uint32(key),
+        *arrays, *tables(fmt), tuple(scalar(c) for c in coefficients), np.uint32(key),
         np.int64(step))
 
 
@@ -336,7 +326,7 @@ def adam_step_8bit_cuda_many(batch, grad_addresses: np.ndarray, flags: Flags,
     if steps is None:
         scalar = np.dtype(compute_dtype(flags.param)).type
         multi_kernel(flags, False, batch.fmt)[launch](
-            *arrays, *(scalar(c) for c in coefficients), batch.keys, np.int64(step))
+            *arrays, tuple(scalar(c) for c in coefficients), batch.keys, np.int64(step))
     else:
         multi_kernel(flags, True, batch.fmt)[launch](
             *arrays, steps.count, steps.found, steps.inv_scale, *counted_scalars(flags, h),

@@ -67,8 +67,7 @@ def warp_step(flags: Flags):
 
     @device_function
     def step(b, size, p, g, k, w, m_codes, v_codes, v_max_codes, m_scale, v_scale,
-             v_max_scale, m_map, v_map, m_entries, v_entries, tops, c0, c1, c2, c3, c4, c5,
-             c6, c7, c8, c9, c10, noise):
+             v_max_scale, m_map, v_map, m_entries, v_entries, tops, coef, noise):
         # Unsigned indices: no negative-index wrap around each access.
         first = np.uint64(cuda.threadIdx.x % WARP) * np.uint64(PER_LANE)
         elements, first_byte = np.uint64(size), first // np.uint64(2)
@@ -107,8 +106,8 @@ def warp_step(flags: Flags):
                 v[r] = compute(v_map[_nibble(v_bytes[r // 2], r)] * old_v)
                 if amsgrad:
                     v_max[r] = compute(v_map[_nibble(v_max_bytes[r // 2], r)] * old_v_max)
-                update(r, p_own, g_own, m, v, v_max, k_own, w_own, c0, c1, c2, c3, c4, c5, c6,
-                       c7, c8, c9, c10, noise, b * BLOCK + np.int64(first))
+                update(r, p_own, g_own, m, v, v_max, k_own, w_own, coef, noise,
+                       b * BLOCK + np.int64(first))
                 top_m = max(top_m, _magnitude(m[r]))
                 top_v = max(top_v, _magnitude(v[r]))
                 if amsgrad:

@@ -185,6 +185,31 @@ def _array_arguments(a, out: list) -> None:
             *a.strides)
 
 
+def _scalar_packer(ty):
+    """``pack(value, out)`` for a scalar or a tuple of them (the coefficients), as numba
+    flattens it (a tuple: its items in order); None for any other type."""
+    if isinstance(ty, nbtypes.BaseTuple):
+        parts = [_scalar_packer(t) for t in ty]
+        if None in parts:
+            return None
+
+        def pack_items(v, out, parts=parts):
+            for pack, item in zip(parts, v):
+                pack(item, out)
+        return pack_items
+    if isinstance(ty, nbtypes.Integer):
+        convert = getattr(ctypes, f"c_{ty}")
+    elif ty == nbtypes.float64:
+        convert = ctypes.c_double
+    elif ty == nbtypes.float32:
+        convert = ctypes.c_float
+    elif ty == nbtypes.boolean:
+        return lambda v, out: out.append(v)  # as numba passes it
+    else:
+        return None
+    return lambda v, out: out.append(convert(v))
+
+
 def _pack_arguments_quickly(compiled) -> None:
     """Give a compiled kernel a launch that packs its arguments from its known types.
 
@@ -207,18 +232,10 @@ def _pack_arguments_quickly(compiled) -> None:
         if isinstance(ty, nbtypes.Array):
             packers.append(_array_arguments)
             continue
-        if isinstance(ty, nbtypes.Integer):
-            convert = getattr(ctypes, f"c_{ty}")
-        elif ty == nbtypes.float64:
-            convert = ctypes.c_double
-        elif ty == nbtypes.float32:
-            convert = ctypes.c_float
-        elif ty == nbtypes.boolean:
-            packers.append(lambda v, out: out.append(v))  # as numba passes it
-            continue
-        else:
+        pack = _scalar_packer(ty)
+        if pack is None:
             return
-        packers.append(lambda v, out, convert=convert: out.append(convert(v)))
+        packers.append(pack)
     own_launch = compiled.launch
 
     def launch(args, griddim, blockdim, stream=0, sharedmem=0):

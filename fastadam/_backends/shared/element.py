@@ -71,7 +71,7 @@ def _plain_divide(jit):
 
 def make_value(jit, flags: Flags, converters: dict, rounding: tuple, mul=None,
                stride: int = 1, div=None):
-    """``update(i, g, param, m, v, v_max, comp, master, *coefficients, noise, offset)``:
+    """``update(i, g, param, m, v, v_max, comp, master, coef, noise, offset)``:
     ``make``'s update with element ``i``'s gradient given as ``g``, a compute-dtype
     value (what loading ``grad[i]`` gives), for loops that compute the gradient
     themselves. ``div``: the target's quotient (one IEEE division, for code compiled
@@ -86,9 +86,9 @@ def make_value(jit, flags: Flags, converters: dict, rounding: tuple, mul=None,
     load_s, store_s = converters[flags.state]
 
     @jit
-    def update(i, g, param, m, v, v_max, comp, master_param, beta1, one_minus_beta1, beta2,
-               one_minus_beta2, m_coef, g_coef, scaled_eps_root, scaled_eps, weight_decay,
-               decay_factor, inv_grad_scale, noise, offset):
+    def update(i, g, param, m, v, v_max, comp, master_param, coef, noise, offset):
+        (beta1, one_minus_beta1, beta2, one_minus_beta2, m_coef, g_coef, scaled_eps_root,
+         scaled_eps, weight_decay, decay_factor, inv_grad_scale) = coef
         g = mul(g, inv_grad_scale)
         if maximize:
             g = -g
@@ -146,9 +146,9 @@ def _schedule_free(jit, flags: Flags, converters: dict, rounding: tuple, mul, st
     lerp = _lerp(jit, mul, flags)
 
     @jit
-    def update(i, g, param, z, v, v_max, comp, master_param, beta1, one_minus_beta1, beta2,
-               one_minus_beta2, lr, y_lr, bias_correction2, eps, weight_decay, ckp1,
-               inv_grad_scale, noise, offset):
+    def update(i, g, param, z, v, v_max, comp, master_param, coef, noise, offset):
+        (beta1, one_minus_beta1, beta2, one_minus_beta2, lr, y_lr, bias_correction2, eps,
+         weight_decay, ckp1, inv_grad_scale) = coef
         g = mul(g, inv_grad_scale)
         y = load_param(i, param, comp, master_param)
         v_i = mul(beta2, load_s(v[i])) + mul(one_minus_beta2, mul(g, g))
@@ -172,9 +172,9 @@ def _ademamix(jit, flags: Flags, converters: dict, rounding: tuple, mul, stride,
     decoupled_decay = flags.decoupled_decay
 
     @jit
-    def update(i, g, param, m, v, slow, comp, master_param, beta1, one_minus_beta1, beta2,
-               one_minus_beta2, m_coef, slow_coef, beta3, scaled_eps, one_minus_beta3,
-               decay_factor, inv_grad_scale, noise, offset):
+    def update(i, g, param, m, v, slow, comp, master_param, coef, noise, offset):
+        (beta1, one_minus_beta1, beta2, one_minus_beta2, m_coef, slow_coef, beta3, scaled_eps,
+         one_minus_beta3, decay_factor, inv_grad_scale) = coef
         g = mul(g, inv_grad_scale)
         p = load_param(i, param, comp, master_param)
         if decoupled_decay:
@@ -213,12 +213,12 @@ def make_swap(jit, flags: Flags, converters: dict, mul=None):
 
 
 def make(jit, flags: Flags, converters: dict, rounding: tuple, mul=None, stride: int = 1):
-    """``update(i, param, grad, m, v, v_max, comp, master, *coefficients, noise, offset)``,
-    in place.
+    """``update(i, param, grad, m, v, v_max, comp, master, coef, noise, offset)``, in place.
 
     Arrays are 1-D, 16-bit ones as uint16 views; unused ones (v_max, comp, master
-    when their option is off) are never touched. The coefficients are
-    ``hyper.COEFFICIENTS``, rounded once to the compute dtype. With stochastic
+    when their option is off) are never touched. ``coef`` is the step's coefficients,
+    a tuple in ``hyper.COEFFICIENTS``' order (each rule unpacks it under its own names,
+    ``hyper.RULE_COEFFICIENTS``), rounded once to the compute dtype. With stochastic
     rounding, element ``i`` draws the bits of index ``offset + i * stride`` in ``noise``
     (the array's random noise at this step), wherever the arrays were sliced or
     gathered. ``mul``: the
@@ -230,12 +230,9 @@ def make(jit, flags: Flags, converters: dict, rounding: tuple, mul=None, stride:
     load_g = converters[flags.grad][0]
 
     @jit
-    def update(i, param, grad, m, v, v_max, comp, master_param, beta1, one_minus_beta1, beta2,
-               one_minus_beta2, m_coef, g_coef, scaled_eps_root, scaled_eps, weight_decay,
-               decay_factor, inv_grad_scale, noise, offset):
-        update_value(i, load_g(grad[i]), param, m, v, v_max, comp, master_param, beta1,
-                     one_minus_beta1, beta2, one_minus_beta2, m_coef, g_coef, scaled_eps_root,
-                     scaled_eps, weight_decay, decay_factor, inv_grad_scale, noise, offset)
+    def update(i, param, grad, m, v, v_max, comp, master_param, coef, noise, offset):
+        update_value(i, load_g(grad[i]), param, m, v, v_max, comp, master_param, coef, noise,
+                     offset)
 
     return update
 

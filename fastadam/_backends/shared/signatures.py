@@ -31,11 +31,12 @@ def element_update(fn, compute):
     the record's scalars rounded to ``compute`` (as the kernels get them), placeholders
     for the arrays an option leaves unused, no stochastic rounding."""
     def impl(i, g, param, m, v, c, v_max=None, kahan_comp=None, master_params=None):
+        coef = (compute(c.beta1), compute(c.one_minus_beta1), compute(c.beta2),
+                compute(c.one_minus_beta2), compute(c.m_coef), compute(c.g_coef),
+                compute(c.scaled_eps_root), compute(c.scaled_eps), compute(c.weight_decay),
+                compute(c.decay_factor), compute(c.inv_grad_scale))  # hyper.COEFFICIENTS
         fn(i, compute(g), param, m, v, given_or(v_max, v), given_or(kahan_comp, param),
-           given_or(master_params, param), compute(c.beta1), compute(c.one_minus_beta1),
-           compute(c.beta2), compute(c.one_minus_beta2), compute(c.m_coef), compute(c.g_coef),
-           compute(c.scaled_eps_root), compute(c.scaled_eps), compute(c.weight_decay),
-           compute(c.decay_factor), compute(c.inv_grad_scale), np.uint32(0), 0)
+           given_or(master_params, param), coef, np.uint32(0), 0)
 
     return impl
 
