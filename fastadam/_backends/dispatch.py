@@ -360,12 +360,11 @@ def adam_step_cuda_counted(arrays: tuple, flags: Flags, h: Hyper, steps, stream,
 def thin_call(flags: Flags, size: int, num_threads: int | None):
     """``call(param, grad, m, v, v_max, comp, master, coef, noise)``: the fused CPU step
     of ``size`` elements as the thinnest path makes it, looked up once per gradient dtype:
-    its serial loop (or, where that would not vectorize, the parallel kernel on one thread)
-    where one thread runs anyway (small arrays, or ``num_threads=1``), else through the
-    thread choice of ``cpu/threads.run_parallel``."""
+    its serial loop where one thread runs anyway (small arrays, or ``num_threads=1``),
+    else through the thread choice of ``cpu/threads.run_parallel``."""
     dense = cpu().dense
-    serial = dense.serial_kernel(flags) if dense.serial_vectorizes(flags) else None
+    serial = dense.serial_kernel(flags)
     if num_threads == 1 or (num_threads is None and size < cpu().threads.SERIAL_BELOW):
-        return serial or dense.one_thread_kernel(flags)
+        return serial
     return partial(cpu().threads.run_parallel, num_threads, size, dense.fused_kernel(flags),
                    serial=serial)

@@ -23,12 +23,11 @@ from .runtime import (
     at,
     coefficient_tuple,
     converters,
-    hardware_float16,
     njit_noalias,
     rounding,
     shares_memory,
 )
-from .threads import on_one_thread, run_parallel
+from .threads import run_parallel
 
 OVERLAP = 1  # the kernel's refusal: the gradient shares memory with an array it writes
 
@@ -62,23 +61,6 @@ def fused_kernel(flags: Flags, f16c: bool | None = None):
         return 0
 
     return cached(kernel, "cpu.fused_kernel", flags, f16c)
-
-
-def serial_vectorizes(flags: Flags) -> bool:
-    """Whether ``serial_kernel(flags)``'s loop vectorizes, as measured here: with float32,
-    float64 and (F16C) float16 arrays it does, 10-30% faster than the parallel kernel on
-    one thread; with bfloat16 ones it stays scalar, 6x slower, and
-    ``one_thread_kernel`` steps them instead."""
-    kinds = {flags.param, flags.grad, flags.state}
-    return "bfloat16" not in kinds and ("float16" not in kinds or hardware_float16())
-
-
-@cache
-def one_thread_kernel(flags: Flags):
-    """``fused_kernel(flags)`` on one thread, the thread count set and restored from
-    compiled code (``threads.on_one_thread``): the thin call's kernel for small arrays
-    where ``serial_kernel`` would not vectorize."""
-    return on_one_thread(fused_kernel(flags), "cpu.fused_kernel.one_thread", flags)
 
 
 @cache
@@ -146,9 +128,8 @@ def adam_step_cpu(arrays: tuple, flags: Flags, coef: np.ndarray, num_threads: in
     """Run the fused kernel on ``(param, grad, m, v, v_max, comp, master)`` kernel views
     (checked: none overlaps another); ``noise``: the params' random bits at this step,
     for stochastic rounding."""
-    serial = serial_kernel(flags) if serial_vectorizes(flags) else None
     if run_parallel(num_threads, arrays[0].size, fused_kernel(flags), *arrays, coef,
-                    np.uint32(noise), serial=serial) == OVERLAP:
+                    np.uint32(noise), serial=serial_kernel(flags)) == OVERLAP:
         raise ValueError("grad overlaps an array the step writes")  # checked before: a bug
 
 

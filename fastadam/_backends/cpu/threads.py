@@ -16,18 +16,9 @@ The first call of a kernel (its compile, maybe) runs on one thread and is not ti
 
 from __future__ import annotations
 
-import ctypes
 import time
-from functools import cache, partial
 
-import numba
-import numpy as np
-from llvmlite import ir
-from numba.core import types
-from numba.extending import intrinsic
-
-from ..cache import cached
-from .runtime import thread_count, thread_count_calls, with_threads
+from .runtime import thread_count, with_threads
 
 # Below this many elements one thread is never much slower than several (a parallel
 # region costs 2-5 us: 16K float32 elements took 11.6 us on one thread, 9.9 on two),
@@ -113,60 +104,6 @@ def run_parallel(num_threads: int | None, work: int, fn, *args, serial=None):
         out = with_threads(threads, fn, *args)
     choice.record(threads, _clock() - start, many)
     return out
-
-
-@intrinsic
-def _get_threads(typingctx, address):
-    """``int get(void)`` at ``address``: the threading layer's own thread-count getter."""
-    def codegen(context, builder, signature, args):
-        fn = ir.FunctionType(ir.IntType(32), []).as_pointer()
-        return builder.call(builder.inttoptr(args[0], fn), [])
-
-    return types.int32(types.uint64), codegen
-
-
-@intrinsic
-def _set_threads(typingctx, address, count):
-    """``void set(int)`` at ``address``: the threading layer's own thread-count setter."""
-    def codegen(context, builder, signature, args):
-        fn = ir.FunctionType(ir.VoidType(), [ir.IntType(32)]).as_pointer()
-        builder.call(builder.inttoptr(args[0], fn), [args[1]])
-        return context.get_dummy_value()
-
-    return types.void(types.uint64, types.int32), codegen
-
-
-@cache
-def _thread_count_addresses() -> tuple[np.uint64, np.uint64] | None:
-    """The threading layer's get and set functions as addresses, or None (another numba)."""
-    get, put = thread_count_calls()
-    try:
-        return tuple(np.uint64(ctypes.cast(f, ctypes.c_void_p).value) for f in (get, put))
-    except (TypeError, ctypes.ArgumentError):
-        return None
-
-
-def on_one_thread(kernel, name: str, *parts):
-    """``call(*args)``: ``kernel`` (a parallel Numba kernel) run on one thread by a compiled
-    wrapper that sets Numba's thread count to 1 and back itself, through the threading
-    layer's functions at addresses it is given (so it can be cached on disk): one dispatch
-    instead of three Python calls into the layer, about 1.5 us less here, the most of a
-    small array's step. Disk-cached as ``name`` with ``parts``, as the kernel is."""
-    addresses = _thread_count_addresses()
-    if addresses is None:  # another numba: its public calls
-        return partial(with_threads, 1, kernel)
-    get, put = addresses
-    one = np.int32(1)
-
-    @numba.njit(nogil=True)
-    def run(get, put, *args):
-        previous = _get_threads(get)
-        _set_threads(put, one)
-        out = kernel(*args)
-        _set_threads(put, previous)
-        return out
-
-    return partial(cached(run, name, *parts), get, put)
 
 
 def forget() -> None:
