@@ -388,3 +388,25 @@ def test_the_limit_stays_inside_every_array(params, n):
         kernel = roofline.memory_only_kernel(len(reads), len(writes), variant)
         kernel(*(copy for _, copy in guarded))
         assert all(not room[-guard:].any() for room, _ in guarded)
+
+
+def test_the_thread_contenders_step_the_same_arrays():
+    """Each contender of ``bench --threads`` steps one optimizer, its arrays the same,
+    through its own plan for its thread count: where arrays lie in memory moved steps
+    more than thread counts did."""
+    from fastadam.bench import thread_suite
+
+    rng = np.random.default_rng(3)
+    steps = thread_suite._optimizers([(1001,)], ["defaults", "1 thread", "all threads"], rng)
+    opts = {step.args[0] for step in steps.values()}
+    assert len(opts) == 1
+    plans = {name: step.args[1] for name, step in steps.items()}
+    assert [plans[k].num_threads for k in ("defaults", "1 thread")] == [None, 1]
+    assert plans["all threads"].num_threads == harness.all_threads()
+    opt = opts.pop()
+    before = opt.params.copy()
+    grad = rng.standard_normal(1001).astype(np.float32)
+    for name, step in steps.items():
+        step(grad)
+        assert opt._plans is plans[name]
+    assert opt.step_count == 3 and not np.array_equal(opt.params, before)
