@@ -32,6 +32,14 @@ from .threads import run_parallel
 OVERLAP = 1  # the kernel's refusal: the gradient shares memory with an array it writes
 
 
+@numba.njit(inline="always")
+def grad_overlaps(grad, param, m, v, v_max, comp, master) -> bool:
+    """Whether ``grad`` shares memory with an array the step writes."""
+    return (shares_memory(grad, param) or shares_memory(grad, m) or shares_memory(grad, v)
+            or shares_memory(grad, v_max) or shares_memory(grad, comp)
+            or shares_memory(grad, master))
+
+
 @cache
 def fused_kernel(flags: Flags, f16c: bool | None = None):
     """The compiled kernel ``(param, grad, m, v, v_max, comp, master, coef, noise) -> 0``.
@@ -51,9 +59,7 @@ def fused_kernel(flags: Flags, f16c: bool | None = None):
     # stays scalar, because the arrays might alias.
     @numba.njit(parallel=True, nogil=True)
     def kernel(param, grad, m, v, v_max, comp, master, coef, noise):
-        if (shares_memory(grad, param) or shares_memory(grad, m) or shares_memory(grad, v)
-                or shares_memory(grad, v_max) or shares_memory(grad, comp)
-                or shares_memory(grad, master)):
+        if grad_overlaps(grad, param, m, v, v_max, comp, master):
             return OVERLAP
         c = coefficient_tuple(coef)
         for i in prange(param.size):
@@ -70,21 +76,16 @@ def serial_kernel(flags: Flags):
     half of a 1K step); the arrays marked as not overlapping (checked: the gradient
     here, the optimizer's own arrays by construction), so that the loop vectorizes as
     prange's does."""
-    found = converters(compute_dtype(flags.param))
-    # The gradient loaded here, not in element.make's wrapper: through that second
-    # inlined closure a bfloat16 load stays a call, and the loop scalar (7x slower).
-    update = element.make_value(numba.njit(inline="always"), flags, found, rounding())
-    load_grad = found[flags.grad][0]
+    update = element.make(numba.njit(inline="always"), flags,
+                           converters(compute_dtype(flags.param)), rounding())
 
     @njit_noalias
     def kernel(param, grad, m, v, v_max, comp, master, coef, noise):
-        if (shares_memory(grad, param) or shares_memory(grad, m) or shares_memory(grad, v)
-                or shares_memory(grad, v_max) or shares_memory(grad, comp)
-                or shares_memory(grad, master)):
+        if grad_overlaps(grad, param, m, v, v_max, comp, master):
             return OVERLAP
         c = coefficient_tuple(coef)
         for i in range(param.size):
-            update(i, load_grad(grad[i]), param, m, v, v_max, comp, master, c, noise, 0)
+            update(i, param, grad, m, v, v_max, comp, master, c, noise, 0)
         return 0
 
     return cached(kernel, "cpu.serial_kernel", flags)
