@@ -106,10 +106,7 @@ def adam_step(
     Raises:
         TypeError, ValueError: on bad input, naming the argument; nothing is modified.
     """
-    h = hyper(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-              decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
-              maximize=maximize, bias_correction=bias_correction, eps_root=eps_root,
-              nesterov=nesterov, decouple_lr=decouple_lr, max_lr=max_lr)
+    h = hyper(**{k: v for k, v in locals().items() if k in KEYS})  # the arguments, by name
     step, scale, threads, kind, cuda_stream = _call(step, grad_scale, num_threads, backend,
                                                     stream, param)
     arrays = array_checks.step_arrays(kind, param, grad, m, v, v_max, kahan_comp, master_params,
@@ -177,13 +174,10 @@ def adam_step_8bit(
     Raises:
         TypeError, ValueError: on bad input, naming the argument; nothing is modified.
     """
+    options = {k: v for k, v in locals().items() if k in KEYS}  # the arguments, by name
     _low_bit_step("8bit", param, grad, (m_codes, v_codes, v_max_codes),
                   (m_absmax, v_absmax, v_max_absmax), step, dict(
-                      lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                      decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
-                      maximize=maximize, bias_correction=bias_correction, eps_root=eps_root,
-                      nesterov=nesterov, decouple_lr=decouple_lr, max_lr=max_lr,
-                      grad_scale=grad_scale, kahan_comp=kahan_comp,
+                      options, grad_scale=grad_scale, kahan_comp=kahan_comp,
                       master_params=master_params, backend=backend, num_threads=num_threads,
                       stream=stream))
 

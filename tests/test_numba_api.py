@@ -10,6 +10,7 @@ from numba.core.errors import TypingError
 
 import fastadam
 import fastadam.numba as fn
+from fastadam._core.options import HYPERPARAMETERS, KEYS
 
 ml_dtypes = optional("ml_dtypes")
 BF16, F16, F32, F64 = np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16), np.dtype(np.float32), \
@@ -285,3 +286,34 @@ def test_hyper_in_compiled_code_checks_values_and_wants_constant_options():
     # numba.literally compiles the caller once per value of its argument.
     assert type(literal_flag(True)) is type(fn.hyper(amsgrad=True))
     assert type(literal_flag(False)) is type(fn.hyper())
+
+
+def _compiled_hyper(name: str):
+    """An ``@njit`` function ``f(value)`` returning ``fn.hyper(<name>=value)``."""
+    scope = {"fn": fn}
+    exec(f"def f(value):\n    return fn.hyper({name}=value)\n", scope)
+    return numba.njit(scope["f"])
+
+
+NUMBERS = [o.name for o in HYPERPARAMETERS if o.name in KEYS and not isinstance(o.default, bool)]
+
+
+@pytest.mark.parametrize("name", NUMBERS)
+def test_compiled_hyper_refuses_what_python_refuses(name):
+    """The compiled checks are generated from the declared options: each numeric option,
+    valid and not, is taken or refused (ValueError naming it) as in Python."""
+    compiled = _compiled_hyper(name)
+    pair = name == "betas"
+    values = [0.5, 0.0, 1e-3, 2.0, -1.0, np.inf, -np.inf] + ([] if name == "max_lr" else [np.nan])
+    for value in values:  # max_lr's NaN is None in a record
+        argument = (value, 0.99) if pair else value
+        try:
+            want = fn.hyper(**{name: argument})
+        except ValueError as e:
+            assert name in str(e)
+            with pytest.raises(ValueError, match=name):
+                compiled(argument)
+        else:
+            got = compiled(argument)  # weight decay passed is compiled in (documented)
+            assert type(got) is type(want) or name == "weight_decay"
+            assert all(a == b or a != a and b != b for a, b in zip(got, want)), (name, value)

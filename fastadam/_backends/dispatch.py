@@ -364,7 +364,10 @@ def thin_call(flags: Flags, size: int, num_threads: int | None):
     else through the thread choice of ``cpu/threads.run_parallel``."""
     dense = cpu().dense
     serial = dense.serial_kernel(flags)
-    if num_threads == 1 or (num_threads is None and size < cpu().threads.SERIAL_BELOW):
+    threads = cpu().threads
+    if num_threads == 1 or (num_threads is None and size < threads.SERIAL_BELOW):
         return serial
-    return partial(cpu().threads.run_parallel, num_threads, size, dense.fused_kernel(flags),
+    if num_threads is None:
+        return threads.measured(dense.fused_kernel(flags), size, serial)
+    return partial(threads.run_parallel, num_threads, size, dense.fused_kernel(flags),
                    serial=serial)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from . import options
+from . import element, options
 
 
 def _record(name: str, doc: str, fields: list, defaults: tuple = ()):
@@ -57,7 +57,7 @@ COEFFICIENTS = (
     "one_minus_beta1",
     "beta2",
     "one_minus_beta2",
-    "m_coef",  # update = (m_coef * m [+ g_coef * g]) / (sqrt(v + eps_root') + eps')
+    "m_coef",  # update = (m_coef * m [+ g_coef * g]) / (sqrt(v + scaled_eps_root) + scaled_eps)
     "g_coef",
     "scaled_eps_root",
     "scaled_eps",
@@ -102,31 +102,6 @@ HOST_COUNTED = ("beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "weight_
                 "decay_factor")
 
 
-def step_coefficients(h: Hyper, step: int) -> tuple[float, float, float, float]:
-    """The coefficients that change with ``step`` (``COEFFICIENTS[STEP_DEPENDENT]``)."""
-    return step_terms(float(step), h.lr, h.beta1, h.beta2, h.eps, h.eps_root,
-                      h.bias_correction, h.nesterov)
-
-
-def step_terms(step, lr, beta1, beta2, eps, eps_root, bias_correction, nesterov):
-    """``step_coefficients`` from plain numbers (``step`` a float): the one definition, run
-    on the host and compiled for the GPU, where the step count may live on the device."""
-    if bias_correction:
-        bias_correction1 = 1.0 - beta1**step
-        bias_correction2 = 1.0 - beta2**step
-        next_bias_correction1 = 1.0 - beta1 ** (step + 1.0)
-    else:
-        bias_correction1 = bias_correction2 = next_bias_correction1 = 1.0
-    sqrt_bc2 = math.sqrt(bias_correction2)
-    if nesterov:
-        m_coef = lr * sqrt_bc2 * beta1 / next_bias_correction1
-        g_coef = lr * sqrt_bc2 * (1.0 - beta1) / bias_correction1
-    else:
-        m_coef = lr * sqrt_bc2 / bias_correction1
-        g_coef = 0.0
-    return m_coef, g_coef, eps_root * bias_correction2, eps * sqrt_bc2
-
-
 def clip_factor(norm: float, max_norm: float) -> float:
     """``torch.nn.utils.clip_grad_norm_``'s coefficient for a total gradient ``norm``:
     ``min(1, max_norm / (norm + 1e-6))``; 0 for an infinite norm, NaN for a NaN one
@@ -152,18 +127,12 @@ def clip_into_scale(grad_scale: float, factor: float) -> float:
 
 
 def coefficients(h: Hyper, step: int, grad_scale: float | None = None) -> Coefficients:
-    """The float64 coefficients for update number ``step`` (1-based).
-
-    With ``bc = 1 - beta**step`` (or 1 without bias correction), the update
-    ``lr / bc1 * m / (sqrt(v / bc2 + eps_root) + eps)`` is computed as
-    ``m_coef * m / (sqrt(v + eps_root * bc2) + eps * sqrt(bc2))``: the same
-    value with one division per element. Nesterov (as optax)
-    uses ``beta1 * m / bc1(step + 1) + (1 - beta1) * g / bc1(step)`` for m / bc1.
-    """
+    """The float64 coefficients for update number ``step`` (1-based): those that change
+    with the step as ``element.step_terms`` computes them, the rest from ``h``."""
     if h.rule != options.ADAM:
         return _variant_coefficients(h, step, 1.0 if grad_scale is None else 1.0 / grad_scale)
     decay_factor = decay_factor_of(h.lr, h.weight_decay, h.decouple_lr, h.max_lr)
-    m_coef, g_coef, scaled_eps_root, scaled_eps = step_coefficients(h, step)
+    m_coef, g_coef, scaled_eps_root, scaled_eps = element.step_coefficients(h, step)
     return Coefficients(
         beta1=h.beta1, one_minus_beta1=1.0 - h.beta1, beta2=h.beta2,
         one_minus_beta2=1.0 - h.beta2, m_coef=m_coef, g_coef=g_coef,
@@ -239,27 +208,3 @@ def hyper(rule: str = options.ADAM, **settings) -> Hyper:
     values = options.checked(settings, rule)
     beta1, beta2 = values.pop("betas")
     return Hyper(beta1=beta1, beta2=beta2, rule=rule, **values)
-
-
-# The hyperparameters the step-dependent coefficients come from (``step_terms``' own,
-# after the step count): what a GPU step that counts on the device is sent.
-STEP_TERMS = ("lr", "beta1", "beta2", "eps", "eps_root", "bias_correction")
-
-
-def step_term_values(h: Hyper) -> tuple[float, ...]:
-    """``h``'s ``STEP_TERMS`` as float64 numbers."""
-    return tuple(float(getattr(h, name)) for name in STEP_TERMS)
-
-
-def step_terms_for(jit, kernel_flags: Flags):
-    """``terms(step, values)``: ``step_terms`` of ``values`` (``step_term_values``)
-    compiled with ``jit``, the kernel options of ``kernel_flags`` as constants."""
-    nesterov = kernel_flags.nesterov
-    compiled = jit(step_terms)
-
-    @jit
-    def terms(step, values):
-        lr, beta1, beta2, eps, eps_root, bias_correction = values  # STEP_TERMS
-        return compiled(step, lr, beta1, beta2, eps, eps_root, bias_correction, nesterov)
-
-    return terms

@@ -6,7 +6,7 @@ validation (``hyper.hyper``), the kernels' flags (``KERNEL_FLAGS``: the options 
 into the element update), the sharded optimizer's keywords and the benchmark's sweeps.
 
 Adding an option that changes the element update (as ``nesterov`` did) means: one
-``Option`` here, its use in ``_backends/shared/element.py`` (read as ``flags.<name>``)
+``Option`` here, its use in ``_core/element.py`` (read as ``flags.<name>``)
 and in the NumPy reference (``h.<name>``), and the keyword in the public signatures.
 
 Each option names the update rules it belongs to (``RULES``): Adam's, schedule-free
@@ -109,6 +109,25 @@ def keys(rule: str = ADAM) -> tuple[str, ...]:
 KEYS = keys(ADAM)
 DEFAULTS = {o.name: o.default for o in HYPERPARAMETERS if ADAM in o.rules}  # Adam's
 KERNEL_FLAGS = tuple(o.name for o in HYPERPARAMETERS if o.acts == "kernel")
+
+
+_HINTS = {checks.flag: "bool", checks.real: "float", _betas: "tuple[float, float]",
+          _optional_positive: "float | None", _below_one: "float", _count: "int",
+          _optional_steps: "int | None", _any_real: "float"}
+
+
+def keyword_function(name: str, body: str, namespace: dict, *, more: str = "",
+                     rule: str = ADAM) -> Callable:
+    """A function ``name(<rule's options, with defaults and type hints>, <more>)`` whose
+    body is the source ``body``, run in ``namespace``: generated from the declaration,
+    as dataclasses generate ``__init__``, for what must spell every keyword (Numba types
+    a call by its parameters, and takes no ``**kwargs``)."""
+    parameters = [f"{o.name}: {_HINTS[o.check]} = {o.default!r}"
+                  for o in HYPERPARAMETERS if rule in o.rules]
+    source = f"def {name}({', '.join([*parameters, *filter(None, [more])])}):\n    {body}\n"
+    scope = dict(namespace)
+    exec(compile(source, f"<fastadam: {name}({rule} options)>", "exec"), scope)
+    return scope[name]
 
 
 def checked(settings: dict, rule: str = ADAM) -> dict:

@@ -8,7 +8,8 @@ import numpy as np
 from .._backends.dispatch import thin_call
 from .._backends.views import kernel_views
 from .._core.dtypes import compute_dtype, kind
-from .._core.hyper import STEP_DEPENDENT, coefficients, step_coefficients
+from .._core.element import step_coefficients
+from .._core.hyper import STEP_DEPENDENT, coefficients
 from .._core.options import ADAM
 
 _NO_NOISE = np.uint32(0)  # the noise argument where rounding is to nearest

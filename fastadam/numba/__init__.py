@@ -10,9 +10,9 @@ Three levels, each giving exactly the bits of ``fastadam.adam_step``:
 - ``fastadam.numba.cuda.update``: the same update as a CUDA device function.
 
 ``h = hyper(...)`` holds the hyperparameters (``fastadam.adam_step``'s names and
-defaults). Its class fixes the options that change the element update (amsgrad,
-maximize, nesterov, weight decay and its kind, what uint16 arrays hold), so compiled
-code has no branch on them; in compiled code those must be constants.
+defaults). Its class fixes the options that change the element update (those compiled
+into the kernels, weight decay and its kind, what uint16 arrays hold), so compiled code
+has no branch on them; in compiled code those must be constants.
 """
 
 from __future__ import annotations
@@ -29,40 +29,43 @@ from .._core import array_checks, checks
 from .._core.dtypes import SIXTEEN_BIT, kind
 from .._core.hyper import coefficients as host_coefficients
 from .._core.hyper import hyper as checked_hyper
+from .._core.options import KERNEL_FLAGS, keyword_function
 
 __all__ = ["adam_step", "coefficients", "cuda", "hyper", "sum_rows", "update", "update_rows"]
 
 sum_rows = compiled.sum_rows  # a compiled function: callable from Python and compiled code
 
 
-def hyper(lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-          weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
-          amsgrad: bool = False, maximize: bool = False, bias_correction: bool = True,
-          eps_root: float = 0.0, nesterov: bool = False, decouple_lr: bool = False,
-          max_lr: float | None = None, uint16_as: str | None = None):
+def _hyper(uint16_as: str | None = None, **settings):
     """The hyperparameters of ``fastadam.adam_step`` as an immutable record (a named tuple)
-    to pass into compiled functions, or to make inside them.
+    to pass into compiled functions, or to make inside them. Its keywords are
+    ``fastadam.adam_step``'s, with their defaults.
 
     ``uint16_as`` ("bfloat16" or "float16"): what uint16 arrays hold, in compiled code
     (Numba has no 16-bit float arrays; pass ``a.view(np.uint16)``); one kind per role
     where they differ: ``"param=float16;grad=bfloat16;state=float16"`` (the state: m, v,
-    v_max; the Kahan compensation is the param's). ``max_lr`` None is
-    kept as NaN. In compiled code, ``decoupled_weight_decay``, ``amsgrad``,
-    ``maximize``, ``nesterov``, ``decouple_lr`` and ``uint16_as`` must be constants, and
-    weight decay is compiled in wherever ``weight_decay`` is passed (in Python, where it
-    is not 0).
+    v_max; the Kahan compensation is the param's). ``max_lr`` None is kept as NaN.
+
+    In compiled code, ``uint16_as`` and the options that choose the compiled update
+    must be constants: {constants}. Weight decay is compiled in wherever
+    ``weight_decay`` is passed (in Python, where it is not 0).
 
     Raises:
         TypeError, ValueError: as ``fastadam.adam_step`` does, naming the argument.
     """
-    h = checked_hyper(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                      decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
-                      maximize=maximize, bias_correction=bias_correction, eps_root=eps_root,
-                      nesterov=nesterov, decouple_lr=decouple_lr, max_lr=max_lr)
+    h = checked_hyper(**settings)
     compiled.uint16_kinds(uint16_as)  # ValueError on a bad spec
     record = compiled.record_class("Hyper", compiled.kind_of(h, uint16_as))
     values = {name: getattr(h, name) for name in record._fields}
-    return record(**{**values, "max_lr": float("nan") if max_lr is None else h.max_lr})
+    return record(**{**values, "max_lr": float("nan") if h.max_lr is None else h.max_lr})
+
+
+# Its signature spelled out from the declared options (Numba types a call by it).
+hyper = keyword_function("hyper", "return _hyper(**locals())", {"_hyper": _hyper},
+                         more="uint16_as: str | None = None")
+hyper.__doc__ = _hyper.__doc__.format(constants=", ".join(
+    f"``{name}``" for name in (*KERNEL_FLAGS, "decoupled_weight_decay", "decouple_lr")))
+hyper.__module__ = __name__
 
 
 def _record(name: str, value, family: str):

@@ -108,7 +108,7 @@ def test_an_edited_source_is_never_served_an_old_kernel(tmp_path):
     shutil.copytree(PACKAGE, copy / "fastadam", ignore=shutil.ignore_patterns("__pycache__"))
     env = {"FASTADAM_CACHE_DIR": str(tmp_path / "cache")}
     before = run(env, path=copy)
-    element = copy / "fastadam" / "_backends" / "shared" / "element.py"
+    element = copy / "fastadam" / "_core" / "element.py"
     text = element.read_text()
     line = "p = p - mul(m_coef, div(m_i, denom))"
     assert line in text  # the step of the update every dense kernel inlines: doubled

@@ -9,8 +9,7 @@ import numba
 import pytest
 
 from fastadam._backends.cpu.runtime import converters, rounding
-from fastadam._backends.shared import element
-from fastadam._core import hyper
+from fastadam._core import element, hyper
 from fastadam._core.options import RULES
 
 

@@ -62,11 +62,35 @@ def test_the_choice_follows_the_machine(monkeypatch):
     calls(work, 500)
     assert work.counts[-1] > 1
     work.seconds = {1: 2e-3, "many": 8e-3}  # a BLAS pool starts spinning between steps
-    calls(work, 10)
-    assert work.counts[-1] == 1 and sum(c > 1 for c in work.counts[-10:]) <= 3
+    calls(work, 10)  # noticed at once (threads are timed on every call), confirmed soon
+    assert work.counts[-9:-1] == [1] * 8 and sum(c > 1 for c in work.counts[-10:]) <= 3
+    calls(work, 200)  # then tried rarely: each try costs four one-thread steps
+    assert sum(c > 1 for c in work.counts[-200:]) <= 2
     work.seconds = {1: 2e-3, "many": 1e-3}  # and stops: threads come back on a try
     calls(work, 2000)
     assert work.counts[-1] > 1
+
+
+@needs_threads
+def test_a_misleading_first_time_is_tried_again_soon(monkeypatch):
+    # The first threaded call pays for something once (starting the pool, first touch).
+    work = FakeWork(monkeypatch, {1: 2e-3, "many": 50e-3})
+    calls(work, 3)
+    work.seconds = {1: 2e-3, "many": 1e-3}
+    calls(work, 40)
+    assert sum(c > 1 for c in work.counts[-20:]) >= 18
+
+
+@needs_threads
+def test_one_thread_once_chosen_is_not_timed_between_tries(monkeypatch):
+    work = FakeWork(monkeypatch, {1: 60e-6, "many": 2.5e-3})
+    reads = []
+    monkeypatch.setattr(threads, "_clock", lambda: reads.append(1) or work.now)
+    calls(work, 100)
+    before = len(reads)
+    calls(work, 3000)
+    assert sum(c > 1 for c in work.counts[-3000:]) <= 1
+    assert len(reads) - before <= 2 * (threads.RECENT + 1)  # the calls before a try, and it
 
 
 def test_a_set_thread_count_is_kept(monkeypatch):

@@ -15,10 +15,11 @@ import numba
 import numpy as np
 from numba import prange
 
+from ..._core import element
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
 from ..cache import cached
-from ..shared import element, pointers
+from ..shared import pointers
 from .runtime import (
     at,
     coefficient_tuple,
@@ -40,6 +41,22 @@ def grad_overlaps(grad, param, m, v, v_max, comp, master) -> bool:
             or shares_memory(grad, master))
 
 
+def _step_loop(compile_loop, update):
+    """The step kernel: the refusal, then ``update`` on every element, compiled by
+    ``compile_loop``; its ``prange`` is a plain range loop where not compiled parallel."""
+
+    @compile_loop
+    def kernel(param, grad, m, v, v_max, comp, master, coef, noise):
+        if grad_overlaps(grad, param, m, v, v_max, comp, master):
+            return OVERLAP
+        c = coefficient_tuple(coef)
+        for i in prange(param.size):
+            update(i, param, grad, m, v, v_max, comp, master, c, noise, 0)
+        return 0
+
+    return kernel
+
+
 @cache
 def fused_kernel(flags: Flags, f16c: bool | None = None):
     """The compiled kernel ``(param, grad, m, v, v_max, comp, master, coef, noise) -> 0``.
@@ -57,15 +74,7 @@ def fused_kernel(flags: Flags, f16c: bool | None = None):
 
     # prange also lets LLVM vectorize: a plain range loop over several arrays
     # stays scalar, because the arrays might alias.
-    @numba.njit(parallel=True, nogil=True)
-    def kernel(param, grad, m, v, v_max, comp, master, coef, noise):
-        if grad_overlaps(grad, param, m, v, v_max, comp, master):
-            return OVERLAP
-        c = coefficient_tuple(coef)
-        for i in prange(param.size):
-            update(i, param, grad, m, v, v_max, comp, master, c, noise, 0)
-        return 0
-
+    kernel = _step_loop(numba.njit(parallel=True, nogil=True), update)
     return cached(kernel, "cpu.fused_kernel", flags, f16c)
 
 
@@ -79,16 +88,7 @@ def serial_kernel(flags: Flags):
     update = element.make(numba.njit(inline="always"), flags,
                            converters(compute_dtype(flags.param)), rounding())
 
-    @njit_noalias
-    def kernel(param, grad, m, v, v_max, comp, master, coef, noise):
-        if grad_overlaps(grad, param, m, v, v_max, comp, master):
-            return OVERLAP
-        c = coefficient_tuple(coef)
-        for i in range(param.size):
-            update(i, param, grad, m, v, v_max, comp, master, c, noise, 0)
-        return 0
-
-    return cached(kernel, "cpu.serial_kernel", flags)
+    return cached(_step_loop(njit_noalias, update), "cpu.serial_kernel", flags)
 
 
 @cache

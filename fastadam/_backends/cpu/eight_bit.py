@@ -2,7 +2,7 @@
 memory, block by block.
 
 Per block (256 elements in 8 bits, 128 in 4), while it is in cache: decode m and v
-(and v_max) into float scratch, run the element update of ``shared/element.py`` on
+(and v_max) into float scratch, run the element update of ``_core/element.py`` on
 them (every option of the 32-bit step), find each moment's new scale, and encode it
 against that. Every loop is a plain loop over one block, so each one vectorizes; the
 8-bit encoding reads a ``quant8.Encoder`` table (one gather) instead of searching, the
@@ -17,11 +17,10 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..._core import quant4, quant8
+from ..._core import element, quant4, quant8
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
 from ..cache import cached
-from ..shared import element
 from ..shared.codes import element_functions, four_bit_counters
 from .runtime import (
     bits_from_f32,

@@ -2,7 +2,7 @@
 ``fastadam.numba`` (Numba ``overload`` generators: given argument types, an
 implementation, or a ``TypeError`` that says what is wrong).
 
-The element update is ``shared.element``'s, specialized on the record's class (its
+The element update is ``_core.element``'s, specialized on the record's class (its
 options) and the arrays' dtypes, as the kernels are: a caller's loop has no branch on
 an option, and gives the bits the fused kernel gives.
 """
@@ -17,9 +17,11 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
+from ..._core import element
 from ..._core import hyper as hyperparameters
 from ..._core.dtypes import compute_dtype
-from ..shared import element, records
+from ..._core.options import KERNEL_FLAGS, keyword_function
+from ..shared import records
 from ..shared.signatures import (
     COMPUTE,
     absent,
@@ -47,68 +49,72 @@ from .sparse import AHEAD
 overload(given_or)(given_or_typer)
 
 
-@numba.njit
-def check_hyper(lr, beta1, beta2, eps, weight_decay, eps_root, max_lr):
-    """Raise ValueError on a value ``hyper`` refuses (checks.real's ranges)."""
-    if not (0.0 <= lr < math.inf):
-        raise ValueError("fastadam.numba.hyper: lr must be finite and >= 0")
-    if not (0.0 <= beta1 < 1.0) or not (0.0 <= beta2 < 1.0):
-        raise ValueError("fastadam.numba.hyper: betas must each be in [0, 1)")
-    if not (0.0 <= eps < math.inf):
-        raise ValueError("fastadam.numba.hyper: eps must be finite and >= 0")
-    if not (0.0 <= weight_decay < math.inf):
-        raise ValueError("fastadam.numba.hyper: weight_decay must be finite and >= 0")
-    if not (0.0 <= eps_root < math.inf):
-        raise ValueError("fastadam.numba.hyper: eps_root must be finite and >= 0")
-    if max_lr == max_lr and not (0.0 < max_lr < math.inf):
-        raise ValueError("fastadam.numba.hyper: max_lr must be finite and > 0")
+# The options read as constants when a call compiles: those compiled into the element
+# update, and the two that choose how weight decay is compiled in.
+_CONSTANT = (*KERNEL_FLAGS, "decoupled_weight_decay", "decouple_lr")
 
 
-def hyper_typer(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                decoupled_weight_decay=False, amsgrad=False, maximize=False,
-                bias_correction=True, eps_root=0.0, nesterov=False, decouple_lr=False,
-                max_lr=None, uint16_as=None):
-    """``fastadam.numba.hyper`` in compiled code: the options that choose the update must
-    be constants; weight decay is compiled in wherever ``weight_decay`` is given."""
-    decoupled = constant(decoupled_weight_decay, "decoupled_weight_decay", False)
-    lr_decoupled = constant(decouple_lr, "decouple_lr", False)
+def _hyper_implementation_source(constants: dict) -> str:
+    """The body of ``hyper``'s compiled implementation: each value checked as
+    ``options.checked`` checks it (``betas`` in [0, 1), ``max_lr`` NaN (None) or positive,
+    every other number finite and >= 0), then the record, field by field, the
+    ``constants`` (``_CONSTANT``) as the literals they were."""
+    where = "fastadam.numba.hyper"
+    lines = ["beta1, beta2 = betas",
+             "decay = float(given_or(weight_decay, 0.0))",
+             "peak = float(given_or(max_lr, math.nan))",
+             "if not (0.0 <= beta1 < 1.0) or not (0.0 <= beta2 < 1.0):",
+             f"    raise ValueError('{where}: betas must each be in [0, 1)')",
+             "if peak == peak and not (0.0 < peak < math.inf):",
+             f"    raise ValueError('{where}: max_lr must be finite and > 0')"]
+    named = {"beta1": "beta1", "beta2": "beta2", "weight_decay": "decay", "max_lr": "peak"}
+    values = []
+    for name in records.FIELDS["Hyper"]:
+        if name in _CONSTANT:
+            values.append(repr(constants[name]))
+        elif name in records.FLAGS:
+            values.append(f"bool({name})")
+        else:
+            value = named.get(name, f"float({name})")
+            values.append(value)
+            if name not in ("beta1", "beta2", "max_lr"):
+                lines += [f"if not (0.0 <= {value} < math.inf):",
+                          f"    raise ValueError('{where}: {name} must be finite and >= 0')"]
+    return "\n    ".join([*lines, f"return make(({', '.join(values)},))"])
+
+
+def hyper_typing(uint16_as=None, **arguments):
+    """``fastadam.numba.hyper`` in compiled code, given its arguments' types: the options
+    that choose the update must be constants; weight decay is compiled in wherever
+    ``weight_decay`` is given."""
+    constants = {name: bool(constant(arguments[name], name, False)) for name in _CONSTANT}
     kind16 = constant(uint16_as, "uint16_as", None)
     try:
         records.uint16_kinds(kind16)
     except ValueError as e:
         raise TypeError(f"fastadam.numba.hyper: {e}") from None
-    if lr_decoupled and absent(default_of(max_lr)):
+    decoupled = constants["decoupled_weight_decay"] or constants["decouple_lr"]
+    if constants["decouple_lr"] and absent(default_of(arguments["max_lr"])):
         raise TypeError("fastadam.numba.hyper: decouple_lr=True needs max_lr")
-    decay = default_of(weight_decay)
+    decay = default_of(arguments["weight_decay"])
     if isinstance(decay, types.Literal):
         decay = decay.literal_value
     decay = decay != 0 if not isinstance(decay, types.Type) else True
-    flags = {name: bool(constant(t, name, False)) for name, t in
-             (("amsgrad", amsgrad), ("maximize", maximize), ("nesterov", nesterov))}
-    kind = records.Kind(**flags, l2_decay=decay and not (decoupled or lr_decoupled),
-                        decoupled_decay=decay and (decoupled or lr_decoupled),
+    kind = records.Kind(**{name: constants[name] for name in KERNEL_FLAGS},
+                        l2_decay=decay and not decoupled, decoupled_decay=decay and decoupled,
                         uint16_as=kind16)
     make = constructor(records.record_class("Hyper", kind))
-    on_amsgrad, on_maximize, on_nesterov = flags["amsgrad"], flags["maximize"], flags["nesterov"]
-    on_decoupled, on_lr_decoupled = bool(decoupled), bool(lr_decoupled)
-
-    def impl(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-             decoupled_weight_decay=False, amsgrad=False, maximize=False, bias_correction=True,
-             eps_root=0.0, nesterov=False, decouple_lr=False, max_lr=None, uint16_as=None):
-        beta1, beta2 = betas
-        decay_value = float(given_or(weight_decay, 0.0))
-        peak = float(given_or(max_lr, math.nan))
-        check_hyper(float(lr), float(beta1), float(beta2), float(eps), decay_value,
-                    float(eps_root), peak)
-        return make((float(lr), float(beta1), float(beta2), float(eps), decay_value,
-                     on_decoupled, on_amsgrad, on_maximize, bool(bias_correction),
-                     float(eps_root), on_nesterov, on_lr_decoupled, peak))
-
-    return impl
+    return keyword_function("impl", _hyper_implementation_source(constants),
+                            {"make": make, "given_or": given_or, "math": math},
+                            more="uint16_as=None")
 
 
-_step_terms = numba.njit(hyperparameters.step_terms)
+# Numba checks that an overload's typer and implementation take the same parameters.
+hyper_typer = keyword_function("hyper_typer", "return hyper_typing(**locals())",
+                               {"hyper_typing": hyper_typing}, more="uint16_as=None")
+
 _decay_factor = numba.njit(hyperparameters.decay_factor_of)
+step_term_values = numba.njit(inline="always")(element.step_term_values)
 
 
 def coefficients_typer(step, h, grad_scale=None):
@@ -120,7 +126,7 @@ def coefficients_typer(step, h, grad_scale=None):
     if not absent(grad_scale) and not isinstance(grad_scale, (types.Float, types.Integer)):
         raise TypeError(f"{where}: grad_scale must be a number, got {grad_scale}")
     make = constructor(records.record_class("Coefficients", kind))
-    nesterov = kind.nesterov
+    terms = element.step_terms_for(numba.njit, kind)
 
     def impl(step, h, grad_scale=None):
         if step < 1:
@@ -128,8 +134,8 @@ def coefficients_typer(step, h, grad_scale=None):
         scale = float(given_or(grad_scale, 1.0))
         if not (0.0 < scale < math.inf):
             raise ValueError("fastadam.numba.coefficients: grad_scale must be finite and > 0")
-        m_coef, g_coef, scaled_eps_root, scaled_eps = _step_terms(
-            float(step), h.lr, h.beta1, h.beta2, h.eps, h.eps_root, h.bias_correction, nesterov)
+        m_coef, g_coef, scaled_eps_root, scaled_eps = terms(float(step),
+                                                            step_term_values(h))
         return make((h.beta1, 1.0 - h.beta1, h.beta2, 1.0 - h.beta2, m_coef, g_coef,
                      scaled_eps_root, scaled_eps, h.weight_decay,
                      _decay_factor(h.lr, h.weight_decay, h.decouple_lr, h.max_lr), 1.0 / scale))

@@ -17,10 +17,10 @@ import numba
 import numpy as np
 from numba import prange
 
+from ..._core import element
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
 from ..cache import cached, disk_cached
-from ..shared import element
 from .runtime import converters, prefetch_row, rounding
 
 ROWS_PER_TASK = 64  # distinct rows per parallel task: its scratch row is allocated once

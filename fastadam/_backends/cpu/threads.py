@@ -7,10 +7,17 @@ matmul, their threads keep spinning for milliseconds, and a Numba thread that ne
 one of those cores waits for it: measured here, 4-5 ms for a step that one thread
 does in 0.1 ms. A core taken by another process does the same.
 
-So the choice is measured, per kernel and size (to a power of two). Every call is
-timed. All threads run where the mean of their last four times is under 85% of one
-thread's, else one thread. The other is tried again now and then, less often the more
-trying it costs: at most about 1% of the time goes on trying the loser.
+So the choice is measured, per kernel and size (to a power of two). All threads run
+where the mean of their last four times is under 95% of one thread's, else one thread.
+The other count is tried again now and then: soon after a choice is first made or
+changes (one time of each can mislead: a first parallel region, a burst of other
+work), then, while tries confirm it, less often the more trying costs (at most about
+1% of the time on the loser). Threads, once chosen, are timed on every call: a pool
+that starts spinning makes them slower at once, and is noticed at once. One thread,
+once chosen, is timed only on the four calls before a try, and the try: timing and
+choosing cost about 1 us a call, and ten times that right after a matmul, when the
+interpreter's caches are cold (measured here: 14 us more per step at 64K elements
+after a 512 x 512 matmul, a 40% slower step), which is when one thread is chosen.
 The first call of a kernel (its compile, maybe) runs on one thread and is not timed.
 """
 
@@ -26,9 +33,11 @@ from .runtime import thread_count, with_threads
 SERIAL_BELOW = 1 << 16
 
 RECENT = 4  # times kept per choice: their mean stands for it (a busy pool is bimodal)
-# Threads run only where clearly faster: where the two are close, noise would flip the
-# choice back and forth, and each flip to threads under a busy pool costs.
-THREADS_WIN_BELOW = 0.85
+# Threads run where faster by 5%: memory-bound steps of 64M elements gain only 5-15%
+# from a second thread here, and (at 85%) lost it. Flips near the threshold cost
+# little (the two counts are close), and threads, timed on every call, are left at
+# once when a busy pool makes them slow.
+THREADS_WIN_BELOW = 0.95
 TRY_BUDGET = 0.01  # the share of time that re-trying the losing choice may cost
 TRY_AT_LEAST, TRY_AT_MOST = 8, 4096  # calls between two tries of the losing choice
 
@@ -63,12 +72,17 @@ class Choice:
         del times[:-RECENT]
         if len(self.times) < 2:
             return
+        before = self.use
         best = {t: sum(v) / len(v) for t, v in self.times.items()}
         self.use = many if best[many] < THREADS_WIN_BELOW * best[1] else 1
-        if trial or self.countdown <= 0 or threads != self.use:
-            other = many if self.use == 1 else 1
-            loss = max(best[other] - best[self.use], 0.0)
-            calls = loss / (TRY_BUDGET * best[self.use]) if best[self.use] > 0 else TRY_AT_MOST
+        if trial or self.countdown <= 0 or self.use != before:
+            if trial and self.use == before:  # the try confirmed the choice
+                other = many if self.use == 1 else 1
+                loss = max(best[other] - best[self.use], 0.0)
+                calls = (loss / (TRY_BUDGET * best[self.use]) if best[self.use] > 0
+                         else TRY_AT_MOST)
+            else:  # a first choice, or a changed one: confirmed soon
+                calls = TRY_AT_LEAST
             self.countdown = int(min(max(calls, TRY_AT_LEAST), TRY_AT_MOST))
         else:
             self.countdown -= 1
@@ -88,11 +102,14 @@ def run_parallel(num_threads: int | None, work: int, fn, *args, serial=None):
         return with_threads(num_threads, fn, *args)
     if work < SERIAL_BELOW:
         return with_threads(1, fn, *args) if serial is None else serial(*args)
+    key = (fn, work.bit_length())
+    choice = _choices.get(key)
+    if choice is not None and choice.use == 1 and choice.countdown > RECENT:  # untimed
+        choice.countdown -= 1
+        return with_threads(1, fn, *args) if serial is None else serial(*args)
     many = thread_count()
     if many <= 1:
         return fn(*args) if serial is None else serial(*args)
-    key = (fn, work.bit_length())
-    choice = _choices.get(key)
     if choice is None:
         _choices[key] = Choice()
         return with_threads(1, fn, *args)  # compiles, perhaps: not timed
@@ -104,6 +121,23 @@ def run_parallel(num_threads: int | None, work: int, fn, *args, serial=None):
         out = with_threads(threads, fn, *args)
     choice.record(threads, _clock() - start, many)
     return out
+
+
+def measured(fn, work: int, serial):
+    """``call(*args)``: ``run_parallel(None, work, fn, *args, serial=serial)`` for a caller
+    that runs one kernel at one size again and again (the thin call), with the untimed
+    one-thread path first: each Python operation before the kernel costs up to ten
+    times more right after a matmul."""
+    key = (fn, work.bit_length())
+
+    def call(*args):
+        choice = _choices.get(key)
+        if choice is not None and choice.use == 1 and choice.countdown > RECENT:
+            choice.countdown -= 1
+            return serial(*args)
+        return run_parallel(None, work, fn, *args, serial=serial)
+
+    return call
 
 
 def forget() -> None:

@@ -14,10 +14,10 @@ from functools import cache
 import numpy as np
 from numba import cuda
 
-from ..._core import hyper
+from ..._core import element, hyper
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
-from ..shared import element, pointers
+from ..shared import pointers
 from .memory import fill_zero
 from .norm import clip_kernel
 from .runtime import (
@@ -41,10 +41,10 @@ def counted_coefficients(flags: Flags):
     """``coefficients(count, inv_scale, host, terms)``: the step's coefficient tuple
     (``hyper.COEFFICIENTS``), from ``host``, those the host sends (``hyper.HOST_COUNTED``,
     in the compute dtype), the step-dependent ones computed for update ``count[0] + 1``
-    from ``terms`` (the float64 ``hyper.STEP_TERMS``) as on the host, and
+    from ``terms`` (the float64 ``element.STEP_TERMS``) as on the host, and
     the gradients' multiplier ``inv_scale[0]``."""
     compute = np.dtype(compute_dtype(flags.param)).type
-    step_terms = hyper.step_terms_for(device_function, flags)  # the host's, on the GPU
+    step_terms = element.step_terms_for(device_function, flags)  # the host's, on the GPU
 
     @device_function
     def coefficients(count, inv_scale, host, terms):
@@ -61,7 +61,7 @@ def counted_coefficients(flags: Flags):
 @cache
 def fused_kernel(flags: Flags, counted: bool = False):
     """The kernel ``(param, grad, m, v, v_max, comp, master, coef, key, step)``: the element
-    update of ``shared/element.py`` over a grid-stride loop (see the CPU's ``fused_kernel``).
+    update of ``_core/element.py`` over a grid-stride loop (see the CPU's ``fused_kernel``).
 
     The last arguments are the params' rounding ``key`` and the ``step``: their random
     bits there, for stochastic rounding. ``counted``: the step count lives on the device
@@ -261,11 +261,11 @@ class StepCount:
 def counted_scalars(flags: Flags, h) -> tuple[tuple, tuple]:
     """The counted kernels' ``host, terms`` (``counted_coefficients``): the
     step-independent coefficients (``hyper.HOST_COUNTED``) in the compute dtype, and the
-    float64 hyperparameters of the rest (``hyper.STEP_TERMS``)."""
+    float64 hyperparameters of the rest (``element.STEP_TERMS``)."""
     scalar = np.dtype(compute_dtype(flags.param)).type
     c = hyper.coefficients(h, 1)
     return (tuple(scalar(getattr(c, name)) for name in hyper.HOST_COUNTED),
-            hyper.step_term_values(h))
+            tuple(map(float, element.step_term_values(h))))
 
 
 def adam_step_cuda_counted(arrays: tuple, flags: Flags, h, steps: StepCount,

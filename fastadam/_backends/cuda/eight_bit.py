@@ -4,7 +4,7 @@ here, 4-bit in ``four_bit.py``, both launched by the kernels here).
 A block of 256 elements is one warp's: each lane holds 8 of its elements (``lane``,
 ``lane + 32``, ...) in registers. A lane first issues every load of its elements
 (params, gradients, codes), so a warp keeps 8 of each in flight; then it decodes m
-and v (and v_max), runs the element update of ``shared/element.py``, finds each
+and v (and v_max), runs the element update of ``_core/element.py``, finds each
 moment's new absmax by a warp shuffle on the magnitude bits (no shared memory, no
 barrier), and encodes against it through the same ``quant8.Encoder`` table as the
 CPU kernel, so both give the same codes. A thread block is ``WARPS`` warps (blocks).
@@ -19,10 +19,10 @@ from functools import cache
 import numpy as np
 from numba import cuda
 
-from ..._core import quant4, quant8
+from ..._core import element, quant4, quant8
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
-from ..shared import element, pointers
+from ..shared import pointers
 from ..shared.codes import element_functions
 from . import four_bit
 from .dense import counted_coefficients, counted_scalars

@@ -3,7 +3,7 @@
 A block of 128 elements is one warp's: each lane holds 4 neighbouring elements
 (``4 * lane`` on), whose codes are its own 2 bytes, so that no lane shares a byte. It
 loads them all first, decodes m and v (and v_max) through the 16-value maps, runs the
-element update of ``shared/element.py`` (torchao's moment formula, ``flags.lerp``),
+element update of ``_core/element.py`` (torchao's moment formula, ``flags.lerp``),
 finds each moment's new scale by a warp shuffle (torchao's: the largest magnitude,
 NaN and inf included, at least ``quant4.MIN_SCALE``), and encodes by dividing by the
 scale and counting thresholds, as the CPU kernel does, so both give the same codes.
@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from ..._core import quant4
+from ..._core import element, quant4
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
-from ..shared import element, pointers
+from ..shared import pointers
 from ..shared.codes import four_bit_counters
 from .runtime import (
     bits_from_f32,

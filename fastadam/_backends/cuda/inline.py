@@ -9,9 +9,9 @@ from functools import cache
 import numba
 import numpy as np
 
+from ..._core import element
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
-from ..shared import element
 from ..shared.signatures import COMPUTE, element_update, record_kind, step_flags
 from .runtime import converters, device_function, multiply, rounding
 

@@ -17,9 +17,9 @@ from functools import cache
 import numpy as np
 from numba import cuda
 
+from ..._core import element
 from ..._core.dtypes import compute_dtype
 from ..._core.hyper import Flags
-from ..shared import element
 from .memory import fill_zero
 from .runtime import (
     MAX_BLOCKS,

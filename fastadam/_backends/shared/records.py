@@ -1,7 +1,7 @@
 """Records for code compiled into the user's: hyperparameters and per-step scalars whose
 class names the options compiled into the element update.
 
-``Hyper[amsgrad,nesterov]@tag`` is a named tuple whose fields are ``hyper.Hyper``'s, and
+``Hyper[amsgrad,maximize]@tag`` is a named tuple whose fields are ``hyper.Hyper``'s, and
 whose class fixes the options (``Kind``): code compiled for one class has no branch on
 them, and two classes never share compiled code. ``tag`` is a hash of the kernels'
 sources, so a user's on-disk cache of code that takes a record as an argument misses
@@ -13,27 +13,22 @@ from __future__ import annotations
 
 import collections
 import re
-from typing import NamedTuple
 
 from ..._core import hyper
+from ..._core.options import DEFAULTS, KERNEL_FLAGS
 from ..cache import source_hash
 
-
-class Kind(NamedTuple):
-    """What a record's class fixes: the options compiled into the element update, and
-    which 16-bit float uint16 arrays hold (None: refuse them)."""
-
-    amsgrad: bool = False
-    maximize: bool = False
-    nesterov: bool = False
-    l2_decay: bool = False
-    decoupled_decay: bool = False
-    uint16_as: str | None = None
-
+# What a record's class fixes: the options compiled into the element update (declared
+# in ``options``), the kind of weight decay compiled in, and which 16-bit float uint16
+# arrays hold (None: refuse them).
+Kind = collections.namedtuple("Kind", [*KERNEL_FLAGS, "l2_decay", "decoupled_decay",
+                                       "uint16_as"],
+                              defaults=[False] * (len(KERNEL_FLAGS) + 2) + [None])
+COMPILED_IN = Kind._fields[:-1]  # the boolean fields, named in a record class's name
 
 FIELDS = {"Hyper": hyper.ADAM_FIELDS, "Coefficients": hyper.COEFFICIENTS}
-FLAGS = ("decoupled_weight_decay", "amsgrad", "maximize", "bias_correction", "nesterov",
-         "decouple_lr")  # the Hyper fields that are bools; the others are floats
+FLAGS = tuple(name for name in hyper.ADAM_FIELDS
+              if isinstance(DEFAULTS.get(name), bool))  # the Hyper fields that are bools
 
 
 class Record:
@@ -80,7 +75,7 @@ def uint16_spec(kinds: dict) -> str | None:
 def kind_of(h: hyper.Hyper, uint16_as: str | None) -> Kind:
     """The kind of validated hyperparameters ``h`` (decay as ``hyper.flags`` decides it)."""
     f = hyper.flags(h, "float32", "float32", "float32", False, False)
-    return Kind(f.amsgrad, f.maximize, f.nesterov, f.l2_decay, f.decoupled_decay, uint16_as)
+    return Kind(**{name: getattr(f, name) for name in COMPILED_IN}, uint16_as=uint16_as)
 
 
 def record_class(family: str, kind: Kind, tag: str = TAG) -> type:
@@ -88,7 +83,7 @@ def record_class(family: str, kind: Kind, tag: str = TAG) -> type:
     key = (family, kind, tag)
     found = _classes.get(key)
     if found is None:
-        on = [name for name in Kind._fields[:-1] if getattr(kind, name)]
+        on = [name for name in COMPILED_IN if getattr(kind, name)]
         if kind.uint16_as:
             on.append(f"uint16={kind.uint16_as}")
         name = f"{family}[{','.join(on)}]@{tag}"
@@ -111,7 +106,7 @@ def record_class_named(name: str) -> type:
     for item in filter(None, items.split(",")):
         if item.startswith("uint16="):
             values["uint16_as"] = item[len("uint16="):]
-        elif item in Kind._fields:
+        elif item in COMPILED_IN:
             values[item] = True
         else:
             raise AttributeError(name)

@@ -117,10 +117,8 @@ def step_flags(kind: records.Kind, where: str, param, grad, m, v, v_max, kahan_c
         raise TypeError(f"{where}: kahan_comp must have param's dtype")
     if master and (of(master_params, "master_params") != "float32"):
         raise TypeError(f"{where}: master_params must be float32")
-    return Flags(
-        amsgrad=kind.amsgrad, maximize=kind.maximize, nesterov=kind.nesterov,
-        l2_decay=kind.l2_decay, decoupled_decay=kind.decoupled_decay, kahan=kahan,
-        master=master, param=param_kind, grad=grad_kind, state=state)
+    return Flags(**{name: getattr(kind, name) for name in records.COMPILED_IN}, kahan=kahan,
+                 master=master, param=param_kind, grad=grad_kind, state=state)
 
 
 def constant(t, name: str, default):

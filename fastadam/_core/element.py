@@ -1,19 +1,83 @@
-"""One Adam element update, written once for the CPU and the CUDA kernel.
+"""The update rules, each written once for every target: the coefficients that change
+with the step, and the update of one element.
 
-``make`` compiles it for a target; both kernels call it for each index, the CPU
-one in a ``prange`` loop, the CUDA one in a grid-stride loop. Options and dtypes
-are closure constants, so each combination compiles without branches on them.
+``step_terms`` runs on the host (``hyper.coefficients``) and is compiled where the step
+count lives on the device; ``make`` compiles the element update for a target, whose
+kernels call it for each index (the CPU's in a ``prange`` or range loop, the GPU's in a
+grid-stride loop). Options and dtypes are closure constants (``hyper.Flags``), so each
+combination compiles without branches on them. An option that changes the update is
+read here by name (``flags.<name>``, ``h.<name>``) and nowhere else in the kernels.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..._core.dtypes import compute_dtype
-from ..._core.hyper import Flags
-from ..._core.options import ADAM, ADEMAMIX, SCHEDULE_FREE
+from .dtypes import compute_dtype
+from .options import ADAM, ADEMAMIX, SCHEDULE_FREE
+
+if TYPE_CHECKING:
+    from .hyper import Flags
+
+# The hyperparameters the step-dependent coefficients come from (``step_terms``' own,
+# after the step): what a step that counts on the device is sent, as float64.
+STEP_TERMS = ("lr", "beta1", "beta2", "eps", "eps_root", "bias_correction")
+
+
+def step_terms(step, values, nesterov):
+    """``(m_coef, g_coef, scaled_eps_root, scaled_eps)`` of update number ``step`` (a
+    float) from the ``STEP_TERMS`` ``values``: the one definition, run on the host and
+    compiled for code that counts its steps itself.
+
+    With ``bc = 1 - beta**step`` (or 1 without bias correction), the update
+    ``lr / bc1 * m / (sqrt(v / bc2 + eps_root) + eps)`` is computed as
+    ``m_coef * m / (sqrt(v + eps_root * bc2) + eps * sqrt(bc2))``: the same value with
+    one division per element. Nesterov (as optax) uses
+    ``beta1 * m / bc1(step + 1) + (1 - beta1) * g / bc1(step)`` for ``m / bc1``.
+    """
+    lr, beta1, beta2, eps, eps_root, bias_correction = values
+    if bias_correction:
+        bias_correction1 = 1.0 - beta1**step
+        bias_correction2 = 1.0 - beta2**step
+        next_bias_correction1 = 1.0 - beta1 ** (step + 1.0)
+    else:
+        bias_correction1 = bias_correction2 = next_bias_correction1 = 1.0
+    sqrt_bc2 = math.sqrt(bias_correction2)
+    if nesterov:
+        m_coef = lr * sqrt_bc2 * beta1 / next_bias_correction1
+        g_coef = lr * sqrt_bc2 * (1.0 - beta1) / bias_correction1
+    else:
+        m_coef = lr * sqrt_bc2 / bias_correction1
+        g_coef = 0.0
+    return m_coef, g_coef, eps_root * bias_correction2, eps * sqrt_bc2
+
+
+def step_term_values(h):
+    """``h``'s ``STEP_TERMS`` (``h``: a ``hyper.Hyper`` or a compiled record of its fields;
+    a plain function, compiled where it is called from compiled code)."""
+    return h.lr, h.beta1, h.beta2, h.eps, h.eps_root, h.bias_correction
+
+
+def step_coefficients(h, step: int) -> tuple[float, float, float, float]:
+    """``step_terms`` of validated hyperparameters ``h`` for update ``step`` (1-based)."""
+    values = h.lr, h.beta1, h.beta2, h.eps, h.eps_root, h.bias_correction  # every step: inline
+    return step_terms(float(step), values, h.nesterov)
+
+
+def step_terms_for(jit, options):
+    """``terms(step, values)``: ``step_terms`` compiled with ``jit``, the kernel options of
+    ``options`` (a ``hyper.Flags``, or anything with their names) as constants."""
+    nesterov = options.nesterov
+    compiled = jit(step_terms)
+
+    @jit
+    def terms(step, values):
+        return compiled(step, values, nesterov)
+
+    return terms
 
 
 def _param_access(jit, flags: Flags, converters: dict, rounding: tuple):
