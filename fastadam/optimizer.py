@@ -21,7 +21,7 @@ from ._state import checkpoint as _checkpoint
 from ._state import groups as _groups
 from ._state import state_dict as _state_dict
 from ._state.plans import plan_for
-from ._state.slots import STATE_KEYS, Options, Slot
+from ._state.slots import Options, Slot
 
 if TYPE_CHECKING:  # numba.cuda, imported only when a GPU step is asked for
     from ._backends.dispatch import DeviceNorm
@@ -314,37 +314,34 @@ class Adam:
         self._seed(seed)
         self._replan()
 
-    def _adopt_state(self, steps: list[int], moments: list[tuple]) -> None:
-        """Step with the given ``(m, v, v_max)`` arrays themselves as the state, one per
-        params array in order (v_max None unless amsgrad): for wrappers whose state lives
-        in another framework's tensors. Checks everything first; refuses unchanged."""
-        if len(steps) != len(self._slots) or len(moments) != len(self._slots):
-            raise ValueError(f"expected state for {len(self._slots)} params arrays")
+    def _adopt_state(self, steps: list[int], moments: list[tuple],
+                     scales: list | None = None) -> None:
+        """Step with the given state arrays themselves as the state, one entry per params
+        array in order: for wrappers whose state lives in another framework's tensors.
+        ``moments[i]``: ``(m, v, v_max)`` (v_max None unless amsgrad), a low-bit slot's
+        codes in their place, with ``scales[i]`` their per-block absmax (None for 32-bit
+        slots, or ``scales`` None for all). Checks everything first; refuses unchanged."""
+        n = len(self._slots)
+        if len(steps) != n or len(moments) != n or (scales is not None and len(scales) != n):
+            raise ValueError(f"expected state for {n} params arrays")
         named, adopted = {}, []
         slot_hypers = [h for h, group in self._groups for _ in group]
+        device = self._backend == "cuda"
         for i, (slot, h, step, arrays) in enumerate(zip(self._slots, slot_hypers, steps,
                                                         moments)):
-            if slot.flags.kahan or slot.flags.master or slot.absmax is not None:
-                raise ValueError("adopted state has no Kahan compensation, master params "
-                                 "or 8-bit moments")
             step = checks.step(step + 1) - 1  # an int >= 0
+            kept = slot.adoptable(i, h, arrays, None if scales is None else scales[i], device)
             named[f"params[{i}]"] = slot.array
-            views = []
-            for name, a, wanted in zip(STATE_KEYS, arrays, (True, True, h.amsgrad)):
-                if (a is None) == wanted:
-                    raise ValueError(f"state {i} {name}: {'missing' if wanted else 'unexpected'}")
-                if a is not None:
-                    label = f"state[{i}][{name!r}]"
-                    a = array_checks.like(label, a, slot.array, writable=True,
-                                   device=self._backend == "cuda", dtype=slot.state_dtype)
-                    if self._backend == "cuda":
-                        wait_for_producer(a)  # kept: waited for once
-                    named[label] = a
-                views.append(None if a is None else a.reshape(-1))
-            adopted.append((step, views))
+            named.update(kept[2])
+            if device:
+                for a in kept[2].values():
+                    wait_for_producer(a)  # kept: waited for once
+            adopted.append((step, *kept[:2]))
         array_checks.disjoint(named)
-        for slot, (step, views) in zip(self._slots, adopted):
+        for slot, (step, views, tops) in zip(self._slots, adopted):
             slot.step, slot.state[:3] = step, views
+            if tops is not None:
+                slot.absmax = tops
         self._adopted = True
         self._replan()
 

@@ -484,3 +484,58 @@ def test_optimizer_8bit_skips_nonfinite_and_refuses_overlap(rng):
 def test_state_dtype_8bit_is_a_cpu_state():
     with pytest.raises(TypeError, match="state_dtype"):
         fastadam.Adam(np.zeros(8, F32), state_dtype="2bit")
+
+
+def _own_state(opt) -> tuple[list, list]:
+    """Copies of an optimizer's moments (codes) and scales, as a wrapper would hold them."""
+    moments = [[None if a is None else a.copy() for a in s.state[:3]] for s in opt._slots]
+    scales = [None if s.absmax is None else [None if a is None else a.copy() for a in s.absmax]
+              for s in opt._slots]
+    return moments, scales
+
+
+@pytest.mark.parametrize("fmt", ["8bit", "4bit"])
+def test_adopted_low_bit_state_is_stepped_in_place(rng, fmt):
+    """A wrapper's own codes and scales (``_adopt_state``) step in place, bit for bit as
+    the optimizer's own state; a 32-bit slot beside them adopts float moments."""
+    params = _params_8bit(rng)
+    own = fastadam.AdamW([p.copy() for p in params], lr=1e-2, state_dtype=fmt, amsgrad=True)
+    other = fastadam.AdamW([p.copy() for p in params], lr=1e-2, state_dtype=fmt, amsgrad=True)
+    moments, scales = _own_state(other)
+    if fmt == "4bit":
+        assert all(s is not None for s in scales)
+    other._adopt_state([0, 0, 0], moments, scales)
+    for _ in range(3):
+        grads = [rng.standard_normal(p.shape).astype(F32) for p in params]
+        own.step(grads)
+        other.step(grads)
+    for a, b in zip(own.params, other.params):
+        np.testing.assert_array_equal(a, b)
+    for slot, codes, tops in zip(own._slots, moments, scales):
+        for a, b in zip(slot.state[:3], codes):
+            np.testing.assert_array_equal(a, b)  # the adopted arrays themselves
+        for a, b in zip(slot.absmax or (), tops or ()):
+            np.testing.assert_array_equal(a, b)
+    assert np.any(moments[0][0] != 0) and np.any(scales[0][1] != 0)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda m, s: s[0].__setitem__(1, s[0][1][:-1]), r"state\[0\]\['absmax2'\].*elements"),
+    (lambda m, s: m[0].__setitem__(0, m[0][0].astype(np.int8)), r"state\[0\]\['state1'\]"),
+    (lambda m, s: s[1].__setitem__(2, None), r"state\[1\]\['absmax3'\]: missing"),
+    (lambda m, s: s.__setitem__(0, None), "low-bit moments expected"),
+    (lambda m, s: s.__setitem__(2, [np.zeros(4, F32)] * 3), "32-bit moments expected"),
+    (lambda m, s: s[0].__setitem__(0, m[0][0][:4 * s[0][0].size].view(F32)), "overlap"),
+])
+def test_bad_adopted_low_bit_state_is_refused_unchanged(rng, change, match):
+    params = _params_8bit(rng)
+    opt = fastadam.AdamW(params, lr=1e-2, state_dtype="8bit", amsgrad=True)
+    opt.step([rng.standard_normal(p.shape).astype(F32) for p in params])
+    before = [list(s.state) for s in opt._slots], [s.absmax for s in opt._slots]
+    moments, scales = _own_state(opt)
+    change(moments, scales)
+    with pytest.raises((ValueError, TypeError), match=match):
+        opt._adopt_state([1, 1, 1], moments, scales)
+    assert [list(s.state) for s in opt._slots] == before[0]  # the same arrays, untouched
+    assert [s.absmax for s in opt._slots] == before[1]
+    assert opt.step_count == 1

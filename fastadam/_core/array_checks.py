@@ -233,7 +233,7 @@ def step_arrays_8bit(backend: str, param, grad, codes: tuple, absmax: tuple, com
                 raise ValueError(f"amsgrad=True needs {name}")
             dtype, size = ((np.uint8, form.code_bytes(n)) if group == 0
                            else (np.float32, form.blocks(n)))
-            out[group].append(_state_array(name, a, dtype, size, device))
+            out[group].append(state_array(name, a, dtype, size, device))
     named = {"param": param, "grad": grad, "kahan_comp": comp, "master_params": master}
     for labels, arrays in zip(names, out):
         named.update(zip(labels, arrays))
@@ -242,7 +242,7 @@ def step_arrays_8bit(backend: str, param, grad, codes: tuple, absmax: tuple, com
     return (*flats, tuple(out[0]), tuple(out[1]))
 
 
-def _state_array(name: str, a, dtype, size: int, device: bool) -> np.ndarray:
+def state_array(name: str, a, dtype, size: int, device: bool) -> np.ndarray:
     """A writable, C-contiguous array of ``dtype`` and ``size`` elements (on the GPU when
     ``device``), as a 1-D view."""
     if device:

@@ -40,7 +40,7 @@ from .._core import array_checks, checks
 from .._core.dtypes import kind
 from .._core.hyper import clip_factor, clipped_scale
 from .._core.options import ADAM
-from .slots import STATE_KEYS
+from .slots import ABSMAX_KEYS, CODE_KEYS, STATE_KEYS
 from .thin import OneHostArray
 
 
@@ -384,7 +384,11 @@ def _guarded(slots: list, single: bool, adopted: bool) -> dict:
     guarded = {}
     for i, slot in enumerate(slots):
         arrays = (slot.flat, *slot.state[:3]) if adopted else (slot.flat,)
-        for name, a in zip(("", *(f" {k}" for k in STATE_KEYS)), arrays):
+        names = ["", *(f" {k}" for k in STATE_KEYS[:3])]
+        if adopted and slot.absmax is not None:  # low-bit: codes and their scales
+            arrays += tuple(slot.absmax)
+            names = ["", *(f" {k}" for k in CODE_KEYS + ABSMAX_KEYS)]
+        for name, a in zip(names, arrays):
             if a is not None:
                 guarded[("params" if single else f"params[{i}]") + name] = a
     return guarded

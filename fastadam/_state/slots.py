@@ -27,7 +27,7 @@ from .._backends.dispatch import (
     to_host,
     zeros,
 )
-from .._core import checks
+from .._core import array_checks, checks
 from .._core.dtypes import SIXTEEN_BIT, compute_dtype, dtype_kind, kind, numpy_dtype
 from .._core.lowbit import FORMATS, of_map_size
 from .._core.options import ADAM, ADEMAMIX, SCHEDULE_FREE
@@ -275,6 +275,39 @@ class Slot:
                 raise ValueError(f"{label}[{absmax_key!r}] must be finite and >= 0")
             out.append((codes.reshape(-1).copy(), top.reshape(-1).copy()))
         return out
+
+    def adoptable(self, i: int, h, arrays: tuple, scales, device: bool) -> tuple:
+        """(moments, scales, {label: array}) of a wrapper's own state arrays, checked to
+        be what this slot steps in place (``Adam._adopt_state``): ``arrays`` (m, v,
+        v_max; a low-bit slot's codes), ``scales`` (a low-bit slot's absmax, else None)
+        as 1-D views. Raises naming the array; changes nothing."""
+        if self.flags.kahan or self.flags.master:
+            raise ValueError("adopted state has no Kahan compensation or master params")
+        low = self.absmax is not None
+        if low != (scales is not None):
+            raise ValueError(f"state {i}: {'low-bit' if low else '32-bit'} moments expected")
+        named: dict = {}
+
+        def checked(label: str, a, want: bool, own):
+            if (a is None) == want:
+                raise ValueError(f"{label}: {'missing' if want else 'unexpected'}")
+            if a is None:
+                return None
+            named[label] = a = (
+                array_checks.state_array(label, a, own.dtype, own.size, device) if low
+                else array_checks.flat(array_checks.like(label, a, self.array, writable=True,
+                                                         device=device,
+                                                         dtype=self.state_dtype)))
+            return a
+
+        wanted = (True, True, third_state(h))
+        keys = CODE_KEYS if low else STATE_KEYS
+        views = [checked(f"state[{i}][{key!r}]", a, want, own)
+                 for key, a, want, own in zip(keys, arrays, wanted, self.state)]
+        tops = None if not low else [
+            checked(f"state[{i}][{key!r}]", a, want, own)
+            for key, a, want, own in zip(ABSMAX_KEYS, scales, wanted, self.absmax)]
+        return views, tops, named
 
     def restore(self, h, step: int, arrays: list, absmax: list | None) -> None:
         """Take loaded state (from ``loaded``) under the hyperparameters ``h``."""

@@ -7,8 +7,9 @@ The state is bitsandbytes' own, key for key: ``step``, ``state1``/``state2``
 quantization entries as bitsandbytes 0.50 does, so checkpoints load into
 ``bitsandbytes.optim.Adam8bit``/``AdamW8bit`` and back. Weight decay is
 decoupled in both classes, as in bitsandbytes' 8-bit kernels. State lives on its
-param's device; CUDA tensors step on torch's current stream, one launch per tensor
-(as bitsandbytes launches).
+param's device. A list steps as one where it can (``_list_plan``): CPU tensors through
+one checked pass, CUDA tensors in one launch per batch of alike tensors on torch's
+current stream (bitsandbytes launches once per tensor).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .._backends.dispatch import (
 )
 from .._core import array_checks, checks, quant8
 from .._core.hyper import hyper
+from .._state.slots import EIGHT_BIT
 from ._common import (
     WRAPPED,
     clip_scale,
@@ -36,6 +38,7 @@ from ._common import (
     nested,
     with_gradients,
 )
+from ._list_plan import Layout, rounding, step_list
 from ._tensors import as_array, current_stream
 
 __all__ = ["Adam8bit", "AdamW8bit"]
@@ -89,16 +92,16 @@ class _Adam8bit(torch.optim.Optimizer):
         """One update of every parameter with a gradient; returns the closure's loss.
         Everything is checked before anything is written: a refused step changes nothing."""
         loss = closure_loss(closure)
+        live = [[p for p in group["params"] if p.grad is not None] for group in self.param_groups]
+        if not step_list(self, _LAYOUT, live):
+            self._step_each()
+        return loss
+
+    def _step_each(self) -> None:
+        """Tensor by tensor (what the list plan does not take)."""
         planned = []
-        first = self.param_groups[0] if self.param_groups else {}
-        stochastic, seed = first.get("stochastic_rounding", False), first.get("seed", 0)
-
-        def hyper_of(group):
-            return hyper(lr=float(group["lr"]), betas=tuple(float(b) for b in group["betas"]),
-                         eps=group["eps"], weight_decay=group["weight_decay"],
-                         decoupled_weight_decay=True, maximize=group["maximize"])
-
-        for _, h, index, p in with_gradients(self.param_groups, hyper_of):
+        stochastic, seed = rounding(self)
+        for _, h, index, p in with_gradients(self.param_groups, _hyper):
             if p.dtype not in _DTYPES:
                 raise TypeError(f"fastadam's 8-bit Adam steps float tensors; got {p.dtype}")
             state = self.state.get(p) or self._fresh(p)
@@ -133,7 +136,6 @@ class _Adam8bit(torch.optim.Optimizer):
                       grad_scale=scale, key=key)
             state["step"] = step
             self.state[p] = state
-        return loss
 
     def _clip_scale(self, planned: list):
         """With ``max_grad_norm``: the loss scale that applies torch's clip coefficient of
@@ -168,6 +170,46 @@ class _Adam8bit(torch.optim.Optimizer):
         self.state.clear()
         self.state.update(state)
         self.param_groups[:] = groups
+
+
+def _hyper(group: dict):
+    """A group's validated hyperparameters (weight decay decoupled, as bitsandbytes')."""
+    return hyper(lr=float(group["lr"]), betas=tuple(float(b) for b in group["betas"]),
+                 eps=group["eps"], weight_decay=group["weight_decay"],
+                 decoupled_weight_decay=True, maximize=group["maximize"])
+
+
+class _Layout(Layout):
+    """bitsandbytes' state: ``step`` an int, uint8 codes with float32 absmax from
+    ``min_8bit_size`` elements (``quant8.MIN_8BIT_SIZE`` here: the inner optimizer's
+    threshold), float32 moments below."""
+
+    dtypes, state_dtype = _DTYPES, EIGHT_BIT
+
+    def hyper(self, group: dict):
+        return _hyper(group)
+
+    def options(self, param_groups: list) -> list:
+        # lr, betas, eps and the size of weight_decay are read at every step.
+        return [(g["maximize"], g["weight_decay"] == 0, g.get("stochastic_rounding", False),
+                 g.get("seed", 0)) for g in param_groups]
+
+    def fresh(self, opt, p: torch.Tensor, group: dict) -> dict:
+        return opt._fresh(p)
+
+    def state_of(self, p: torch.Tensor, group: dict, entry: dict) -> tuple | None:
+        low = p.numel() >= quant8.MIN_8BIT_SIZE
+        keys = ("state1", "state2", "absmax1", "absmax2")[:4 if low else 2]
+        tensors = [entry.get(k) for k in keys]
+        if not (all(isinstance(t, torch.Tensor) and t.device == p.device and t.is_contiguous()
+                    for t in tensors) and (tensors[0].dtype == torch.uint8) == low
+                and isinstance(entry.get("step"), int)):
+            return None  # another min_8bit_size, or state this plan does not hold
+        arrays = [as_array(t) for t in tensors]
+        return keys, (*arrays[:2], None), (*arrays[2:], None) if low else None
+
+
+_LAYOUT = _Layout()
 
 
 def _checked_entry(key, entry: dict, p: torch.Tensor) -> dict:
@@ -216,8 +258,10 @@ class Adam8bit(_Adam8bit):
     """Adam with 8-bit blockwise states, bitsandbytes' format (``bitsandbytes.optim.Adam8bit``).
 
     Params under ``min_8bit_size`` elements keep float32 states. ``weight_decay``
-    is decoupled, as in bitsandbytes. One fused pass per tensor: on the CPU in parallel
-    blocks, on a GPU in one launch on torch's current stream. ``max_grad_norm`` clips the
+    is decoupled, as in bitsandbytes. One fused pass per tensor, and a list steps as one
+    where it can: on the CPU its gradients checked at once (the float32-state tensors in
+    one parallel region), on a GPU one launch per batch of alike tensors, on torch's
+    current stream (bitsandbytes launches per tensor). ``max_grad_norm`` clips the
     gradients by their global norm inside the step, as ``torch.nn.utils.clip_grad_norm_``
     before it would (``grad_norm`` holds the norm), without writing them;
     ``stochastic_rounding`` (with ``seed``, both in the param groups) rounds float16 and

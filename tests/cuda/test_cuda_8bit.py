@@ -9,7 +9,7 @@ import fastadam
 from fastadam._core.lowbit import FORMATS
 
 cuda = pytest.importorskip("numba.cuda")
-pytest.importorskip("fastadam._backends.cuda.runtime")
+runtime = pytest.importorskip("fastadam._backends.cuda.runtime")
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -171,3 +171,39 @@ def test_device_8bit_refuses_host_state(rng):
     with pytest.raises(ValueError, match="v_absmax"):
         fastadam.adam_step_8bit(param, grad, cuda.to_device(codes[0]), cuda.to_device(codes[1]),
                                 dev_absmax[0], cuda.to_device(absmax[1][:-1]), step=1)
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+def test_adopted_low_bit_state_steps_by_address_in_one_launch(rng, monkeypatch, fmt):
+    """The path fastadam.torch's 8-bit drop-ins take on CUDA tensors: the wrapper's own
+    device codes and scales adopted (``_adopt_state``), gradients given by address, one
+    launch per batch; the params, codes and scales of the CPU optimizer, in the adopted
+    arrays themselves."""
+    host = [rng.standard_normal(N).astype(F32), rng.standard_normal((3, 1500)).astype(F32),
+            rng.standard_normal(300).astype(F32)]
+    cpu_opt = fastadam.AdamW(host, lr=1e-2, state_dtype=fmt)
+    gpu_opt = fastadam.AdamW([cuda.to_device(a) for a in host], lr=1e-2, state_dtype=fmt)
+    moments = [[None if a is None else cuda.to_device(np.zeros(a.size, a.dtype))
+                for a in s.state[:3]] for s in cpu_opt._slots]
+    scales = [None if s.absmax is None else
+              [None if a is None else cuda.to_device(np.zeros(a.size, F32)) for a in s.absmax]
+              for s in cpu_opt._slots]
+    gpu_opt._adopt_state([0, 0, 0], moments, scales)
+    launches = counting(monkeypatch, "multi_kernel", "_backends.cuda.eight_bit")
+    kinds = ["float32"] * 3
+    for _ in range(2):
+        grads = [rng.standard_normal(a.shape).astype(F32) for a in host]
+        cpu_opt.step(grads)
+        device_grads = [cuda.to_device(g.reshape(-1)) for g in grads]  # (simulated: 1-D)
+        addresses = np.array([runtime.address(g) for g in device_grads], dtype=np.uint64)
+        assert gpu_opt._step_addresses(kinds, addresses) is True
+    assert len(launches) == 2  # one low-bit batch (in 8 bits the small array is 32-bit)
+    for d, h in zip(gpu_opt.params, host):
+        np.testing.assert_array_equal(d.copy_to_host(), h)
+    for slot, codes, tops in zip(cpu_opt._slots, moments, scales):
+        for a, b in zip(slot.state[:2], codes):
+            np.testing.assert_array_equal(b.copy_to_host(), a)
+        for a, b in zip(slot.absmax or (), tops or ()):
+            if a is not None:
+                np.testing.assert_array_equal(b.copy_to_host(), a)
+    assert np.any(moments[0][1].copy_to_host() != 0)

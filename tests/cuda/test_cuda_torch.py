@@ -98,10 +98,13 @@ def test_a_clipped_cuda_list_follows_clip_grad_norm_and_hands_back_a_device_tens
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_adamw8bit_on_cuda_tensors_follows_the_cpu_step(dtype):
+def test_adamw8bit_on_cuda_tensors_follows_the_cpu_step(monkeypatch, dtype):
     """fastadam.torch.AdamW8bit on CUDA tensors: state on the device, the step on the
-    current stream, the CPU step's params and codes (up to the GPU's fused multiply-adds),
-    and a state_dict that continues on the CPU."""
+    current stream, the 8-bit tensors in one launch per step (bitsandbytes launches per
+    tensor), the CPU step's params and codes (up to the GPU's fused multiply-adds), and a
+    state_dict that continues on the CPU."""
+    batched = counting(monkeypatch, "multi_kernel", "_backends.cuda.eight_bit")
+    alone = counting(monkeypatch, "fused_kernel", "_backends.cuda.eight_bit")
     shapes = [(300, 70), (4099,), (50,)]  # two with 8-bit moments (one ragged), one 32-bit
     gen = torch.Generator().manual_seed(0)
     start = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
@@ -119,6 +122,8 @@ def test_adamw8bit_on_cuda_tensors_follows_the_cpu_step(dtype):
             gpu_opt.step()
         cpu_opt.step()
     stream.synchronize()
+    assert len(batched) == 4 and not alone and gpu_opt._plan is not None
+    assert [gpu_opt.state[p]["step"] for p in on_gpu] == [4] * 3
     assert all(v.device.type == "cuda" for s in gpu_opt.state.values() for v in s.values()
                if isinstance(v, torch.Tensor))
     rtol = 1e-5 if dtype == torch.float32 else 1e-2
