@@ -212,3 +212,37 @@ def test_torch_8bit_drop_in_clips_in_the_step(rng):
     for p, q in zip(clipped, by_hand):
         np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-5,
                                    atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["AdamW", "AdamW8bit", "AdamW4bit", "AdamWScheduleFree",
+                                  "AdEMAMix"])
+def test_a_copied_torch_drop_in_still_clips(rng, name):
+    """``copy.deepcopy`` (and pickling) keeps ``max_grad_norm`` and the drop-in's other
+    settings (``min_8bit_size``, the rounding seed), which torch's own ``__getstate__``
+    leaves out: the copy steps and clips as the original does, bit for bit."""
+    import copy
+    import warnings
+
+    torch = optional("torch")
+    import fastadam.torch as ft
+
+    start = [rng.standard_normal(n).astype(np.float32) for n in (5000, 300)]
+    params = [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in start]
+    opt = getattr(ft, name)(params, lr=1e-2, max_grad_norm=1.0)
+    if name == "AdamWScheduleFree":
+        opt.train()  # as schedulefree's: steps in train mode
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clone = copy.deepcopy(opt)
+    copies = clone.param_groups[0]["params"]
+    assert clone.grad_norm is None
+    for _ in range(2):
+        grads = [torch.from_numpy((3 * rng.standard_normal(a.shape)).astype(np.float32))
+                 for a in start]
+        for p, q, g in zip(params, copies, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        clone.step()
+        assert clone.grad_norm == opt.grad_norm > 1.0
+    for p, q in zip(params, copies):
+        assert torch.equal(p, q)

@@ -13,6 +13,24 @@ from .._backends.dispatch import sum_of_squares
 from .._core.hyper import clip_factor, clipped_scale
 
 
+class KeepsSettings:
+    """Pickling (``copy.deepcopy``, multiprocessing) keeps the settings a drop-in adds to
+    torch's optimizer (``_SETTINGS``: ``max_grad_norm`` and the like), which torch's
+    ``__getstate__`` (defaults, state and param groups only) would drop: an unpickled
+    drop-in steps as the original. The last step's norm starts again at None."""
+
+    _SETTINGS: tuple = ("_max_grad_norm",)
+
+    def __getstate__(self) -> dict:
+        kept = {k: self.__dict__[k] for k in self._SETTINGS if k in self.__dict__}
+        return {**super().__getstate__(), **kept}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_max_grad_norm", None)  # pickled before it was kept
+        self.grad_norm = None
+
+
 def closure_loss(closure):
     """The closure's loss, computed with gradients on (None without a closure)."""
     if closure is None:

@@ -23,7 +23,7 @@ from .._backends.dispatch import apply, resolve, rounding_key, step_flags, sum_o
 from .._core import array_checks, checks
 from .._core.hyper import clip_factor, clipped_scale, hyper
 from .._state.slots import PARAM_DTYPE
-from ._common import refuse_low_bit
+from ._common import KeepsSettings, refuse_low_bit
 from ._errors import in_torch_words
 from ._list_plan import Layout, rounding, step_list
 from ._tensors import DTYPES, as_array, current_stream, memory_views, real_view
@@ -44,8 +44,10 @@ def _hyper(group: dict):
                  amsgrad=group["amsgrad"], maximize=group["maximize"])
 
 
-class _FusedStep:
+class _FusedStep(KeepsSettings):
     """The step shared by :class:`Adam` and :class:`AdamW`."""
+
+    _SETTINGS = ("_max_grad_norm", "_step_supports_amp_scaling")
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's, after refusing low-bit states (``refuse_low_bit``): nothing changes."""
@@ -94,11 +96,6 @@ class _FusedStep:
         if not step_list(self, _LAYOUT, live):
             self._step_each()
         return loss
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)  # unpickled: the options fastadam adds, their defaults
-        self.__dict__.setdefault("_max_grad_norm", None)
-        self.__dict__.setdefault("grad_norm", None)
 
     def _step_each(self) -> None:
         """Tensor by tensor (CUDA tensors, and what the list plan does not take)."""

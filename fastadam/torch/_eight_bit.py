@@ -32,6 +32,7 @@ from .._core.hyper import hyper
 from .._state.slots import EIGHT_BIT
 from ._common import (
     WRAPPED,
+    KeepsSettings,
     clip_scale,
     closure_loss,
     matched_params,
@@ -53,7 +54,9 @@ def _stream(p: torch.Tensor):
     """torch's current stream on ``p``'s GPU, for numba; None for CPU tensors."""
     return current_stream(p) if p.is_cuda else None
 
-class _Adam8bit(torch.optim.Optimizer):
+class _Adam8bit(KeepsSettings, torch.optim.Optimizer):
+    _SETTINGS = ("_max_grad_norm", "min_8bit_size")
+
     def __init__(self, params, lr: float, betas: tuple[float, float], eps: float,
                  weight_decay: float, maximize: bool, min_8bit_size: int,
                  max_grad_norm: float | None = None, stochastic_rounding: bool = False,

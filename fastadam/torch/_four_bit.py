@@ -23,7 +23,7 @@ import torch
 from .._backends.dispatch import apply_8bit, flags_8bit, resolve, rounding_key
 from .._core import array_checks, checks, quant4
 from .._core.hyper import hyper
-from ._common import clip_scale, closure_loss, matched_params, with_gradients
+from ._common import KeepsSettings, clip_scale, closure_loss, matched_params, with_gradients
 from ._tensors import as_array, current_stream
 
 __all__ = ["Adam4bit", "AdamW4bit", "torchao_state_dict"]
@@ -32,7 +32,7 @@ _MOMENTS = (("exp_avg", True), ("exp_avg_sq", False), ("max_exp_avg_sq", False))
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-class _Adam4bit(torch.optim.Optimizer):
+class _Adam4bit(KeepsSettings, torch.optim.Optimizer):
     _decoupled = False
 
     def __init__(self, params, lr, betas, eps, weight_decay, amsgrad, block_size,

@@ -24,7 +24,15 @@ from .._core import array_checks, checks
 from .._core.hyper import hyper
 from .._core.hyper import schedule_free_weights as weights_of
 from .._core.options import ADEMAMIX, SCHEDULE_FREE
-from ._common import WRAPPED, clip_scale, closure_loss, matched_params, nested, with_gradients
+from ._common import (
+    WRAPPED,
+    KeepsSettings,
+    clip_scale,
+    closure_loss,
+    matched_params,
+    nested,
+    with_gradients,
+)
 from ._tensors import as_array, current_stream
 
 __all__ = ["AdEMAMix", "AdamWScheduleFree"]
@@ -32,8 +40,10 @@ __all__ = ["AdEMAMix", "AdamWScheduleFree"]
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-class _Fused(torch.optim.Optimizer):
+class _Fused(KeepsSettings, torch.optim.Optimizer):
     """The step both share: check every param's arrays, then one kernel call each."""
+
+    _SETTINGS = ("_max_grad_norm", "_stochastic", "_seed")
 
     def _extras(self, max_grad_norm, stochastic_rounding, seed) -> None:
         self._max_grad_norm = checks.max_grad_norm(max_grad_norm)
