@@ -9,7 +9,9 @@ bits, as plain tensors: ``exp_avg_codes``/``exp_avg_scale`` and ``exp_avg_sq_cod
 torchao's state_dicts (its 4-bit tensors, and its float32 ones, quantized) as well as
 this class's; ``torchao_state_dict`` gives one torchao's optimizers load (torchao
 installed). The moments move as torchao's do, so from one state the codes are the same.
-State lives on its param's device; CUDA tensors step on torch's current stream.
+State lives on its param's device; CUDA tensors step on torch's current stream. A list
+steps as one (``_list_plan``): on the CPU its gradients checked at once, on a GPU one
+launch per batch of alike tensors.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .._backends.dispatch import apply_8bit, flags_8bit, resolve, rounding_key
 from .._core import array_checks, checks, quant4
 from .._core.hyper import hyper
 from ._common import KeepsSettings, clip_scale, closure_loss, matched_params, with_gradients
+from ._list_plan import Layout, step_list
 from ._tensors import as_array, current_stream
 
 __all__ = ["Adam4bit", "AdamW4bit", "torchao_state_dict"]
@@ -64,13 +67,15 @@ class _Adam4bit(KeepsSettings, torch.optim.Optimizer):
         """One update of every parameter with a gradient; returns the closure's loss.
         Everything is checked before anything is written: a refused step changes nothing."""
         loss = closure_loss(closure)
+        live = [[p for p in group["params"] if p.grad is not None] for group in self.param_groups]
+        if not step_list(self, _LAYOUTS[self._decoupled], live):
+            self._step_each()
+        return loss
+
+    def _step_each(self) -> None:
+        """Tensor by tensor (what the list plan does not take)."""
         planned = []
-
-        def hyper_of(group):
-            return hyper(lr=float(group["lr"]), betas=tuple(float(b) for b in group["betas"]),
-                         eps=group["eps"], weight_decay=group["weight_decay"],
-                         decoupled_weight_decay=self._decoupled, amsgrad=group["amsgrad"])
-
+        hyper_of = _LAYOUTS[self._decoupled].hyper
         for group, h, index, p in with_gradients(self.param_groups, hyper_of):
             if p.dtype not in _DTYPES:
                 raise TypeError(f"fastadam's 4-bit Adam steps float tensors; got {p.dtype}")
@@ -96,7 +101,6 @@ class _Adam4bit(KeepsSettings, torch.optim.Optimizer):
                        key=key, fmt="4bit", stream=current_stream(p) if p.is_cuda else None)
             state["step"] = step
             self.state[p] = state
-        return loss
 
     def _clip_scale(self, planned: list):
         if self._max_grad_norm is None:
@@ -189,6 +193,46 @@ def torchao_state_dict(optimizer: _Adam4bit) -> dict:
     groups = [{**g, "block_size": quant4.BLOCK, "lr": torch.tensor(g["lr"])}
               for g in out["param_groups"]]
     return {"state": state, "param_groups": groups}
+
+
+class _Layout(Layout):
+    """This module's state: ``step`` an int, each moment's 4-bit codes and scales."""
+
+    dtypes, state_dtype = _DTYPES, "4bit"
+
+    def __init__(self, decoupled: bool) -> None:
+        self.decoupled = decoupled
+
+    def hyper(self, group: dict):
+        return hyper(lr=float(group["lr"]), betas=tuple(float(b) for b in group["betas"]),
+                     eps=group["eps"], weight_decay=group["weight_decay"],
+                     decoupled_weight_decay=self.decoupled, amsgrad=group["amsgrad"])
+
+    def options(self, param_groups: list) -> list:
+        # lr, betas, eps and the size of weight_decay are read at every step.
+        return [(g["amsgrad"], g["weight_decay"] == 0, g["bf16_stochastic_round"], g["seed"])
+                for g in param_groups]
+
+    def fresh(self, opt, p: torch.Tensor, group: dict) -> dict:
+        return opt._fresh(p, group["amsgrad"])
+
+    def state_of(self, p: torch.Tensor, group: dict, entry: dict) -> tuple | None:
+        names = [name for name, _ in _MOMENTS[:3 if group["amsgrad"] else 2]]
+        keys = (*(f"{n}_codes" for n in names), *(f"{n}_scale" for n in names))
+        tensors = [entry.get(k) for k in keys]
+        if not (all(isinstance(t, torch.Tensor) and t.device == p.device and t.is_contiguous()
+                    for t in tensors) and isinstance(entry.get("step"), int)):
+            return None
+        arrays, absent = [as_array(t) for t in tensors], (None,) * (3 - len(names))
+        return keys, (*arrays[:len(names)], *absent), (*arrays[len(names):], *absent)
+
+    def rounding(self, opt, group: dict, p: torch.Tensor, index: int) -> tuple[bool, int]:
+        # torchao's: bfloat16 params only, each group its own seed
+        return (group["bf16_stochastic_round"] and p.dtype == torch.bfloat16,
+                rounding_key(group["seed"], index))
+
+
+_LAYOUTS = {decoupled: _Layout(decoupled) for decoupled in (False, True)}
 
 
 class Adam4bit(_Adam4bit):

@@ -46,6 +46,12 @@ class Layout:
         their scales or None), or None where the plan cannot take the entry."""
         raise NotImplementedError
 
+    def rounding(self, opt, group: dict, p: torch.Tensor, index: int) -> tuple[bool, int]:
+        """(whether ``p``, the ``index``-th param of ``opt``, rounds stochastically, its
+        key): here the first group's setting and seed, for 16-bit params."""
+        on, seed = rounding(opt)
+        return on and p.dtype in (torch.float16, torch.bfloat16), rounding_key(seed, index)
+
 
 class ListPlan:
     """The params that have gradients, stepped through an inner :class:`fastadam.Adam`
@@ -99,6 +105,9 @@ class ListPlan:
             return None
         backend = "cuda" if params[0].is_cuda else "cpu"
         specs, tensors, entries, keys, steps, moments, scales = [], [], [], [], [], [], []
+        index = {id(p): i for i, p in enumerate(chain.from_iterable(
+            g["params"] for g in opt.param_groups))}
+        rounded = []  # (stochastic?, key) per param
         for i, ps in enumerate(live):
             if not ps:
                 continue
@@ -123,7 +132,7 @@ class ListPlan:
                 steps.append(float(entry["step"]) if layout.tensor_steps else entry["step"])
                 moments.append(moment)
                 scales.append(scale)
-        stochastic, seed = rounding(opt)
+                rounded.append(layout.rounding(opt, group, p, index[id(p)]))
         try:
             inner = _ArrayAdam(specs, backend=backend, state_dtype=layout.state_dtype,
                                kahan_summation=False,
@@ -132,13 +141,10 @@ class ListPlan:
                                None if all(s is None for s in scales) else scales)
         except (TypeError, ValueError, ImportError, RuntimeError):  # no numba-cuda, no GPU
             return None
-        if stochastic:  # the 16-bit params, each with the key of its place in the groups
-            index = {id(p): i for i, p in enumerate(chain.from_iterable(
-                g["params"] for g in opt.param_groups))}
-            for slot, p in zip(inner._slots, params):
-                on = p.dtype in (torch.float16, torch.bfloat16)
+        if any(on for on, _ in rounded):  # each with the key of its place in the groups
+            for slot, (on, key) in zip(inner._slots, rounded):
                 slot.flags = slot.flags._replace(stochastic=on)
-                slot.key = rounding_key(seed, index[id(p)])
+                slot.key = key
             inner._replan()
         return cls(opt, layout, live, params, inner, tensors, entries, keys, steps)
 

@@ -143,10 +143,12 @@ def test_adamw8bit_on_cuda_tensors_follows_the_cpu_step(monkeypatch, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_adamw4bit_on_cuda_tensors_is_the_cpu_step(dtype):
+def test_adamw4bit_on_cuda_tensors_is_the_cpu_step(monkeypatch, dtype):
     """fastadam.torch.AdamW4bit on CUDA tensors: state on the device, the step on the
-    current stream, the CPU step's params, codes and scales bit for bit, and a state_dict
-    that continues on the CPU."""
+    current stream, the list in one launch per step, the CPU step's params, codes and
+    scales bit for bit, and a state_dict that continues on the CPU."""
+    batched = counting(monkeypatch, "multi_kernel", "_backends.cuda.eight_bit")
+    alone = counting(monkeypatch, "fused_kernel", "_backends.cuda.eight_bit")
     shapes = [(300, 70), (4099,), (5,)]  # ragged blocks, odd sizes
     gen = torch.Generator().manual_seed(0)
     start = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
@@ -165,6 +167,7 @@ def test_adamw4bit_on_cuda_tensors_is_the_cpu_step(dtype):
             gpu_opt.step()
         cpu_opt.step()
     stream.synchronize()
+    assert len(batched) == 4 and not alone and gpu_opt._plan is not None
     assert all(v.device.type == "cuda" for s in gpu_opt.state.values() for v in s.values()
                if isinstance(v, torch.Tensor))
     for a, b in zip(on_gpu, on_cpu):

@@ -1,6 +1,7 @@
-"""fastadam.torch.Adam8bit/AdamW8bit step a list as one (the list plan): bit for bit as
-tensor by tensor, state that stays bitsandbytes', refused steps that change nothing, and
-the tensor-by-tensor path where the plan cannot hold the state."""
+"""fastadam.torch's 8-bit and 4-bit drop-ins step a list as one (the list plan): bit for
+bit as tensor by tensor, state that stays bitsandbytes' or this package's 4-bit one,
+refused steps that change nothing, and the tensor-by-tensor path where the plan cannot
+hold the state."""
 
 import numpy as np
 import pytest
@@ -10,12 +11,11 @@ torch = optional("torch")
 optional("ml_dtypes")
 
 import fastadam.torch as ft  # noqa: E402
-from fastadam.torch import _eight_bit, _list_plan  # noqa: E402
+from fastadam.torch import _list_plan  # noqa: E402
 
 # Two with 8-bit moments (one ragged), two small ones with float32 moments, one at the
 # threshold: two groups.
 SHAPES = [(300, 70), (4099,), (50,), (64, 64), (7, 3)]
-KEYS = ("state1", "state2", "absmax1", "absmax2")
 
 
 def _params(dtype, seed=0):
@@ -38,7 +38,7 @@ def _run(cls, dtype, steps, per_tensor, monkeypatch, **options):
         else:
             def refuse(self):
                 raise AssertionError("stepped tensor by tensor")
-            patch.setattr(_eight_bit._Adam8bit, "_step_each", refuse)
+            patch.setattr(cls, "_step_each", refuse)
         params = _params(dtype)
         opt = _optimizer(cls, params, **options)
         gen = torch.Generator().manual_seed(1)
@@ -52,13 +52,17 @@ def _run(cls, dtype, steps, per_tensor, monkeypatch, **options):
         return params, opt, norms
 
 
-@pytest.mark.parametrize("cls", [ft.Adam8bit, ft.AdamW8bit])
-@pytest.mark.parametrize("dtype,options", [
-    (torch.float32, {}),
-    (torch.float32, {"maximize": True, "max_grad_norm": 1.0}),
-    (torch.bfloat16, {}),
-    (torch.bfloat16, {"stochastic_rounding": True, "seed": 5}),
-    (torch.float16, {}),
+@pytest.mark.parametrize("cls,dtype,options", [
+    (ft.Adam8bit, torch.float32, {}),
+    (ft.AdamW8bit, torch.float32, {}),
+    (ft.Adam8bit, torch.float32, {"maximize": True, "max_grad_norm": 1.0}),
+    (ft.AdamW8bit, torch.bfloat16, {}),
+    (ft.AdamW8bit, torch.bfloat16, {"stochastic_rounding": True, "seed": 5}),
+    (ft.AdamW8bit, torch.float16, {}),
+    (ft.Adam4bit, torch.float32, {"weight_decay": 0.01}),
+    (ft.AdamW4bit, torch.float32, {"amsgrad": True, "max_grad_norm": 1.0}),
+    (ft.AdamW4bit, torch.bfloat16, {"bf16_stochastic_round": True, "seed": 5}),
+    (ft.AdamW4bit, torch.float16, {}),
 ])
 def test_a_list_steps_as_one_bit_for_bit_as_tensor_by_tensor(monkeypatch, cls, dtype, options):
     ours, opt, norms = _run(cls, dtype, 5, False, monkeypatch, **options)
@@ -71,21 +75,25 @@ def test_a_list_steps_as_one_bit_for_bit_as_tensor_by_tensor(monkeypatch, cls, d
         mine, their = opt.state[a], twin.state[b]
         assert mine["step"] == their["step"] and isinstance(mine["step"], int)
         assert mine.keys() == their.keys()
-        for key in KEYS:
-            if key in mine:
-                assert mine[key].dtype == their[key].dtype
-                assert torch.equal(mine[key], their[key]), key
+        for key, value in their.items():
+            if isinstance(value, torch.Tensor):
+                assert mine[key].dtype == value.dtype
+                assert torch.equal(mine[key], value), key
     assert [opt.state[p]["step"] for p in ours] == [5, 4, 5, 5, 5]
-    assert opt.state[ours[0]]["state1"].dtype == torch.uint8
-    assert opt.state[ours[2]]["state1"].dtype == torch.float32
+    if cls in (ft.Adam8bit, ft.AdamW8bit):
+        assert opt.state[ours[0]]["state1"].dtype == torch.uint8
+        assert opt.state[ours[2]]["state1"].dtype == torch.float32
+    else:
+        assert opt.state[ours[2]]["exp_avg_codes"].dtype == torch.uint8  # every size: 4 bits
 
 
-def test_the_list_state_is_bitsandbytes_and_continues_after_a_load(monkeypatch):
-    """The plan's state_dict loads into a fresh optimizer (and into bitsandbytes' format
-    check); both continue alike, the loaded one through a new plan."""
-    ours, opt, _ = _run(ft.AdamW8bit, torch.float32, 3, False, monkeypatch)
+@pytest.mark.parametrize("cls", [ft.AdamW8bit, ft.AdamW4bit])
+def test_the_list_state_loads_and_continues(monkeypatch, cls):
+    """The plan's state_dict loads into a fresh optimizer (through its format checks);
+    both continue alike, the loaded one through a new plan."""
+    ours, opt, _ = _run(cls, torch.float32, 3, False, monkeypatch)
     again_params = [torch.nn.Parameter(p.detach().clone()) for p in ours]
-    again = _optimizer(ft.AdamW8bit, again_params)
+    again = _optimizer(cls, again_params)
     again.load_state_dict(opt.state_dict())
     gen = torch.Generator().manual_seed(9)
     for _ in range(2):
@@ -97,14 +105,15 @@ def test_the_list_state_is_bitsandbytes_and_continues_after_a_load(monkeypatch):
     assert again._plan is not None
     for a, b in zip(ours, again_params):
         assert torch.equal(a, b)
-        for key in KEYS:
-            if key in opt.state[a]:
-                assert torch.equal(opt.state[a][key], again.state[b][key])
+        for key, value in opt.state[a].items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, again.state[b][key]), key
 
 
+@pytest.mark.parametrize("cls", [ft.AdamW8bit, ft.AdamW4bit])
 @pytest.mark.parametrize("bad", ["own_memory", "lr"])
-def test_a_refused_list_step_changes_nothing(monkeypatch, bad):
-    params, opt, _ = _run(ft.AdamW8bit, torch.float32, 2, False, monkeypatch)
+def test_a_refused_list_step_changes_nothing(monkeypatch, cls, bad):
+    params, opt, _ = _run(cls, torch.float32, 2, False, monkeypatch)
     before = [p.detach().clone() for p in params]
     state = {i: {k: (v.clone() if isinstance(v, torch.Tensor) else v)
                  for k, v in opt.state[p].items()} for i, p in enumerate(params)}
