@@ -330,13 +330,14 @@ class Adam:
         for i, (slot, h, step, arrays) in enumerate(zip(self._slots, slot_hypers, steps,
                                                         moments)):
             step = checks.step(step + 1) - 1  # an int >= 0
-            kept = slot.adoptable(i, h, arrays, None if scales is None else scales[i], device)
+            views, tops, labelled = slot.adoptable(i, h, arrays,
+                                                   None if scales is None else scales[i], device)
             named[f"params[{i}]"] = slot.array
-            named.update(kept[2])
+            named.update(labelled)
             if device:
-                for a in kept[2].values():
+                for a in labelled.values():
                     wait_for_producer(a)  # kept: waited for once
-            adopted.append((step, *kept[:2]))
+            adopted.append((step, views, tops))
         array_checks.disjoint(named)
         for slot, (step, views, tops) in zip(self._slots, adopted):
             slot.step, slot.state[:3] = step, views
